@@ -1,0 +1,1 @@
+"""Environments (Gymnasium-style) and their state describers φ(s) (SPEC §7)."""

@@ -1,0 +1,1 @@
+"""Run loop, metrics and reports (SPEC §8)."""
