@@ -77,8 +77,8 @@ class NumpyIndex:
         return self._ids[top].copy(), sims[top]
 
 
-def make_index(kind: str, dim: int) -> VectorIndex:
-    """Build an index by name."""
+def make_index(kind: str, dim: int, capacity: int = 1024) -> VectorIndex:
+    """Build an index by name for up to ``capacity`` vectors."""
     if kind == "numpy":
-        return NumpyIndex(dim)
+        return NumpyIndex(dim, initial_capacity=min(capacity, 4096))
     raise ConfigError(f"unknown index kind {kind!r}; choose one of ['numpy']")
