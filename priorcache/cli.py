@@ -1,0 +1,133 @@
+"""Command-line interface: ``priorcache run`` and ``priorcache compare``."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from priorcache.cache.prior_cache import CacheConfig
+from priorcache.errors import PriorCacheError
+from priorcache.experiments.metrics import compare as compare_summaries
+from priorcache.experiments.runner import AGENTS, RunConfig, load_summary, run_experiment
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="RL with LLM action priors served through an adaptive semantic cache.")
+console = Console()
+
+
+def _parse_seeds(text: str) -> list[int]:
+    """'0,1,2' or '0-4' → list of ints."""
+    try:
+        if "-" in text.strip("-"):
+            lo, hi = text.split("-", 1)
+            return list(range(int(lo), int(hi) + 1))
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"seeds must look like '0,1,2' or '0-4', got {text!r}") from None
+
+
+def _fmt_ci(stat: dict) -> str:
+    return f"{stat['mean']:.3f} ± {stat['ci95']:.3f}" if stat["n"] > 1 else f"{stat['mean']:.3f}"
+
+
+def summary_table(summary: dict, title: str) -> Table:
+    table = Table(title=title, show_header=True)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    lat = summary["decision_latency_ms"]
+    rows = [
+        ("success rate (mean ± 95% CI over seeds)", _fmt_ci(summary["success_rate"])),
+        ("mean return", _fmt_ci(summary["mean_return"])),
+        ("episodes / steps", f"{summary['episodes']} / {summary['steps']}"),
+        ("LLM queries (full + partial)",
+         f"{summary['llm_queries']} ({summary['llm_full_calls']} + {summary['llm_partial_calls']})"),
+        ("LLM queries per step", f"{summary['llm_queries_per_step']:.3f}"),
+        ("cache hit rate", f"{summary['hit_rate']:.3f}"),
+        ("decision latency p50 / p95 (ms)", f"{lat['p50']:.1f} / {lat['p95']:.1f}"),
+        ("LLM wall time (s)", f"{summary['llm_wall_time_s']:.1f}"),
+        ("audits: mean ε / mean KL (nats)",
+         f"{summary['audit_epsilon']['mean']:.4f} / {summary['audit_kl']['mean']:.4f}" if summary["audits"] else "none"),
+        ("F5 violations (KL > 2ε)", str(summary["audit_f5_violations"])),
+        ("training time / wall time (s)", f"{summary['train_time_s']:.1f} / {summary['wall_time_s']:.1f}"),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    return table
+
+
+@app.command()
+def run(
+    env: str = typer.Argument(..., help="environment name, e.g. textworld (or textworld:tw-cooking)"),
+    agent: str = typer.Option("dqn-prior", help=f"one of {', '.join(AGENTS)}"),
+    cache: str = typer.Option("static", help="cache mode: none (uncached reference) or static"),
+    challenge: Optional[str] = typer.Option(None, help="TextWorld challenge: tw-simple, tw-coin_collector, "
+                                             "tw-treasure_hunter, tw-cooking"),
+    episodes: int = typer.Option(10, min=1, help="episodes per seed"),
+    seeds: str = typer.Option("0", help="seeds, '0,1,2' or '0-2'; each seed is its own game and agent"),
+    max_steps: int = typer.Option(50, min=1, help="episode step limit"),
+    backend: str = typer.Option("embedded", help="LLM backend: embedded or transformers"),
+    model_path: Optional[str] = typer.Option(None, help="local model folder for --backend transformers"),
+    device: str = typer.Option("cpu", help="torch device for the LLM backend"),
+    similarity_threshold: Optional[float] = typer.Option(None, help="cache similarity threshold δ in [-1, 1]"),
+    capacity: Optional[int] = typer.Option(None, help="cache capacity K"),
+    refresh_rate: Optional[float] = typer.Option(None, help="cache refresh rate r in [0, 1]"),
+    unknown_candidates: Optional[str] = typer.Option(None, help="F7 fill for unknown actions: partial or floor"),
+    cache_path: Optional[Path] = typer.Option(None, help="warm-start from this saved cache; saved back at the end"),
+    out: Optional[Path] = typer.Option(None, help="output folder (default runs/ENV-AGENT-CACHE-TIME)"),
+    quiet: bool = typer.Option(False, help="no progress bar"),
+) -> None:
+    """Run an agent on an environment and write metrics.jsonl, summary.json and the cache."""
+    try:
+        overrides = {k: v for k, v in {
+            "mode": cache, "similarity_threshold": similarity_threshold, "capacity": capacity,
+            "refresh_rate": refresh_rate, "unknown_candidates": unknown_candidates}.items() if v is not None}
+        env_kwargs = {"challenge": challenge} if challenge else {}
+        out = out or Path("runs") / f"{env.replace(':', '-')}-{agent}-{cache}-{time.strftime('%Y%m%d-%H%M%S')}"
+        config = RunConfig(env=env, env_kwargs=env_kwargs, agent=agent, cache=CacheConfig.from_dict(overrides),
+                           backend=backend, model_path=model_path, device=device, episodes=episodes,
+                           seeds=_parse_seeds(seeds), max_episode_steps=max_steps, out=out, cache_path=cache_path)
+        summary = run_experiment(config, progress=not quiet)
+    except PriorCacheError as e:
+        console.print(f"[bold red]error:[/] {e}")
+        raise typer.Exit(2) from None
+    console.print(summary_table(summary, f"{env} · {agent} · cache {summary['cache_mode']}"))
+    console.print(f"results in {out}/ (metrics.jsonl, summary.json, cache/)")
+
+
+@app.command()
+def compare(
+    run_a: Path = typer.Argument(..., help="the run to judge (e.g. cached)"),
+    run_b: Path = typer.Argument(..., help="the reference run (e.g. uncached, same seeds)"),
+) -> None:
+    """Query reduction ×, decision-latency ratio and performance retention of RUN_A against RUN_B."""
+    try:
+        a, b = load_summary(run_a), load_summary(run_b)
+    except PriorCacheError as e:
+        console.print(f"[bold red]error:[/] {e}")
+        raise typer.Exit(2) from None
+    if a.get("seeds") != b.get("seeds"):
+        console.print(f"[yellow]warning:[/] the runs used different seeds ({a.get('seeds')} vs {b.get('seeds')})")
+    result = compare_summaries(a, b)
+    table = Table(title=f"{run_a} vs {run_b}")
+    table.add_column("metric")
+    table.add_column(str(run_a), justify="right")
+    table.add_column(str(run_b), justify="right")
+    table.add_column("ratio", justify="right")
+    table.add_row("LLM queries", str(a["llm_queries"]), str(b["llm_queries"]),
+                  f"{result['query_reduction_x']:.2f}× fewer")
+    table.add_row("decision latency p50 (ms)", f"{a['decision_latency_ms']['p50']:.1f}",
+                  f"{b['decision_latency_ms']['p50']:.1f}", f"{result['latency_p50_ratio_x']:.2f}× lower")
+    table.add_row("success rate", _fmt_ci(a["success_rate"]), _fmt_ci(b["success_rate"]),
+                  f"{100 * result['success_retention']:.1f}% retained")
+    table.add_row("mean return", _fmt_ci(a["mean_return"]), _fmt_ci(b["mean_return"]),
+                  f"{100 * result['return_retention']:.1f}% retained")
+    console.print(table)
+
+
+if __name__ == "__main__":
+    app()

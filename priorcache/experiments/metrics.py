@@ -1,0 +1,143 @@
+"""Per-episode records and the run summary of SPEC §8 (mean and 95 % CI over seeds, latency percentiles)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+from scipy import stats
+
+from priorcache.agents.dqn_prior import Decision
+
+
+@dataclass
+class EpisodeRecord:
+    """One line of metrics.jsonl."""
+
+    seed: int
+    episode: int
+    episode_return: float = 0.0
+    success: bool = False
+    steps: int = 0
+    llm_calls: int = 0
+    partial_calls: int = 0
+    lookups: int = 0
+    hits: int = 0
+    exact_hits: int = 0
+    similar_hits: int = 0
+    refreshes: int = 0
+    llm_time_s: float = 0.0
+    prompt_tokens: int = 0
+    continuation_tokens: int = 0
+    decision_time_s: float = 0.0
+    decision_p50_ms: float = 0.0
+    audits: int = 0
+    audit_epsilon_mean: Optional[float] = None
+    audit_kl_mean: Optional[float] = None
+    train_time_s: float = 0.0
+    wall_time_s: float = 0.0
+    decision_times_ms: list[float] = field(default_factory=list, repr=False)
+    _epsilons: list[float] = field(default_factory=list, repr=False)
+    _kls: list[float] = field(default_factory=list, repr=False)
+
+    def add(self, d: Decision, reward: float) -> None:
+        self.steps += 1
+        self.episode_return += reward
+        self.llm_calls += d.llm_calls
+        self.partial_calls += d.partial_calls
+        if d.kind != "no-prior":
+            self.lookups += 1
+        self.hits += d.hit
+        self.exact_hits += d.kind == "exact"
+        self.similar_hits += d.kind == "similar"
+        self.refreshes += d.kind == "refresh"
+        self.llm_time_s += d.llm_time_s
+        self.prompt_tokens += d.prompt_tokens
+        self.continuation_tokens += d.continuation_tokens
+        self.decision_time_s += d.decision_time_s
+        self.decision_times_ms.append(d.decision_time_s * 1e3)
+        if d.epsilon is not None:
+            self._epsilons.append(d.epsilon)
+            self._kls.append(d.kl)
+
+    def to_json(self) -> dict[str, Any]:
+        self.decision_p50_ms = float(np.median(self.decision_times_ms)) if self.decision_times_ms else 0.0
+        self.audits = len(self._epsilons)
+        self.audit_epsilon_mean = float(np.mean(self._epsilons)) if self._epsilons else None
+        self.audit_kl_mean = float(np.mean(self._kls)) if self._kls else None
+        out = asdict(self)
+        for private in ("_epsilons", "_kls"):
+            out.pop(private)
+        out["audit_epsilons"] = list(self._epsilons)
+        out["audit_kls"] = list(self._kls)
+        return out
+
+
+def mean_ci95(values: list[float]) -> dict[str, float]:
+    """Mean and the half-width of Student's t 95 % interval (0 for a single value)."""
+    arr = np.asarray(values, dtype=np.float64)
+    mean = float(arr.mean()) if arr.size else float("nan")
+    half = 0.0
+    if arr.size > 1:
+        half = float(stats.t.ppf(0.975, arr.size - 1) * arr.std(ddof=1) / np.sqrt(arr.size))
+    return {"mean": mean, "ci95": half, "n": int(arr.size), "values": [float(v) for v in arr]}
+
+
+def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run summary from metrics.jsonl lines (SPEC §8)."""
+    if not records:
+        raise ValueError("no episodes to summarise")
+    seeds = sorted({r["seed"] for r in records})
+    per_seed_success = [float(np.mean([r["success"] for r in records if r["seed"] == s])) for s in seeds]
+    per_seed_return = [float(np.mean([r["episode_return"] for r in records if r["seed"] == s])) for s in seeds]
+    decision_ms = np.concatenate([np.asarray(r["decision_times_ms"], dtype=np.float64) for r in records])
+    total = lambda key: sum(r[key] for r in records)  # noqa: E731
+    steps, lookups = total("steps"), total("lookups")
+    eps = [e for r in records for e in r["audit_epsilons"]]
+    kls = [k for r in records for k in r["audit_kls"]]
+    llm_queries = total("llm_calls") + total("partial_calls")
+    return {
+        "episodes": len(records),
+        "seeds": seeds,
+        "success_rate": mean_ci95(per_seed_success),
+        "mean_return": mean_ci95(per_seed_return),
+        "steps": steps,
+        "llm_queries": llm_queries,
+        "llm_full_calls": total("llm_calls"),
+        "llm_partial_calls": total("partial_calls"),
+        "llm_queries_per_step": llm_queries / steps if steps else 0.0,
+        "prompt_tokens": total("prompt_tokens"),
+        "continuation_tokens": total("continuation_tokens"),
+        "lookups": lookups,
+        "hit_rate": total("hits") / lookups if lookups else 0.0,
+        "exact_hits": total("exact_hits"),
+        "similar_hits": total("similar_hits"),
+        "refreshes": total("refreshes"),
+        "decision_latency_ms": {
+            "p50": float(np.percentile(decision_ms, 50)),
+            "p95": float(np.percentile(decision_ms, 95)),
+            "mean": float(decision_ms.mean()),
+        },
+        "llm_wall_time_s": total("llm_time_s"),
+        "audits": len(eps),
+        "audit_epsilon": {"mean": float(np.mean(eps)), "max": float(np.max(eps))} if eps else None,
+        "audit_kl": {"mean": float(np.mean(kls)), "max": float(np.max(kls))} if kls else None,
+        "audit_f5_violations": int(sum(k > 2 * e + 1e-9 for e, k in zip(eps, kls))),
+        "train_time_s": total("train_time_s"),
+        "wall_time_s": total("wall_time_s"),
+    }
+
+
+def compare(candidate: dict[str, Any], reference: dict[str, Any]) -> dict[str, float]:
+    """Query reduction ×, latency ratio and performance retention of ``candidate`` vs ``reference``."""
+    def ratio(num: float, den: float) -> float:
+        return float("inf") if den == 0 and num > 0 else (float("nan") if den == 0 else num / den)
+
+    return {
+        "query_reduction_x": ratio(reference["llm_queries"], candidate["llm_queries"]),
+        "latency_p50_ratio_x": ratio(reference["decision_latency_ms"]["p50"], candidate["decision_latency_ms"]["p50"]),
+        "latency_p95_ratio_x": ratio(reference["decision_latency_ms"]["p95"], candidate["decision_latency_ms"]["p95"]),
+        "success_retention": ratio(candidate["success_rate"]["mean"], reference["success_rate"]["mean"]),
+        "return_retention": ratio(candidate["mean_return"]["mean"], reference["mean_return"]["mean"]),
+    }

@@ -1,0 +1,163 @@
+"""The run loop (SPEC §2): env → φ(s) → cache/LLM prior → posterior → env, over episodes and seeds.
+
+A run writes into its output folder, each file atomically and after every episode, so an
+interrupted run leaves the episodes it finished readable:
+- ``config.json``   what was run;
+- ``metrics.jsonl`` one line per episode (SPEC §8);
+- ``summary.json``  the aggregate over seeds;
+- ``cache/``        the prior cache at the end of the run (and ``--cache-path`` is written back).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from tqdm.auto import tqdm
+
+from priorcache.agents.dqn_prior import DQNPriorAgent, DQNPriorConfig
+from priorcache.cache.encoder import MiniLMEncoder
+from priorcache.cache.prior_cache import CacheConfig, PriorCache
+from priorcache.envs.registry import make_env
+from priorcache.errors import ConfigError
+from priorcache.experiments.metrics import EpisodeRecord, summarise
+from priorcache.io import atomic_write_json, atomic_write_text
+from priorcache.prior.action_prior import PriorConfig
+from priorcache.prior.base import LLMBackend
+from priorcache.prior.prompts import text_game_prompt
+from priorcache.prior.registry import make_backend
+
+AGENTS = {
+    "dqn-prior": "DQN with the LLM prior and the F1 posterior (SPEC §6)",
+    "dqn": "plain DQN over the admissible actions, prior off (never calls the LLM)",
+    "direct-llm": "argmax of the LLM prior, no learning",
+}
+
+
+@dataclass
+class RunConfig:
+    env: str = "textworld"
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    agent: str = "dqn-prior"
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    prior: PriorConfig = field(default_factory=PriorConfig)
+    backend: str = "embedded"
+    model_path: Optional[str] = None
+    device: str = "cpu"
+    episodes: int = 10
+    seeds: list[int] = field(default_factory=lambda: [0])
+    max_episode_steps: int = 50
+    out: Path = Path("runs/latest")
+    cache_path: Optional[Path] = None
+
+    def __post_init__(self) -> None:
+        if self.agent not in AGENTS:
+            raise ConfigError(f"unknown agent {self.agent!r}; choose one of {sorted(AGENTS)}")
+        if self.episodes < 1:
+            raise ConfigError(f"episodes must be ≥ 1, got {self.episodes}")
+        if not self.seeds:
+            raise ConfigError("at least one seed is needed")
+        if self.max_episode_steps < 1:
+            raise ConfigError(f"max_episode_steps must be ≥ 1, got {self.max_episode_steps}")
+
+    def agent_config(self) -> DQNPriorConfig:
+        return DQNPriorConfig(use_prior=self.agent != "dqn", learn=self.agent != "direct-llm")
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["out"] = str(self.out)
+        out["cache_path"] = str(self.cache_path) if self.cache_path else None
+        out["agent_config"] = asdict(self.agent_config())
+        return out
+
+
+def run_experiment(
+    config: RunConfig,
+    backend: Optional[LLMBackend] = None,
+    encoder: Optional[MiniLMEncoder] = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run ``config`` and return its summary. ``backend``/``encoder`` may be passed to share loaded models."""
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "config.json", config.to_json())
+
+    agent_config = config.agent_config()
+    encoder = encoder or MiniLMEncoder()
+    cache: Optional[PriorCache] = None
+    if agent_config.use_prior:
+        backend = backend or make_backend(config.backend, model_path=config.model_path, device=config.device)
+        cache = PriorCache(config.cache, encoder, backend, prior_config=config.prior)
+        if config.cache_path is not None and (Path(config.cache_path) / "entries.json").exists():
+            cache.load(config.cache_path)
+
+    records: list[dict[str, Any]] = []
+    bar = tqdm(total=config.episodes * len(config.seeds), desc=f"{config.env} {config.agent}/{config.cache.mode}",
+               unit="ep", disable=not progress)
+    try:
+        for seed in config.seeds:
+            env = make_env(config.env, game_seed=seed, max_episode_steps=config.max_episode_steps,
+                           **config.env_kwargs)
+            agent = DQNPriorAgent(agent_config, encoder, cache, text_game_prompt, seed=seed)
+            try:
+                for episode in range(config.episodes):
+                    record = _run_episode(env, agent, seed, episode)
+                    records.append(record.to_json())
+                    _write_progress(out, records)
+                    bar.update(1)
+                    bar.set_postfix(success=f"{sum(r['success'] for r in records) / len(records):.2f}",
+                                    llm=sum(r["llm_calls"] + r["partial_calls"] for r in records))
+            finally:
+                env.close()
+    finally:
+        bar.close()
+        if cache is not None:
+            cache.save(out / "cache")
+            if config.cache_path is not None:
+                cache.save(config.cache_path)
+
+    summary = summarise(records)
+    summary.update({"env": config.env, "env_kwargs": config.env_kwargs, "agent": config.agent,
+                    "cache_mode": config.cache.mode if agent_config.use_prior else "n/a",
+                    "backend": config.backend if agent_config.use_prior else None,
+                    "cache_stats": cache.stats() if cache is not None else None})
+    atomic_write_json(out / "summary.json", summary)
+    return summary
+
+
+def _run_episode(env: Any, agent: DQNPriorAgent, seed: int, episode: int) -> EpisodeRecord:
+    start = time.perf_counter()
+    train_before = agent.train_time_s
+    record = EpisodeRecord(seed=seed, episode=episode)
+    _, info = env.reset(seed=seed * 100_003 + episode)
+    agent.begin_episode(info["objective"])
+    while True:
+        decision = agent.act(info["state_text"], info["admissible_actions"])
+        _, reward, terminated, truncated, info = env.step(decision.action)
+        agent.observe(reward, terminated, truncated, info["state_text"], info["admissible_actions"])
+        record.add(decision, float(reward))
+        if terminated or truncated:
+            record.success = bool(info.get("won", False))
+            break
+    record.train_time_s = agent.train_time_s - train_before
+    record.wall_time_s = time.perf_counter() - start
+    return record
+
+
+def _write_progress(out: Path, records: list[dict[str, Any]]) -> None:
+    atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+    atomic_write_json(out / "summary.json", {"partial": True, **summarise(records)})
+
+
+def load_summary(run_dir: Path) -> dict[str, Any]:
+    """Read a run's summary.json, with a clear error when the folder is not a finished run."""
+    path = Path(run_dir) / "summary.json"
+    if not path.is_file():
+        raise ConfigError(f"{run_dir} is not a run folder: {path} does not exist")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path} is not valid JSON: {e}") from e
