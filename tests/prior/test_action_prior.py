@@ -25,8 +25,3 @@ def test_wrong_number_of_scores():
     with pytest.raises(BackendError, match="3 candidate"):
         check_scores(np.array([-1.0, -2.0]), ["a", "b", "c"], "backend 'x'")
 
-
-def test_length_normalised_scores_do_not_favour_short_actions():
-    """F3: the prior is a function of the per-token mean, so a long sensible action can win."""
-    lp = log_prior(np.array([-2.5, -1.2]))  # "look" (short, generic) vs "unlock door with key"
-    assert np.argmax(lp) == 1
