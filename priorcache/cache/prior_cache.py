@@ -212,6 +212,7 @@ class _Match:
     floor: float  # the entry's lowest score, F7's cheap fill for unknown candidates
     coverage: float
     refresh: bool
+    epoch: int  # the cache's load generation: ids of an earlier one may name other entries now
 
 
 @dataclass
@@ -275,6 +276,7 @@ class PriorCache:
         self._partition_size: dict[str, int] = {}
         self._prefixes: dict[str, str] = {}  # prefix hash → prefix text, kept for saved caches' readers
         self._next_id = 0
+        self._epoch = 0
         self._clock = 0
         self._rng = np.random.default_rng(config.seed)
         self._counters = _Counters()
@@ -473,7 +475,7 @@ class PriorCache:
         known = {a: entry.scores[a] for a in cands if a in entry.scores}
         refresh = self.config.refresh_rate > 0 and bool(self._rng.random() < self.config.refresh_rate)
         return _Match(entry.id, entry.version, kind, similarity, known, min(entry.scores.values()),
-                      len(known) / len(cands), refresh)
+                      len(known) / len(cands), refresh, self._epoch)
 
     def _coverage(self, entry: CacheEntry, cands: list[str]) -> tuple[int, float]:
         known = sum(a in entry.scores for a in cands)
@@ -522,8 +524,8 @@ class PriorCache:
 
     # --- state changes (under the lock) ---------------------------------------------------------
     def _apply_hit(self, match: _Match, state_text: str, partial_map: dict[str, float], now: int) -> None:
-        entry = self._entries.get(match.entry_id)
-        if entry is None:  # evicted by another thread meanwhile: the served prior stands, nothing to merge
+        entry = self._entries.get(match.entry_id) if match.epoch == self._epoch else None
+        if entry is None:  # evicted or reloaded meanwhile: the served prior stands, nothing to merge
             return
         entry.hit_count += 1
         entry.last_used_step = max(entry.last_used_step, now)
@@ -533,7 +535,7 @@ class PriorCache:
 
     def _apply_refresh(self, match: _Match, p_hash: str, prefix: str, state_text: str,
                        emb: Optional[np.ndarray], fresh_map: dict[str, float], audit: Audit, now: int) -> None:
-        entry = self._entries.get(match.entry_id)
+        entry = self._entries.get(match.entry_id) if match.epoch == self._epoch else None
         if entry is None or entry.version != match.version:
             # Changed or gone while the LLM ran: keep the fresh prior as an ordinary insert.
             if emb is not None:
@@ -729,6 +731,7 @@ class PriorCache:
             self._exact = {}
             self._partition_size = {}
             self._prefixes = {}
+            self._epoch += 1
             shift = self._clock - max((e.last_used_step for e in entries), default=self._clock)
             for e in entries:
                 e = e.copy()

@@ -353,3 +353,54 @@ def test_entries_are_plain_data(tmp_path: Path) -> None:
     assert (rebuilt.id, rebuilt.state_text, rebuilt.scores, rebuilt.hit_count) == (
         first.id, first.state_text, first.scores, first.hit_count)
     np.testing.assert_array_equal(rebuilt.key, first.key)
+
+
+def test_a_load_during_a_partial_call_does_not_merge_into_the_loaded_entries(tmp_path: Path) -> None:
+    other = make()
+    look(other, "a cellar with barrels", actions=("a", "b"))
+    other.save(tmp_path / "other")
+
+    cache: PriorCache
+
+    def fn(prompt: Prompt, action: str) -> float:
+        if action == "c":  # the partial call of the hit below: swap the entries under its feet
+            cache.load(tmp_path / "other")
+        return -1.0
+
+    cache = make(FakeBackend(fn=fn))
+    look(cache, STATES[0], actions=("a", "b"))
+    assert cache.entries()[0].id == other.entries()[0].id  # the same id now names another state
+    r = look(cache, STATES[0], actions=("a", "b", "c"))
+    assert (r.kind, r.partial_calls) == ("exact", 1)
+    (loaded,) = cache.entries()
+    assert loaded.state_text == "a cellar with barrels" and set(loaded.scores) == {"a", "b"}
+    assert loaded.hit_count == 0
+
+
+def test_loads_racing_lookups_keep_the_invariants(tmp_path: Path) -> None:
+    import threading
+
+    populated().save(tmp_path / "c")
+    cache = make(capacity=6, refresh_rate=0.3)
+    errors: list[BaseException] = []
+
+    def worker(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        try:
+            for _ in range(100):
+                look(cache, STATES[int(rng.integers(4))] + " " + "x" * int(rng.integers(3)),
+                     GOALS[int(rng.integers(2))], actions=("go north", "take key", f"a{int(rng.integers(5))}"))
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for _ in range(10):
+        cache.load(tmp_path / "c")
+        cache._assert_consistent()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    cache._assert_consistent()
+    assert cache.stats()["lookups"] == 400
