@@ -386,7 +386,7 @@ class PriorCache:
         served = np.array([match.known[a] if a in match.known else partial_map.get(a, match.floor) for a in cands])
         partial_calls = int(bool(partial_map))
         with self._lock:
-            self._apply_hit(match, state_text, partial_map, now)
+            self._apply_hit(match, partial_map, now)
             c = self._counters
             if match.kind == "exact":
                 c.exact_hits += 1
@@ -523,7 +523,7 @@ class PriorCache:
         return self._make_match(entry, "similar", sim, cands), sim, False
 
     # --- state changes (under the lock) ---------------------------------------------------------
-    def _apply_hit(self, match: _Match, state_text: str, partial_map: dict[str, float], now: int) -> None:
+    def _apply_hit(self, match: _Match, partial_map: dict[str, float], now: int) -> None:
         entry = self._entries.get(match.entry_id) if match.epoch == self._epoch else None
         if entry is None:  # evicted or reloaded meanwhile: the served prior stands, nothing to merge
             return
