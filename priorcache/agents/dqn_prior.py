@@ -273,5 +273,5 @@ class DQNPriorAgent:
         with torch.no_grad():
             for p, tp in zip(self.q.parameters(), self.q_target.parameters()):
                 tp.mul_(1.0 - cfg.target_tau).add_(p, alpha=cfg.target_tau)
-        self.last_td_error = float(td.abs().mean())
+        self.last_td_error = float(td.detach().abs().mean())
         self.train_time_s += time.perf_counter() - start
