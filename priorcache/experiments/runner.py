@@ -10,17 +10,19 @@ interrupted run leaves the episodes it finished readable:
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from tqdm.auto import tqdm
 
 from priorcache.agents.dqn_prior import DQNPriorAgent, DQNPriorConfig
 from priorcache.cache.encoder import MiniLMEncoder
 from priorcache.cache.prior_cache import CacheConfig, PriorCache
+from priorcache.cache.store import has_saved_cache
 from priorcache.envs.registry import make_env
 from priorcache.errors import ConfigError
 from priorcache.experiments.metrics import EpisodeRecord, summarise
@@ -81,26 +83,32 @@ def run_experiment(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Run ``config`` and return its summary. ``backend``/``encoder`` may be passed to share loaded models."""
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "config.json", config.to_json())
-
+    # Everything that can refuse bad input (env name and settings, backend, saved cache) is built
+    # before the output folder is touched, so a bad invocation writes nothing.
     agent_config = config.agent_config()
+    envs = _lazy_envs(config)
+    first_env = next(envs)
     encoder = encoder or MiniLMEncoder()
     cache: Optional[PriorCache] = None
     if agent_config.use_prior:
         backend = backend or make_backend(config.backend, model_path=config.model_path, device=config.device)
         cache = PriorCache(config.cache, encoder, backend, prior_config=config.prior)
-        if config.cache_path is not None and (Path(config.cache_path) / "entries.json").exists():
-            cache.load(config.cache_path)
+        if config.cache_path is not None:
+            cache_path = Path(config.cache_path)
+            if has_saved_cache(cache_path):
+                cache.load(cache_path)
+            elif cache_path.exists() and (not cache_path.is_dir() or any(cache_path.iterdir())):
+                raise ConfigError(f"--cache-path {cache_path} exists but holds no saved prior cache; "
+                                  "give an empty or new folder, or a folder a previous run saved a cache into")
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "config.json", config.to_json())
 
     records: list[dict[str, Any]] = []
     bar = tqdm(total=config.episodes * len(config.seeds), desc=f"{config.env} {config.agent}/{config.cache.mode}",
                unit="ep", disable=not progress)
     try:
-        for seed in config.seeds:
-            env = make_env(config.env, game_seed=seed, max_episode_steps=config.max_episode_steps,
-                           **config.env_kwargs)
+        for seed, env in zip(config.seeds, itertools.chain([first_env], envs)):
             agent = DQNPriorAgent(agent_config, encoder, cache, text_game_prompt, seed=seed)
             try:
                 for episode in range(config.episodes):
@@ -126,6 +134,12 @@ def run_experiment(
                     "cache_stats": cache.stats() if cache is not None else None})
     atomic_write_json(out / "summary.json", summary)
     return summary
+
+
+def _lazy_envs(config: RunConfig) -> Iterator[Any]:
+    """One environment per seed (a seed is its own generated game), made when its turn comes."""
+    for seed in config.seeds:
+        yield make_env(config.env, game_seed=seed, max_episode_steps=config.max_episode_steps, **config.env_kwargs)
 
 
 def _run_episode(env: Any, agent: DQNPriorAgent, seed: int, episode: int) -> EpisodeRecord:
