@@ -1,0 +1,464 @@
+"""A local causal LM that scores candidate actions (SPEC F3) and keeps prompt-prefix KV caches (F9).
+
+For each prompt the context is run once and its KV cache is reused by all candidates, which are
+scored together. Two layouts give the same scores:
+- packed (default where the model allows it): the state tokens and a trie of the candidates'
+  token prefixes go in ONE row over the prefix's cache; a custom attention mask lets each trie
+  node see the context and its own ancestors only, so shared prefixes ("examine …") run once, no
+  padding is run and the weights are streamed once per call (on CPU a forward has a large fixed
+  cost: packing made a 10-action call ~1.6× faster than the padded layout here);
+- padded: the state part is run, then the candidates as one batch over its KV cache repeated
+  along the batch dimension, right-padded under an attention mask (used for sliding-window or
+  recurrent models and for attention kernels that take no arbitrary mask).
+ℓ_i is the mean (or, on request, the sum) of the log-probabilities of candidate i's tokens, each
+action tokenised with a leading space.
+
+F9: the KV cache of ``Prompt.prefix`` (the episode-constant part) is kept in a small LRU keyed by
+the prefix string, so a call runs only the state part and the candidates. The prefix and the state
+are tokenised separately and their ids concatenated, so every path (cached prefix, fresh prefix,
+naive full rows) sees exactly the same token ids and gives the same scores up to float rounding.
+
+:meth:`TransformersBackend.score_naive` runs every full prompt+action row with no KV reuse at all;
+it is the reference the fast path is tested and benchmarked against.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from priorcache.errors import BackendError, ConfigError
+from priorcache.prior.action_prior import check_candidates, check_scores
+from priorcache.prior.base import Prompt, ScoreResult
+
+
+@dataclass
+class _PrefixState:
+    """The model state after a prefix: its KV cache (never mutated once stored) and the
+    log-probabilities of the next token, needed when the state part is empty."""
+
+    cache: Any
+    next_logprobs: torch.Tensor
+    length: int
+
+
+def _resolve_dtype(dtype: Any, device: str) -> Any:
+    if dtype is None:
+        # float32 is the fast path on CPU and exact; accelerators take the checkpoint's own dtype.
+        return torch.float32 if torch.device(device).type == "cpu" else "auto"
+    if isinstance(dtype, torch.dtype) or dtype == "auto":
+        return dtype
+    if isinstance(dtype, str) and isinstance(getattr(torch, dtype, None), torch.dtype):
+        return getattr(torch, dtype)
+    raise ConfigError(f"unknown dtype {dtype!r}; use a torch dtype, its name (e.g. 'bfloat16') or 'auto'")
+
+
+def _check_device(device: str) -> str:
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"invalid device {device!r}: {exc}") from exc
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} was asked for but CUDA is not available here")
+    return device
+
+
+def _load_model(path: Path, device: str, dtype: Any, attn_implementation: str | None) -> tuple[Any, Any]:
+    """Load tokenizer and causal LM from a local folder, refusing anything else with a clear error."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    if not path.exists():
+        raise BackendError(f"model folder {path} does not exist")
+    if not path.is_dir():
+        raise BackendError(f"model path {path} is not a folder (expected a transformers model folder)")
+    if not (path / "config.json").is_file():
+        raise BackendError(f"model folder {path} has no config.json: it is not a transformers model folder")
+    try:
+        config = AutoConfig.from_pretrained(path, local_files_only=True)
+    except Exception as exc:  # transformers raises ValueError/OSError/KeyError for foreign configs
+        raise BackendError(f"cannot read the model config in {path}: {exc}") from exc
+
+    causal_names = set()
+    for value in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values():
+        causal_names.update([value] if isinstance(value, str) else value)
+    architectures = list(getattr(config, "architectures", None) or [])
+    # A BERT-like folder (e.g. a sentence encoder) has a config type that AutoModelForCausalLM would
+    # accept, silently adding an untrained LM head; its declared architectures tell the truth.
+    if architectures and not any(a in causal_names for a in architectures):
+        raise BackendError(
+            f"{path} holds a {'/'.join(architectures)} model, not a causal language model "
+            "(expected an architecture such as LlamaForCausalLM)"
+        )
+    if getattr(config, "is_encoder_decoder", False) or config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise BackendError(f"{path} holds a {config.model_type!r} model, not a causal language model")
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
+        model, info = AutoModelForCausalLM.from_pretrained(
+            path, dtype=dtype, local_files_only=True, output_loading_info=True, **extra
+        )
+    except Exception as exc:
+        raise BackendError(f"cannot load the causal LM in {path}: {type(exc).__name__}: {exc}") from exc
+    if info.get("missing_keys"):
+        missing = sorted(info["missing_keys"])
+        raise BackendError(
+            f"the model in {path} lacks weights {missing[:5]}{' …' if len(missing) > 5 else ''}: "
+            "not a complete causal language model"
+        )
+    model.to(device)
+    model.eval()
+    return tokenizer, model
+
+
+class TransformersBackend:
+    """Any causal LM in a local folder, scoring candidate actions per F3 with F9 prefix reuse.
+
+    ``dtype``: None picks float32 on CPU and the checkpoint's dtype elsewhere; a torch dtype, its
+    name or ``"auto"`` is passed to transformers. ``prefix_cache_size``: how many prompt prefixes'
+    KV caches to keep (least recently used dropped first); 0 disables F9. ``pack_candidates``:
+    run the candidates as one packed row with a tree attention mask (shared token prefixes run
+    once, no padding; used where the model's attention allows it) rather than as a right-padded
+    batch over the repeated KV cache; both give the same scores. ``attn_implementation`` is passed
+    to transformers (e.g. ``"eager"``, ``"sdpa"``, ``"flash_attention_2"``; None: its default).
+    """
+
+    name: str = "transformers"
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike[str],
+        device: str = "cpu",
+        dtype: Any = None,
+        prefix_cache_size: int = 8,
+        pack_candidates: bool = True,
+        attn_implementation: str | None = None,
+    ) -> None:
+        if not isinstance(prefix_cache_size, int) or prefix_cache_size < 0:
+            raise ConfigError(f"prefix_cache_size must be an integer ≥ 0, got {prefix_cache_size!r}")
+        self.model_path = Path(model_path).expanduser()
+        self.device = _check_device(device)
+        self.prefix_cache_size = prefix_cache_size
+        self.pack_candidates = bool(pack_candidates)
+        self._tokenizer, self._model = _load_model(
+            self.model_path, self.device, _resolve_dtype(dtype, device), attn_implementation
+        )
+        self._lead_ids = self._leading_special_ids()
+        self._pad_id = self._pick_pad_id()
+        self._plain_attention_layers = self.pack_candidates and self._has_plain_attention_layers()
+        self._prefixes: OrderedDict[str, _PrefixState] = OrderedDict()
+
+    # ------------------------------------------------------------------ public API
+
+    def score(
+        self,
+        prompts: Sequence[Prompt],
+        candidates: Sequence[Sequence[str]],
+        length_normalise: bool = True,
+        *,
+        reuse_prefix: bool = True,
+    ) -> ScoreResult:
+        """F3 scores of ``candidates[i]`` after ``prompts[i]``: one context pass, one batched
+        continuation pass per prompt. ``reuse_prefix=False`` neither reads nor fills the F9
+        prefix cache (the prefix is run again), for measuring what F9 saves."""
+        pairs = self._check_batch(prompts, candidates)
+        start = time.perf_counter()
+        scores: list[np.ndarray] = []
+        prompt_tokens = continuation_tokens = 0
+        with torch.inference_mode():
+            for prompt, cands in pairs:
+                row, ran, cont = self._score_one(prompt, cands, length_normalise, reuse_prefix)
+                scores.append(row)
+                prompt_tokens += ran
+                continuation_tokens += cont
+        return ScoreResult(scores, time.perf_counter() - start, prompt_tokens, continuation_tokens)
+
+    def score_naive(
+        self,
+        prompts: Sequence[Prompt],
+        candidates: Sequence[Sequence[str]],
+        length_normalise: bool = True,
+    ) -> ScoreResult:
+        """Reference path without any KV reuse: each full prompt+action row is run from scratch
+        (the rows of a prompt share one padded forward). ``prompt_tokens`` counts the prompt once
+        per row, since that is what is run."""
+        pairs = self._check_batch(prompts, candidates)
+        start = time.perf_counter()
+        scores: list[np.ndarray] = []
+        prompt_tokens = continuation_tokens = 0
+        with torch.inference_mode():
+            for prompt, cands in pairs:
+                context = self._prefix_ids(prompt.prefix) + self._encode(prompt.state)
+                if not context:
+                    raise BackendError(self._empty_context_message())
+                action_ids = [self._action_ids(a) for a in cands]
+                longest = max(len(ids) for ids in action_ids)
+                # The last token of each action is only a target, never an input.
+                rows = [context + ids[:-1] + [self._pad_id] * (longest - len(ids)) for ids in action_ids]
+                mask = [[1] * (len(context) + len(ids) - 1) + [0] * (longest - len(ids)) for ids in action_ids]
+                out = self._model(
+                    input_ids=self._tensor(rows),
+                    attention_mask=self._tensor(mask),
+                    use_cache=False,
+                    logits_to_keep=longest,
+                )
+                logprobs = torch.log_softmax(out.logits.float(), dim=-1)
+                row = self._reduce(logprobs, action_ids, length_normalise)
+                scores.append(check_scores(row, cands, self._source()))
+                prompt_tokens += len(context) * len(cands)
+                continuation_tokens += sum(len(ids) for ids in action_ids)
+        return ScoreResult(scores, time.perf_counter() - start, prompt_tokens, continuation_tokens)
+
+    def clear_prefix_cache(self) -> None:
+        """Forget every kept prefix KV cache."""
+        self._prefixes.clear()
+
+    @property
+    def cached_prefixes(self) -> list[str]:
+        """The prefixes whose KV cache is kept, least recently used first."""
+        return list(self._prefixes)
+
+    def count_tokens(self, text: str) -> int:
+        """Number of tokens of ``text`` as this backend tokenises prompt parts."""
+        return len(self._encode(text))
+
+    # ------------------------------------------------------------------ scoring internals
+
+    def _score_one(
+        self, prompt: Prompt, cands: list[str], length_normalise: bool, reuse_prefix: bool
+    ) -> tuple[np.ndarray, int, int]:
+        prefix_state, ran = self._prefix_state(prompt.prefix, reuse_prefix)
+        state_ids = self._encode(prompt.state)
+        if prefix_state is None and not state_ids:
+            raise BackendError(self._empty_context_message())
+        action_ids = [self._action_ids(a) for a in cands]
+        # A fresh copy: the forward passes below grow the cache, and the stored one must stay
+        # exactly the prefix for the next call.
+        cache = copy.deepcopy(prefix_state.cache) if prefix_state is not None else None
+        prefix_len = prefix_state.length if prefix_state is not None else 0
+        if self._can_pack():
+            first, later = self._run_packed(cache, prefix_len, state_ids, action_ids)
+        else:
+            first, later = self._run_padded(cache, prefix_len, state_ids, action_ids)
+        if first is None:
+            first = prefix_state.next_logprobs  # empty state part: the prefix's own next-token log-probs
+        row = np.empty(len(cands), dtype=np.float64)
+        for j, ids in enumerate(action_ids):
+            total = float(first[ids[0]].double()) + float(later[j].double().sum())
+            row[j] = total / len(ids) if length_normalise else total
+        ran += len(state_ids)
+        return check_scores(row, cands, self._source()), ran, sum(len(ids) for ids in action_ids)
+
+    def _can_pack(self) -> bool:
+        """Whether state and candidates may share one row under a custom attention mask: only with
+        plain (full, non-sliding, non-recurrent) attention layers and an attention kernel that
+        honours an arbitrary mask."""
+        return self._plain_attention_layers and getattr(self._model.config, "_attn_implementation", None) in (
+            "sdpa",
+            "eager",
+        )
+
+    def _run_packed(
+        self, cache: Any, prefix_len: int, state_ids: list[int], action_ids: list[list[int]]
+    ) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
+        """The state part and every action in ONE forward of a single packed row.
+
+        The row is the state tokens followed by a trie of the actions' proper token prefixes
+        ("examine chest", "examine key" share "examine"). Each position carries the position id
+        it has in its own sequence and, through a custom attention mask, sees the prefix, the
+        state tokens up to itself (state) or all of them plus its own ancestors (trie node). The
+        logits at the node for a[:k] are then those a separate row prefix+state+a would give for
+        token k of a, with shared prefixes run once, no padding and one pass over the weights.
+        Returns the next-token log-probs after the state (None without a state part) and, per
+        action, the log-probs of its tokens 1...
+        """
+        node_of: dict[tuple[int, ...], int] = {}
+        tokens: list[int] = []
+        parents: list[int] = []
+        depths: list[int] = []
+        for ids in action_ids:
+            for k in range(1, len(ids)):
+                key = tuple(ids[:k])
+                if key not in node_of:
+                    node_of[key] = len(tokens)
+                    tokens.append(ids[k - 1])
+                    parents.append(node_of.get(key[:-1], -1))
+                    depths.append(k - 1)
+        s, q = len(state_ids), len(tokens)
+        if s + q == 0:
+            return None, [torch.zeros(0) for _ in action_ids]
+        allowed = torch.zeros(s + q, prefix_len + s + q, dtype=torch.bool)
+        allowed[:, :prefix_len] = True
+        allowed[:s, prefix_len : prefix_len + s] = torch.ones(s, s, dtype=torch.bool).tril()
+        allowed[s:, prefix_len : prefix_len + s] = True
+        for i in range(q):
+            node = i
+            while node >= 0:
+                allowed[s + i, prefix_len + s + node] = True
+                node = parents[node]
+        positions = list(range(prefix_len, prefix_len + s)) + [prefix_len + s + d for d in depths]
+        out = self._model(
+            input_ids=self._tensor([state_ids + tokens]),
+            attention_mask=self._custom_mask(allowed),
+            position_ids=self._tensor([positions]),
+            past_key_values=cache,
+            use_cache=True,
+            # Only the last state position and the trie nodes predict a scored token.
+            logits_to_keep=q + (1 if s else 0),
+        )
+        logprobs = torch.log_softmax(out.logits[0].float(), dim=-1)
+        first = logprobs[0] if s else None
+        nodes = logprobs[1:] if s else logprobs
+        later = []
+        for ids in action_ids:
+            rows = torch.tensor([node_of[tuple(ids[:k])] for k in range(1, len(ids))], dtype=torch.long)
+            targets = torch.tensor(ids[1:], dtype=torch.long)
+            later.append(nodes[rows.to(nodes.device), targets.to(nodes.device)])
+        return first, later
+
+    def _custom_mask(self, allowed: torch.Tensor) -> torch.Tensor:
+        """A (1, 1, query, key) mask from a boolean "may attend" matrix, in the form the kernel wants."""
+        if self._model.config._attn_implementation == "sdpa":
+            return allowed[None, None].to(self.device)
+        dtype = self._model.dtype  # eager attention adds the mask to the scores
+        mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
+        return mask[None, None].to(self.device)
+
+    def _run_padded(
+        self, cache: Any, prefix_len: int, state_ids: list[int], action_ids: list[list[int]]
+    ) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
+        """Two forwards: the state part over the prefix's cache, then the actions as one batch
+        over that cache repeated along the batch dimension, right-padded under an attention mask."""
+        first = None
+        if state_ids:
+            out = self._model(
+                input_ids=self._tensor([state_ids]), past_key_values=cache, use_cache=True, logits_to_keep=1
+            )
+            cache = out.past_key_values
+            first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
+        if max(len(ids) for ids in action_ids) == 1:
+            return first, [torch.zeros(0) for _ in action_ids]
+        return first, self._later_logprobs_padded(cache, prefix_len + len(state_ids), action_ids)
+
+    def _later_logprobs_padded(
+        self, cache: Any, context_len: int, action_ids: list[list[int]]
+    ) -> list[torch.Tensor]:
+        """Log-probs of tokens 1.. of every action from one batched forward: the context's cache
+        repeated along the batch, each action (minus its last token, which is only a target)
+        right-padded, the pads masked out."""
+        longest = max(len(ids) for ids in action_ids)
+        cache.batch_repeat_interleave(len(action_ids))
+        inputs = [ids[:-1] + [self._pad_id] * (longest - len(ids)) for ids in action_ids]
+        mask = [[1] * (context_len + len(ids) - 1) + [0] * (longest - len(ids)) for ids in action_ids]
+        out = self._model(
+            input_ids=self._tensor(inputs),
+            attention_mask=self._tensor(mask),
+            past_key_values=cache,
+            use_cache=True,
+        )
+        logprobs = torch.log_softmax(out.logits.float(), dim=-1)
+        result = []
+        for j, ids in enumerate(action_ids):
+            steps = torch.arange(len(ids) - 1, device=logprobs.device)
+            tgt = torch.tensor(ids[1:], dtype=torch.long, device=logprobs.device)
+            result.append(logprobs[j, steps, tgt])
+        return result
+
+    def _prefix_state(self, prefix: str, reuse: bool) -> tuple[_PrefixState | None, int]:
+        """The KV cache after ``prefix`` (with leading special tokens) and the tokens run to get it."""
+        if reuse and prefix in self._prefixes:
+            self._prefixes.move_to_end(prefix)
+            return self._prefixes[prefix], 0
+        ids = self._prefix_ids(prefix)
+        if not ids:
+            return None, 0
+        out = self._model(input_ids=self._tensor([ids]), use_cache=True, logits_to_keep=1)
+        state = _PrefixState(out.past_key_values, torch.log_softmax(out.logits[0, -1].float(), dim=-1), len(ids))
+        if reuse and self.prefix_cache_size > 0:
+            self._prefixes[prefix] = state
+            while len(self._prefixes) > self.prefix_cache_size:
+                self._prefixes.popitem(last=False)
+        return state, len(ids)
+
+    @staticmethod
+    def _reduce(logprobs: torch.Tensor, action_ids: list[list[int]], length_normalise: bool) -> np.ndarray:
+        """Sum (or mean) of each action's token log-probs; ``logprobs[j, t]`` predicts token t of action j."""
+        out = np.empty(len(action_ids), dtype=np.float64)
+        for j, ids in enumerate(action_ids):
+            target = torch.tensor(ids, device=logprobs.device)
+            picked = logprobs[j, torch.arange(len(ids), device=logprobs.device), target]
+            total = float(picked.double().sum())
+            out[j] = total / len(ids) if length_normalise else total
+        return out
+
+    # ------------------------------------------------------------------ tokenisation helpers
+
+    def _encode(self, text: str) -> list[int]:
+        if not text:
+            return []
+        return list(self._tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _prefix_ids(self, prefix: str) -> list[int]:
+        return self._lead_ids + self._encode(prefix)
+
+    def _action_ids(self, action: str) -> list[int]:
+        ids = self._encode(" " + action)
+        if not ids:
+            raise BackendError(f"the tokenizer of {self.model_path} gives no tokens for action {action!r}")
+        return ids
+
+    def _has_plain_attention_layers(self) -> bool:
+        from transformers.cache_utils import DynamicCache, DynamicLayer
+
+        try:
+            layers = DynamicCache(config=self._model.config).layers
+        except Exception:  # an exotic config: the padded layout needs no such knowledge
+            return False
+        return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
+
+    def _leading_special_ids(self) -> list[int]:
+        """The special tokens the tokenizer puts before a text (a BOS for most models, none for SmolLM2)."""
+        with_special = list(self._tokenizer("a", add_special_tokens=True)["input_ids"])
+        plain = list(self._tokenizer("a", add_special_tokens=False)["input_ids"])
+        for start in range(len(with_special) - len(plain) + 1):
+            if with_special[start : start + len(plain)] == plain:
+                return with_special[:start]
+        return []
+
+    def _pick_pad_id(self) -> int:
+        for candidate in (self._tokenizer.pad_token_id, self._tokenizer.eos_token_id):
+            if candidate is not None:
+                return int(candidate)
+        return 0  # any valid id does: padded positions are masked and never scored
+
+    def _tensor(self, rows: list[list[int]]) -> torch.Tensor:
+        return torch.tensor(rows, dtype=torch.long, device=self.device)
+
+    def _source(self) -> str:
+        return f"{self.name} backend ({self.model_path})"
+
+    def _empty_context_message(self) -> str:
+        return (
+            f"empty prompt: {self.model_path}'s tokenizer adds no BOS token, so an empty prefix and state "
+            "leave nothing to condition the first action token on"
+        )
+
+    def _check_batch(
+        self, prompts: Sequence[Prompt], candidates: Sequence[Sequence[str]]
+    ) -> list[tuple[Prompt, list[str]]]:
+        prompts, candidates = list(prompts), list(candidates)
+        if len(prompts) != len(candidates):
+            raise ConfigError(f"{len(prompts)} prompts but {len(candidates)} candidate lists")
+        for prompt in prompts:
+            if not isinstance(prompt, Prompt):
+                raise ConfigError(f"expected a Prompt(prefix, state), got {type(prompt).__name__}")
+        return [(p, check_candidates(c)) for p, c in zip(prompts, candidates)]
