@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from priorcache.errors import BackendError
 from priorcache.prior.transformers_backend import TransformersBackend
@@ -161,5 +161,5 @@ class EmbeddedBackend(TransformersBackend):
 
     name = "embedded"
 
-    def __init__(self, device: str = "cpu", dtype: object = None, prefix_cache_size: int = 8) -> None:
+    def __init__(self, device: str = "cpu", dtype: Any = None, prefix_cache_size: int = 8) -> None:
         super().__init__(embedded_model_dir(), device=device, dtype=dtype, prefix_cache_size=prefix_cache_size)

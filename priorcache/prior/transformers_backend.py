@@ -6,7 +6,8 @@ scored together. Two layouts give the same scores:
   token prefixes go in ONE row over the prefix's cache; a custom attention mask lets each trie
   node see the context and its own ancestors only, so shared prefixes ("examine …") run once, no
   padding is run and the weights are streamed once per call (on CPU a forward has a large fixed
-  cost: packing made a 10-action call ~1.6× faster than the padded layout here);
+  cost: packing made a 10-action call ~1.8× faster than the padded layout, 274 vs 499 ms, see
+  benchmarks/bench_scoring.py);
 - padded: the state part is run, then the candidates as one batch over its KV cache repeated
   along the batch dimension, right-padded under an attention mask (used for sliding-window or
   recurrent models and for attention kernels that take no arbitrary mask).
@@ -167,9 +168,10 @@ class TransformersBackend:
         *,
         reuse_prefix: bool = True,
     ) -> ScoreResult:
-        """F3 scores of ``candidates[i]`` after ``prompts[i]``: one context pass, one batched
-        continuation pass per prompt. ``reuse_prefix=False`` neither reads nor fills the F9
-        prefix cache (the prefix is run again), for measuring what F9 saves."""
+        """F3 scores of ``candidates[i]`` after ``prompts[i]``. Per prompt: the prefix only when
+        it is not cached, then one forward for state and candidates (packed layout) or one for the
+        state and one for the candidates (padded). ``reuse_prefix=False`` neither reads nor fills
+        the F9 prefix cache (the prefix is run again), for measuring what F9 saves."""
         pairs = self._check_batch(prompts, candidates)
         start = time.perf_counter()
         scores: list[np.ndarray] = []
