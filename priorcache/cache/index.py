@@ -17,38 +17,41 @@ adding an existing id replaces its vector; removing an unknown id does nothing. 
 raw inner products, so they are cosines exactly when keys and queries are unit vectors.
 
 Numbers behind the defaults (``python benchmarks/bench_lookup.py``, results in
-benchmarks/results/lookup.json; 2 CPU cores shared with other jobs, load average 2-3; uniform
-random unit 384-d keys, queries = a stored key plus noise at cosine ~0.9, the cache-hit regime;
-one query per call, median over 5 rounds of 500):
+benchmarks/results/lookup.json; the 2 CPU cores shared with other jobs, load average 1.3-3.7
+during the run; uniform random unit 384-d keys; queries = a stored key plus noise at cosine ~0.9,
+the cache-hit regime; one query per call; median over 5 rounds of 500 queries). The 2k/5k/20k
+rows come from ``--sizes 2000,5000,20000`` runs of the same script:
 
-=========  ===============  ===============  ===============  ===============
-entries    numpy p50/p95    faiss p50/p95    hnsw p50/p95     hnsw recall@1
-=========  ===============  ===============  ===============  ===============
-1,000      0.04 / 0.06 ms   0.05 / 0.06 ms   0.08 / 0.11 ms   1.00
-2,000      0.05 / 0.11 ms                    0.10 / 0.13 ms   1.00
-5,000      0.13 / 8.0 ms                     0.15 / 0.25 ms   1.00
-10,000     0.3-1.4 / 8-9 ms 1.6 / 16 ms      0.24 / 0.40 ms   1.00
-20,000     5.7 / 8.3 ms                      0.55 / 0.72 ms   1.00
-100,000    10 / 22 ms       15 / 18 ms       1.0 / 1.3 ms     0.99
-=========  ===============  ===============  ===============  ===============
+=========  ===============  ===============  ===============  ========  =================
+entries    numpy p50/p95    faiss p50/p95    hnsw p50/p95     recall@1  memory numpy/hnsw
+=========  ===============  ===============  ===============  ========  =================
+1,000      0.05 / 0.07 ms   0.03 / 0.05 ms   0.07 / 0.09 ms   1.00      1.10× / 3.13×
+2,000      0.09 / 0.13 ms                    0.10 / 0.13 ms   1.00
+5,000      0.21 / 0.30 ms                    0.15 / 0.25 ms   1.00
+10,000     0.52 / 0.68 ms   4.0 / 16 ms      0.35 / 0.47 ms   1.00      1.17× / 1.53×
+20,000     1.5 / 1.7 ms                      0.55 / 0.72 ms   1.00
+100,000    7.8 / 10.6 ms    35 / 48 ms       0.80 / 1.04 ms   0.99      1.08× / 1.36×
+=========  ===============  ===============  ===============  ========  =================
 
-- Exact search reads all n·384·4 bytes per query. With the cores free it costs ~0.03 ms at 1k,
-  ~0.12 ms at 10k and ~6.5 ms at 100k (memory-bound), so it cannot meet a 2 ms budget at 100k.
-  Under load its p95 jumps to ~8 ms from 5k entries on, because OpenBLAS splits the product
-  over both cores and waits for a descheduled thread (with ``OPENBLAS_NUM_THREADS=1``: 0.3 ms at
-  10k, 2.1 ms at 20k). Up to 10k its p50 stays within ~0.1 ms of HNSW (load permitting), it
-  uses less memory (1.1× the raw keys vs 1.5×) and never misses a neighbour; at 20k it is
-  ~10× slower under load. Hence ``auto`` = exact up to 10k entries, HNSW above.
-- faiss' flat index is no faster than numpy for one query at a time, and its OpenMP threads
-  suffer the same way under load (0.6-1.6 ms at 10k), so ``auto`` never picks it; it stays for
-  comparison and batched use.
+(recall@1 is HNSW's; memory is resident-set growth over the raw n·384·4 bytes of keys.)
+
+- Exact search reads all n·384·4 bytes per query, so it grows linearly and cannot meet a 2 ms
+  budget at 100k. Up to 10k it costs at most ~0.2 ms more than HNSW, uses less memory and never
+  misses a neighbour; at 20k it is ~1 ms slower. Hence ``auto`` = exact up to 10k, HNSW above.
+- The numpy index multiplies with ``np.vecdot`` (one thread) rather than a BLAS matvec. BLAS is
+  faster on idle cores (0.14 ms vs 0.26 ms at 10k) but splits the work over both cores and,
+  whenever another job holds one, waits for it: p95 ~8 ms from 5k entries on, p50 up to 5.7 ms
+  at 10k in our runs. The lookup sits on every decision, so its tail matters more.
+- faiss' flat index is no faster than numpy for one query at a time and its OpenMP threads have
+  the same stall (4-16 ms at 10k under load, 0.25 ms on idle cores), so ``auto`` never picks it;
+  it stays for comparison and batched use.
 - HNSW M=32 rather than 16: on these keys (uniform in 384-d, the hardest case for a graph
   index) M=16 reaches recall@1 0.78 / 0.93 / 0.99 at ef 64 / 128 / 256 with 100k entries
   (p50 0.43 / 0.71 / 1.3 ms), M=32 0.99 / 1.00 at ef 64 / 128 (p50 0.9 / 2.3 ms). Clustered keys,
   closer to real sentence embeddings, already gave recall 1.00 with M=16, ef=64 at 100k.
   Building costs ~2 ms per insertion at 100k (once per cache miss, next to a ~0.4 s LLM call).
-- HNSW memory is ~1.4× the raw keys at 10k-100k; at 1k it is ~3× because hnswlib allocates a
-  fixed ~2.6 MB of per-label locks for every index (one more reason to stay exact when small).
+- HNSW memory is 1.4-1.5× the raw keys at 10k-100k; at 1k it is ~3× because hnswlib allocates
+  a fixed ~2.6 MB of per-label locks for every index (one more reason to stay exact when small).
 - On random queries (best cosine ~0.2: a miss at any useful threshold) HNSW recall@1 falls to
   ~0.65 at 10k; that never changes a hit/miss decision.
 """
