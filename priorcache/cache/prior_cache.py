@@ -85,7 +85,7 @@ class CacheConfig:
     # dominates, F9) while the served ranking is mostly another state's: count it as a miss.
     min_coverage: float = 0.5
     # "numpy" is exact; an ANN kind ("auto"/"hnsw") is only worth it for K in the tens of thousands.
-    index: str = "numpy"
+    index: str = "auto"
     # Seed of the refresh draws, so a run's sequence of audits is reproducible; None: OS entropy.
     seed: Optional[int] = 0
 

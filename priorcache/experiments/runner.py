@@ -88,10 +88,11 @@ def run_experiment(
     agent_config = config.agent_config()
     envs = _lazy_envs(config)
     first_env = next(envs)
-    encoder = encoder or MiniLMEncoder()
     cache: Optional[PriorCache] = None
     if agent_config.use_prior:
         backend = backend or make_backend(config.backend, model_path=config.model_path, device=config.device)
+    encoder = encoder or MiniLMEncoder()
+    if agent_config.use_prior:
         cache = PriorCache(config.cache, encoder, backend, prior_config=config.prior)
         if config.cache_path is not None:
             cache_path = Path(config.cache_path)
