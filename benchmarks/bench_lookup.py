@@ -41,7 +41,6 @@ from typing import Any
 import numpy as np
 
 # Runnable from a checkout without installing the package.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from priorcache.cache.index import resolve_index_kind  # noqa: E402
 from priorcache.io import atomic_write_json  # noqa: E402
 

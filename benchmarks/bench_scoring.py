@@ -33,7 +33,6 @@ import numpy as np
 import torch
 
 # Runnable from a checkout without `pip install -e .`: the repository root holds the package.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from priorcache.io import atomic_write_json
 from priorcache.prior.base import Prompt, ScoreResult

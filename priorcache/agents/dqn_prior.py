@@ -58,21 +58,25 @@ class DQNPriorConfig:
 
 @dataclass
 class Decision:
-    """What one decision cost and where its prior came from (SPEC §2: recorded every step)."""
+    """One decision: the action, what it cost, and the prior lookup behind it (SPEC §2: recorded
+    every step). ``lookup`` is None for plain DQN, which has no prior."""
 
     action: str
-    kind: str  # "uncached" | "miss" | "exact" | "similar" | "refresh" | "no-prior"
-    hit: bool
-    similarity: Optional[float]
-    llm_calls: int
-    partial_calls: int
-    llm_time_s: float
-    prompt_tokens: int
-    continuation_tokens: int
     decision_time_s: float
     alpha: float
-    epsilon: Optional[float] = None
-    kl: Optional[float] = None
+    lookup: Optional[PriorLookup] = None
+
+    @property
+    def kind(self) -> str:  # "uncached" | "miss" | "exact" | "similar" | "refresh" | "no-prior"
+        return self.lookup.kind if self.lookup is not None else "no-prior"
+
+    @property
+    def hit(self) -> bool:
+        return self.lookup is not None and self.lookup.hit
+
+    def cost(self, name: str) -> float:
+        """A lookup's cost field (llm_calls, partial_calls, llm_time_s, prompt_tokens, …); 0 without one."""
+        return getattr(self.lookup, name) if self.lookup is not None else 0
 
 
 class QNetwork(nn.Module):
@@ -207,22 +211,7 @@ class DQNPriorAgent:
         self.step_count += 1
         decision_time = time.perf_counter() - start
 
-        audit = lookup.audit if lookup is not None else None
-        return Decision(
-            action=candidates[index],
-            kind=lookup.kind if lookup is not None else "no-prior",
-            hit=lookup.hit if lookup is not None else False,
-            similarity=lookup.similarity if lookup is not None else None,
-            llm_calls=lookup.llm_calls if lookup is not None else 0,
-            partial_calls=lookup.partial_calls if lookup is not None else 0,
-            llm_time_s=lookup.llm_time_s if lookup is not None else 0.0,
-            prompt_tokens=lookup.prompt_tokens if lookup is not None else 0,
-            continuation_tokens=lookup.continuation_tokens if lookup is not None else 0,
-            decision_time_s=decision_time,
-            alpha=alpha,
-            epsilon=audit.epsilon if audit is not None else None,
-            kl=audit.kl if audit is not None else None,
-        )
+        return Decision(candidates[index], decision_time, alpha, lookup)
 
     # --- learning ---------------------------------------------------------------------------
     def observe(self, reward: float, terminated: bool, truncated: bool, next_state_text: str,

@@ -44,22 +44,18 @@ class EpisodeRecord:
     def add(self, d: Decision, reward: float) -> None:
         self.steps += 1
         self.episode_return += reward
-        self.llm_calls += d.llm_calls
-        self.partial_calls += d.partial_calls
-        if d.kind != "no-prior":
-            self.lookups += 1
+        for name in ("llm_calls", "partial_calls", "llm_time_s", "prompt_tokens", "continuation_tokens"):
+            setattr(self, name, getattr(self, name) + d.cost(name))
+        self.lookups += d.lookup is not None
         self.hits += d.hit
         self.exact_hits += d.kind == "exact"
         self.similar_hits += d.kind == "similar"
         self.refreshes += d.kind == "refresh"
-        self.llm_time_s += d.llm_time_s
-        self.prompt_tokens += d.prompt_tokens
-        self.continuation_tokens += d.continuation_tokens
         self.decision_time_s += d.decision_time_s
         self.decision_times_ms.append(d.decision_time_s * 1e3)
-        if d.epsilon is not None:
-            self._epsilons.append(d.epsilon)
-            self._kls.append(d.kl)
+        if d.lookup is not None and d.lookup.audit is not None:
+            self._epsilons.append(d.lookup.audit.epsilon)
+            self._kls.append(d.lookup.audit.kl)
 
     def to_json(self) -> dict[str, Any]:
         self.decision_p50_ms = float(np.median(self.decision_times_ms)) if self.decision_times_ms else 0.0

@@ -110,8 +110,8 @@ def test_decision_records_cost_and_source():
     first = agent.act(text, cands)
     agent.observe(0.0, False, False, text, cands)
     second = agent.act(text, cands)
-    assert (first.kind, first.llm_calls, first.hit) == ("miss", 1, False)
-    assert (second.kind, second.llm_calls, second.hit) == ("exact", 0, True)
+    assert (first.kind, first.cost("llm_calls"), first.hit) == ("miss", 1, False)
+    assert (second.kind, second.cost("llm_calls"), second.hit) == ("exact", 0, True)
     assert second.decision_time_s > 0 and first.action in ACTIONS
 
 
