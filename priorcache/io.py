@@ -1,4 +1,4 @@
-"""Atomic file writes: a crash mid-write leaves the previous version of the file readable."""
+"""Where priorcache keeps its files, and atomic writes: a crash mid-write leaves the previous version readable."""
 
 from __future__ import annotations
 
@@ -27,3 +27,14 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def atomic_write_json(path: Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n")
+
+
+def cache_root() -> Path:
+    """``$PRIORCACHE_CACHE_DIR`` if set, else ``$XDG_CACHE_HOME/priorcache``, else ``~/.cache/priorcache``:
+    converted models and generated games live here."""
+    root = os.environ.get("PRIORCACHE_CACHE_DIR")
+    if root:
+        return Path(root).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "priorcache"

