@@ -37,6 +37,7 @@ class EpisodeRecord:
     audit_kl_mean: Optional[float] = None
     train_time_s: float = 0.0
     wall_time_s: float = 0.0
+    actions: list[str] = field(default_factory=list, repr=False)
     decision_times_ms: list[float] = field(default_factory=list, repr=False)
     _epsilons: list[float] = field(default_factory=list, repr=False)
     _kls: list[float] = field(default_factory=list, repr=False)
@@ -44,6 +45,7 @@ class EpisodeRecord:
     def add(self, d: Decision, reward: float) -> None:
         self.steps += 1
         self.episode_return += reward
+        self.actions.append(d.action)
         for name in ("llm_calls", "partial_calls", "llm_time_s", "prompt_tokens", "continuation_tokens"):
             setattr(self, name, getattr(self, name) + d.cost(name))
         self.lookups += d.lookup is not None
