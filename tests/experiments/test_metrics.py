@@ -1,0 +1,53 @@
+"""Run summaries (SPEC §8) and the cached-vs-reference comparison."""
+
+import math
+
+import pytest
+
+from priorcache.experiments.metrics import compare, mean_ci95, summarise
+
+
+def record(seed, episode, success, ret, llm_calls, partial, hits, times, audits=()):
+    return {"seed": seed, "episode": episode, "success": success, "episode_return": ret, "steps": len(times),
+            "llm_calls": llm_calls, "partial_calls": partial, "lookups": len(times), "hits": hits,
+            "exact_hits": hits, "similar_hits": 0, "refreshes": 0, "llm_time_s": 0.5 * llm_calls,
+            "prompt_tokens": 10, "continuation_tokens": 5, "decision_times_ms": list(times),
+            "audit_epsilons": [a[0] for a in audits], "audit_kls": [a[1] for a in audits],
+            "train_time_s": 0.1, "wall_time_s": 1.0}
+
+
+def test_mean_ci95_uses_student_t_over_seeds():
+    stat = mean_ci95([0.0, 1.0])
+    assert stat["mean"] == 0.5 and stat["n"] == 2
+    assert stat["ci95"] == pytest.approx(12.7062 * 0.70711 / math.sqrt(2), rel=1e-3)
+    assert mean_ci95([0.3])["ci95"] == 0.0
+
+
+def test_summary_aggregates_per_seed_then_across_seeds():
+    records = [
+        record(0, 0, True, 1.0, 2, 1, 3, [10, 20, 30, 40, 50]),
+        record(0, 1, False, 0.0, 1, 0, 4, [1, 1, 1, 1, 1], audits=[(0.1, 0.05), (0.2, 0.5)]),
+        record(1, 0, True, 1.0, 0, 0, 5, [2, 2, 2, 2, 2]),
+    ]
+    s = summarise(records)
+    assert s["success_rate"]["values"] == [0.5, 1.0]
+    assert s["llm_queries"] == 4 and s["llm_partial_calls"] == 1
+    assert s["hit_rate"] == pytest.approx(12 / 15)
+    assert s["decision_latency_ms"]["p50"] == 2.0
+    assert s["audits"] == 2 and s["audit_kl"]["max"] == 0.5
+    assert s["audit_f5_violations"] == 1  # 0.5 > 2 · 0.2
+    with pytest.raises(ValueError):
+        summarise([])
+
+
+def test_compare_reports_reduction_latency_ratio_and_retention():
+    cached = summarise([record(0, 0, True, 2.0, 1, 1, 8, [1.0] * 10)])
+    uncached = summarise([record(0, 0, True, 2.5, 10, 0, 0, [400.0] * 10)])
+    c = compare(cached, uncached)
+    assert c["query_reduction_x"] == 5.0
+    assert c["latency_p50_ratio_x"] == 400.0
+    assert c["success_retention"] == 1.0
+    assert c["return_retention"] == pytest.approx(0.8)
+    free = summarise([record(0, 0, False, 0.0, 0, 0, 10, [1.0] * 10)])
+    assert compare(free, uncached)["query_reduction_x"] == math.inf
+    assert math.isnan(compare(free, free)["success_retention"])
