@@ -2,7 +2,7 @@
 
 Runs the same seeds twice — cache ``static`` (default parameters) and cache ``none`` — sharing the
 loaded LLM and encoder, then reports LLM-query reduction ×, decision-latency p50 ratio and
-success-rate retention, with per-seed values. Results: benchmarks/results/textworld_cache.json.
+success-rate retention, with per-seed values. Results: benchmarks/results/textworld_cache_CHALLENGE.json.
 
     python benchmarks/bench_textworld_cache.py --seeds 0,1,2 --episodes 10
 """
@@ -28,23 +28,24 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--episodes", type=int, default=10)
     parser.add_argument("--max-steps", type=int, default=50)
-    parser.add_argument("--out", type=Path, default=Path("runs/bench-textworld-cache"))
+    parser.add_argument("--out", type=Path, default=None, help="default runs/bench-textworld-cache-CHALLENGE")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
+    out = args.out or Path(f"runs/bench-textworld-cache-{args.challenge}")
 
     backend, encoder = make_backend("embedded"), MiniLMEncoder()
     summaries = {}
     for mode in ("static", "none"):
         config = RunConfig(env="textworld", env_kwargs={"challenge": args.challenge}, agent="dqn-prior",
                            cache=CacheConfig(mode=mode), episodes=args.episodes, seeds=seeds,
-                           max_episode_steps=args.max_steps, out=args.out / mode)
+                           max_episode_steps=args.max_steps, out=out / mode)
         summaries[mode] = run_experiment(config, backend=backend, encoder=encoder)
     result = {
         "challenge": args.challenge, "seeds": seeds, "episodes_per_seed": args.episodes,
         "comparison": compare(summaries["static"], summaries["none"]),
         "static": summaries["static"], "none": summaries["none"],
     }
-    atomic_write_json(Path(__file__).parent / "results" / "textworld_cache.json", result)
+    atomic_write_json(Path(__file__).parent / "results" / f"textworld_cache_{args.challenge}.json", result)
     c = result["comparison"]
     for mode, s in summaries.items():
         print(f"{mode:>7}: success {s['success_rate']['mean']:.3f} ± {s['success_rate']['ci95']:.3f} "
