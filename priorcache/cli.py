@@ -77,6 +77,8 @@ def run(
     capacity: Optional[int] = typer.Option(None, help="cache capacity K"),
     refresh_rate: Optional[float] = typer.Option(None, help="cache refresh rate r in [0, 1]"),
     unknown_candidates: Optional[str] = typer.Option(None, help="F7 fill for unknown actions: partial or floor"),
+    alpha: float = typer.Option(1.0, help="posterior temperature α_0 (F1) when the cache never hits"),
+    alpha_min: float = typer.Option(0.25, help="temperature at a 100% hit rate (F2); = --alpha turns F2 off"),
     cache_path: Optional[Path] = typer.Option(None, help="warm-start from this saved cache; saved back at the end"),
     out: Optional[Path] = typer.Option(None, help="output folder (default runs/ENV-AGENT-CACHE-TIME)"),
     quiet: bool = typer.Option(False, help="no progress bar"),
@@ -90,7 +92,8 @@ def run(
         out = out or Path("runs") / f"{env.replace(':', '-')}-{agent}-{cache}-{time.strftime('%Y%m%d-%H%M%S')}"
         config = RunConfig(env=env, env_kwargs=env_kwargs, agent=agent, cache=CacheConfig.from_dict(overrides),
                            backend=backend, model_path=model_path, device=device, episodes=episodes,
-                           seeds=_parse_seeds(seeds), max_episode_steps=max_steps, out=out, cache_path=cache_path)
+                           seeds=_parse_seeds(seeds), max_episode_steps=max_steps, out=out, cache_path=cache_path,
+                           alpha_0=alpha, alpha_min=alpha_min)
         summary = run_experiment(config, progress=not quiet)
     except PriorCacheError as e:
         console.print(f"[bold red]error:[/] {e}")

@@ -51,6 +51,8 @@ class DQNPriorConfig:
             raise ConfigError("an agent with neither prior nor learning has nothing to act on")
         if not 0.0 <= self.gamma <= 1.0:
             raise ConfigError(f"gamma must be in [0, 1], got {self.gamma}")
+        if not 0 < self.alpha_min <= self.alpha_0:
+            raise ConfigError(f"need 0 < alpha_min ≤ alpha_0, got alpha_min={self.alpha_min}, alpha_0={self.alpha_0}")
         for name in ("batch_size", "buffer_size", "support_top_k", "hidden_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be ≥ 1, got {getattr(self, name)}")

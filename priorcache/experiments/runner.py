@@ -54,6 +54,9 @@ class RunConfig:
     max_episode_steps: int = 50
     out: Path = Path("runs/latest")
     cache_path: Optional[Path] = None
+    # F2 temperature: α_0 when nothing hits, α_min at a 100 % hit rate (α_min = α_0 turns F2 off).
+    alpha_0: float = 1.0
+    alpha_min: float = 0.25
 
     def __post_init__(self) -> None:
         if self.agent not in AGENTS:
@@ -64,9 +67,11 @@ class RunConfig:
             raise ConfigError("at least one seed is needed")
         if self.max_episode_steps < 1:
             raise ConfigError(f"max_episode_steps must be ≥ 1, got {self.max_episode_steps}")
+        self.agent_config()  # validates the agent's parameters now, not mid-run
 
     def agent_config(self) -> DQNPriorConfig:
-        return DQNPriorConfig(use_prior=self.agent != "dqn", learn=self.agent != "direct-llm")
+        return DQNPriorConfig(use_prior=self.agent != "dqn", learn=self.agent != "direct-llm",
+                              alpha_0=self.alpha_0, alpha_min=self.alpha_min)
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
