@@ -94,6 +94,11 @@ def run(
                            backend=backend, model_path=model_path, device=device, episodes=episodes,
                            seeds=_parse_seeds(seeds), max_episode_steps=max_steps, out=out, cache_path=cache_path,
                            alpha_0=alpha, alpha_min=alpha_min)
+        # Our own progress bar says what is happening; transformers' per-model "Loading weights" bars
+        # would interleave with it.
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
         summary = run_experiment(config, progress=not quiet)
     except PriorCacheError as e:
         console.print(f"[bold red]error:[/] {e}")
