@@ -2,7 +2,7 @@
 
 Runs the same seeds twice — cache ``static`` (default parameters) and cache ``none`` — sharing the
 loaded LLM and encoder, then reports LLM-query reduction ×, decision-latency p50 ratio and
-success-rate retention, with per-seed values. Results: benchmarks/results/textworld_cache_CHALLENGE_seedsS.json.
+success-rate retention, with per-seed values. Results: benchmarks/results/textworld_cache_CHALLENGE_seedsS.json (S: the seeds, joined by "-").
 
     python benchmarks/bench_textworld_cache.py --seeds 0,1,2 --episodes 10
 """
@@ -31,7 +31,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="default runs/bench-textworld-cache-CHALLENGE")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
-    out = args.out or Path(f"runs/bench-textworld-cache-{args.challenge}-seeds{'-'.join(map(str, seeds))}")
+    tag = f"{args.challenge}_seeds{'-'.join(map(str, seeds))}"
+    out = args.out or Path(f"runs/bench-textworld-cache-{tag}")
 
     backend, encoder = make_backend("embedded"), MiniLMEncoder()
     summaries = {}
@@ -45,7 +46,7 @@ def main() -> None:
         "comparison": compare(summaries["static"], summaries["none"]),
         "static": summaries["static"], "none": summaries["none"],
     }
-    atomic_write_json(Path(__file__).parent / "results" / f"textworld_cache_{args.challenge}_seeds{'-'.join(map(str, seeds))}.json", result)
+    atomic_write_json(Path(__file__).parent / "results" / f"textworld_cache_{tag}.json", result)
     c = result["comparison"]
     for mode, s in summaries.items():
         print(f"{mode:>7}: success {s['success_rate']['mean']:.3f} ± {s['success_rate']['ci95']:.3f} "
