@@ -153,12 +153,13 @@ class DQNPriorAgent:
         self.prior_cache = prior_cache if config.use_prior else None
         self.prompt_builder = prompt_builder
         self.rng = np.random.default_rng(seed)
-        torch.manual_seed(seed)
         self.sampler = PosteriorSampler(
             TemperatureSchedule(config.alpha_0, config.alpha_min, config.hit_rate_ema), self.rng
         )
         dim = encoder.dim
-        self.q = QNetwork(dim, config.hidden_size)
+        with torch.random.fork_rng(devices=[]):  # seeded weights without touching torch's global RNG
+            torch.manual_seed(seed)
+            self.q = QNetwork(dim, config.hidden_size)
         self.q_target = QNetwork(dim, config.hidden_size)
         self.q_target.load_state_dict(self.q.state_dict())
         self.optimizer = torch.optim.Adam(self.q.parameters(), lr=config.learning_rate)
@@ -167,7 +168,6 @@ class DQNPriorAgent:
         self._objective = ""
         self.step_count = 0
         self.train_time_s = 0.0
-        self.last_td_error: Optional[float] = None
 
     # --- acting -----------------------------------------------------------------------------
     def begin_episode(self, objective: str) -> None:
@@ -255,7 +255,6 @@ class DQNPriorAgent:
             q_next = torch.where(batch["next_mask"].any(dim=1), q_next, torch.zeros_like(q_next))
             target = batch["rewards"] + cfg.gamma * (1.0 - batch["dones"]) * q_next
         q_pred = self.q(batch["states"], batch["actions"])
-        td = q_pred - target
         loss = nn.functional.smooth_l1_loss(q_pred, target)
         self.optimizer.zero_grad()
         loss.backward()
@@ -264,5 +263,4 @@ class DQNPriorAgent:
         with torch.no_grad():
             for p, tp in zip(self.q.parameters(), self.q_target.parameters()):
                 tp.mul_(1.0 - cfg.target_tau).add_(p, alpha=cfg.target_tau)
-        self.last_td_error = float(td.detach().abs().mean())
         self.train_time_s += time.perf_counter() - start
