@@ -31,16 +31,12 @@ class EpisodeRecord:
     prompt_tokens: int = 0
     continuation_tokens: int = 0
     decision_time_s: float = 0.0
-    decision_p50_ms: float = 0.0
-    audits: int = 0
-    audit_epsilon_mean: Optional[float] = None
-    audit_kl_mean: Optional[float] = None
     train_time_s: float = 0.0
     wall_time_s: float = 0.0
     actions: list[str] = field(default_factory=list, repr=False)
     decision_times_ms: list[float] = field(default_factory=list, repr=False)
-    _epsilons: list[float] = field(default_factory=list, repr=False)
-    _kls: list[float] = field(default_factory=list, repr=False)
+    audit_epsilons: list[float] = field(default_factory=list, repr=False)
+    audit_kls: list[float] = field(default_factory=list, repr=False)
 
     def add(self, d: Decision, reward: float) -> None:
         self.steps += 1
@@ -56,20 +52,21 @@ class EpisodeRecord:
         self.decision_time_s += d.decision_time_s
         self.decision_times_ms.append(d.decision_time_s * 1e3)
         if d.lookup is not None and d.lookup.audit is not None:
-            self._epsilons.append(d.lookup.audit.epsilon)
-            self._kls.append(d.lookup.audit.kl)
+            self.audit_epsilons.append(d.lookup.audit.epsilon)
+            self.audit_kls.append(d.lookup.audit.kl)
 
     def to_json(self) -> dict[str, Any]:
-        self.decision_p50_ms = float(np.median(self.decision_times_ms)) if self.decision_times_ms else 0.0
-        self.audits = len(self._epsilons)
-        self.audit_epsilon_mean = float(np.mean(self._epsilons)) if self._epsilons else None
-        self.audit_kl_mean = float(np.mean(self._kls)) if self._kls else None
-        out = asdict(self)
-        for private in ("_epsilons", "_kls"):
-            out.pop(private)
-        out["audit_epsilons"] = list(self._epsilons)
-        out["audit_kls"] = list(self._kls)
-        return out
+        """The record plus its per-episode aggregates (median decision time, audit means)."""
+        def mean_or_none(values: list[float]) -> Optional[float]:
+            return float(np.mean(values)) if values else None
+
+        return {
+            **asdict(self),
+            "decision_p50_ms": float(np.median(self.decision_times_ms)) if self.decision_times_ms else 0.0,
+            "audits": len(self.audit_epsilons),
+            "audit_epsilon_mean": mean_or_none(self.audit_epsilons),
+            "audit_kl_mean": mean_or_none(self.audit_kls),
+        }
 
 
 def mean_ci95(values: list[float]) -> dict[str, float]:
