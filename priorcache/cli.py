@@ -1,4 +1,4 @@
-"""Command-line interface: ``priorcache run`` and ``priorcache compare``."""
+"""Command-line interface: ``priorcache run``, ``compare``, ``envs``, ``bench text`` and ``report``."""
 
 from __future__ import annotations
 
@@ -11,8 +11,11 @@ from rich.console import Console
 from rich.table import Table
 
 from priorcache.cache.prior_cache import CacheConfig
-from priorcache.errors import PriorCacheError
+from priorcache.errors import ConfigError, PriorCacheError
 from priorcache.experiments.metrics import compare as compare_summaries
+from priorcache.envs.registry import ENVIRONMENTS
+from priorcache.experiments.bench import METHODS, QUICK, TEXT_ENVS, BenchConfig, run_bench
+from priorcache.experiments.report import write_report
 from priorcache.experiments.runner import AGENTS, RunConfig, load_summary, run_experiment
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -65,11 +68,11 @@ def run(
     env: str = typer.Argument(..., help="environment name, e.g. textworld (or textworld:tw-cooking)"),
     agent: str = typer.Option("dqn-prior", help=f"one of {', '.join(AGENTS)}"),
     cache: str = typer.Option("static", help="cache mode: none (uncached reference) or static"),
-    challenge: Optional[str] = typer.Option(None, help="TextWorld challenge: tw-simple, tw-coin_collector, "
-                                             "tw-treasure_hunter, tw-cooking"),
+    variant: Optional[str] = typer.Option(None, help="environment variant (see `priorcache envs`), e.g. "
+                                           "tw-cooking, GoToLocal, pick_heat_then_place; same as ENV:VARIANT"),
     episodes: int = typer.Option(10, min=1, help="episodes per seed"),
     seeds: str = typer.Option("0", help="seeds, '0,1,2' or '0-2'; each seed is its own game and agent"),
-    max_steps: int = typer.Option(50, min=1, help="episode step limit"),
+    max_steps: Optional[int] = typer.Option(None, min=1, help="episode step limit (default: the environment's)"),
     backend: str = typer.Option("embedded", help="LLM backend: embedded or transformers"),
     model_path: Optional[str] = typer.Option(None, help="local model folder for --backend transformers"),
     device: str = typer.Option("cpu", help="torch device for the LLM backend"),
@@ -88,9 +91,12 @@ def run(
         overrides = {k: v for k, v in {
             "mode": cache, "similarity_threshold": similarity_threshold, "capacity": capacity,
             "refresh_rate": refresh_rate, "unknown_candidates": unknown_candidates}.items() if v is not None}
-        env_kwargs = {"challenge": challenge} if challenge else {}
+        if variant:
+            if ":" in env:
+                raise ConfigError(f"give the variant once: {env!r} already names one, and --variant {variant!r}")
+            env = f"{env}:{variant}"
         out = out or Path("runs") / f"{env.replace(':', '-')}-{agent}-{cache}-{time.strftime('%Y%m%d-%H%M%S')}"
-        config = RunConfig(env=env, env_kwargs=env_kwargs, agent=agent, cache=CacheConfig.from_dict(overrides),
+        config = RunConfig(env=env, agent=agent, cache=CacheConfig.from_dict(overrides),
                            backend=backend, model_path=model_path, device=device, episodes=episodes,
                            seeds=_parse_seeds(seeds), max_episode_steps=max_steps, out=out, cache_path=cache_path,
                            alpha_0=alpha, alpha_min=alpha_min)
@@ -135,6 +141,72 @@ def compare(
     table.add_row("mean return", _fmt_ci(a["mean_return"]), _fmt_ci(b["mean_return"]),
                   f"{100 * result['return_retention']:.1f}% retained")
     console.print(table)
+
+
+@app.command()
+def envs() -> None:
+    """List every environment with its variants and what it needs."""
+    table = Table(title="environments (`priorcache run ENV` or ENV:VARIANT)")
+    table.add_column("name")
+    table.add_column("variants")
+    table.add_column("description")
+    table.add_column("needs")
+    for name, info in sorted(ENVIRONMENTS.items()):
+        table.add_row(name, "\n".join(info.variants) or "-", info.description, info.requires)
+    console.print(table)
+
+
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmark suites that write a paper-style table and plots.")
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("text")
+def bench_text(
+    env: list[str] = typer.Option(list(TEXT_ENVS), "--env", help="environment (repeat the option for several)"),
+    method: list[str] = typer.Option(list(METHODS), "--method", help=f"method (repeatable): {', '.join(METHODS)}"),
+    seeds: str = typer.Option("0-2", help="seeds, '0,1,2' or '0-2'"),
+    episodes: int = typer.Option(10, min=1, help="episodes per seed for learning agents"),
+    max_steps: Optional[int] = typer.Option(None, min=1, help="episode step limit (default: each environment's)"),
+    quick: bool = typer.Option(False, help=f"smoke run: seed 0, {QUICK['episodes']} episodes of at most "
+                                           f"{QUICK['max_episode_steps']} steps (overrides --seeds/--episodes/--max-steps)"),
+    backend: str = typer.Option("embedded", help="LLM backend: embedded or transformers"),
+    model_path: Optional[str] = typer.Option(None, help="local model folder for --backend transformers"),
+    device: str = typer.Option("cpu", help="torch device for the LLM backend"),
+    out: Path = typer.Option(Path("runs/bench-text"), help="benchmark folder; rerunning it resumes"),
+) -> None:
+    """Every method on every text environment on the same seeds; resumable; writes results.md/.csv and plots."""
+    try:
+        settings = dict(QUICK) if quick else {"seeds": _parse_seeds(seeds), "episodes": episodes,
+                                              "max_episode_steps": max_steps}
+        config = BenchConfig(out=out, envs=env, methods=method, backend=backend, model_path=model_path,
+                             device=device, **settings)
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        report = run_bench(config)
+    except PriorCacheError as e:
+        console.print(f"[bold red]error:[/] {e}")
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        console.print(f"[yellow]interrupted:[/] finished runs are kept in {out}/runs; run the same command to resume")
+        raise typer.Exit(130) from None
+    console.print((out / "results.md").read_text())
+    console.print(f"table and plots in {out}/ (results.md, results.csv, success_vs_queries.png, learning_curves.png)")
+
+
+@app.command()
+def report(
+    run_dir: Path = typer.Argument(..., help="a benchmark folder or any folder holding run folders"),
+    out: Optional[Path] = typer.Option(None, help="where to write the report (default: RUN_DIR)"),
+) -> None:
+    """Re-render the results table (markdown, CSV) and plots from the runs saved under RUN_DIR."""
+    try:
+        result = write_report(run_dir, out)
+    except PriorCacheError as e:
+        console.print(f"[bold red]error:[/] {e}")
+        raise typer.Exit(2) from None
+    console.print(result["files"][0].read_text())
+    console.print("written: " + ", ".join(str(p) for p in result["files"]))
 
 
 if __name__ == "__main__":

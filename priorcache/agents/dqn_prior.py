@@ -67,6 +67,8 @@ class Decision:
     decision_time_s: float
     alpha: float
     lookup: Optional[PriorLookup] = None
+    # LLM cost of a decision made without the prior cache (the ReAct baseline): cost field -> value.
+    llm_cost: Optional[dict[str, float]] = None
 
     @property
     def kind(self) -> str:  # "uncached" | "miss" | "exact" | "similar" | "refresh" | "no-prior"
@@ -77,8 +79,10 @@ class Decision:
         return self.lookup is not None and self.lookup.hit
 
     def cost(self, name: str) -> float:
-        """A lookup's cost field (llm_calls, partial_calls, llm_time_s, prompt_tokens, …); 0 without one."""
-        return getattr(self.lookup, name) if self.lookup is not None else 0
+        """A cost field (llm_calls, partial_calls, llm_time_s, prompt_tokens, …); 0 without a lookup."""
+        if self.lookup is not None:
+            return getattr(self.lookup, name)
+        return (self.llm_cost or {}).get(name, 0)
 
 
 class QNetwork(nn.Module):

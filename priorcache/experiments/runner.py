@@ -20,6 +20,7 @@ from typing import Any, Iterator, Optional
 from tqdm.auto import tqdm
 
 from priorcache.agents.dqn_prior import DQNPriorAgent, DQNPriorConfig
+from priorcache.agents.react import ReActAgent, ReActConfig
 from priorcache.cache.encoder import MiniLMEncoder
 from priorcache.cache.prior_cache import CacheConfig, PriorCache
 from priorcache.cache.store import has_saved_cache
@@ -29,14 +30,18 @@ from priorcache.experiments.metrics import EpisodeRecord, summarise
 from priorcache.io import atomic_write_json, atomic_write_text
 from priorcache.prior.action_prior import PriorConfig
 from priorcache.prior.base import LLMBackend
-from priorcache.prior.prompts import text_game_prompt
+from priorcache.prior.prompts import prompt_builder
 from priorcache.prior.registry import make_backend
 
 AGENTS = {
     "dqn-prior": "DQN with the LLM prior and the F1 posterior (SPEC §6)",
     "dqn": "plain DQN over the admissible actions, prior off (never calls the LLM)",
     "direct-llm": "argmax of the LLM prior, no learning",
+    "react": "ReAct-style prompting: the LLM writes a thought, then an action (needs a generating backend)",
 }
+
+#: Agents whose episodes on a fixed game repeat exactly (greedy, no learning, no sampling).
+DETERMINISTIC_AGENTS = frozenset({"direct-llm", "react"})
 
 
 @dataclass
@@ -51,7 +56,7 @@ class RunConfig:
     device: str = "cpu"
     episodes: int = 10
     seeds: list[int] = field(default_factory=lambda: [0])
-    max_episode_steps: int = 50
+    max_episode_steps: Optional[int] = None  # None: the environment's own default
     out: Path = Path("runs/latest")
     cache_path: Optional[Path] = None
     # F2 temperature: α_0 when nothing hits, α_min at a 100 % hit rate (α_min = α_0 turns F2 off).
@@ -65,11 +70,13 @@ class RunConfig:
             raise ConfigError(f"episodes must be ≥ 1, got {self.episodes}")
         if not self.seeds:
             raise ConfigError("at least one seed is needed")
-        if self.max_episode_steps < 1:
+        if self.max_episode_steps is not None and self.max_episode_steps < 1:
             raise ConfigError(f"max_episode_steps must be ≥ 1, got {self.max_episode_steps}")
         self.agent_config()  # validates the agent's parameters now, not mid-run
 
-    def agent_config(self) -> DQNPriorConfig:
+    def agent_config(self) -> DQNPriorConfig | ReActConfig:
+        if self.agent == "react":
+            return ReActConfig()
         return DQNPriorConfig(use_prior=self.agent != "dqn", learn=self.agent != "direct-llm",
                               alpha_0=self.alpha_0, alpha_min=self.alpha_min)
 
@@ -91,13 +98,17 @@ def run_experiment(
     # Everything that can refuse bad input (env name and settings, backend, saved cache) is built
     # before the output folder is touched, so a bad invocation writes nothing.
     agent_config = config.agent_config()
+    uses_cache = isinstance(agent_config, DQNPriorConfig) and agent_config.use_prior
     envs = _lazy_envs(config)
     first_env = next(envs)
     cache: Optional[PriorCache] = None
-    if agent_config.use_prior:
+    needs_llm = uses_cache or config.agent == "react"
+    if needs_llm:
         backend = backend or make_backend(config.backend, model_path=config.model_path, device=config.device)
     encoder = encoder or MiniLMEncoder()
-    if agent_config.use_prior:
+    if config.agent == "react":
+        ReActAgent(backend, encoder, agent_config)  # refuses a backend that cannot generate, before anything is written
+    if uses_cache:
         cache = PriorCache(config.cache, encoder, backend, prior_config=config.prior)
         if config.cache_path is not None:
             cache_path = Path(config.cache_path)
@@ -111,11 +122,16 @@ def run_experiment(
     atomic_write_json(out / "config.json", config.to_json())
 
     records: list[dict[str, Any]] = []
+    sources: set[Optional[str]] = set()
     bar = tqdm(total=config.episodes * len(config.seeds), desc=f"{config.env} {config.agent}/{config.cache.mode}",
                unit="ep", disable=not progress)
     try:
         for seed, env in zip(config.seeds, itertools.chain([first_env], envs)):
-            agent = DQNPriorAgent(agent_config, encoder, cache, text_game_prompt, seed=seed)
+            if config.agent == "react":
+                agent: Any = ReActAgent(backend, encoder, agent_config)
+            else:
+                agent = DQNPriorAgent(agent_config, encoder, cache, prompt_builder(config.env), seed=seed)
+            sources.add(getattr(env, "source", None))
             try:
                 for episode in range(config.episodes):
                     record = _run_episode(env, agent, seed, episode)
@@ -135,8 +151,10 @@ def run_experiment(
 
     summary = summarise(records)
     summary.update({"env": config.env, "env_kwargs": config.env_kwargs, "agent": config.agent,
-                    "cache_mode": config.cache.mode if agent_config.use_prior else "n/a",
-                    "backend": config.backend if agent_config.use_prior else None,
+                    "cache_mode": config.cache.mode if uses_cache else "n/a",
+                    "backend": config.backend if needs_llm else None,
+                    # where the games came from, e.g. ALFWorld "generated" vs "official:valid_seen"
+                    "env_source": ",".join(sorted(s for s in sources if s)) or None,
                     "cache_stats": cache.stats() if cache is not None else None})
     atomic_write_json(out / "summary.json", summary)
     return summary
@@ -145,10 +163,13 @@ def run_experiment(
 def _lazy_envs(config: RunConfig) -> Iterator[Any]:
     """One environment per seed (a seed is its own generated game), made when its turn comes."""
     for seed in config.seeds:
-        yield make_env(config.env, game_seed=seed, max_episode_steps=config.max_episode_steps, **config.env_kwargs)
+        kwargs = dict(config.env_kwargs)
+        if config.max_episode_steps is not None:
+            kwargs["max_episode_steps"] = config.max_episode_steps
+        yield make_env(config.env, game_seed=seed, **kwargs)
 
 
-def _run_episode(env: Any, agent: DQNPriorAgent, seed: int, episode: int) -> EpisodeRecord:
+def _run_episode(env: Any, agent: Any, seed: int, episode: int) -> EpisodeRecord:
     start = time.perf_counter()
     train_before = agent.train_time_s
     record = EpisodeRecord(seed=seed, episode=episode)

@@ -1,4 +1,4 @@
-"""The one interface every LLM backend implements: score candidate actions for prompts (SPEC F3)."""
+"""The one interface every LLM backend implements: score candidate actions for prompts (SPEC F3).\n\nBackends that can also write text (for the ReAct baseline) add ``generate``; see\n:class:`GenerationResult`."""
 
 from __future__ import annotations
 
@@ -35,6 +35,16 @@ class ScoreResult:
     wall_time_s: float
     prompt_tokens: int
     continuation_tokens: int
+
+
+@dataclass
+class GenerationResult:
+    """Greedy text generated after a prompt (used by the ReAct baseline), plus the cost of the call."""
+
+    text: str
+    wall_time_s: float
+    prompt_tokens: int
+    new_tokens: int
 
 
 class LLMBackend(Protocol):

@@ -9,9 +9,10 @@ would make one cached prior stand for different prompts.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 from priorcache.errors import ConfigError
 from priorcache.prior.base import Prompt
@@ -47,8 +48,40 @@ _CHAT = TextGameTemplate(
     example="Current location: {state}\nCommand: {action}\n\n",
 )
 
-#: The text-game templates by name.
-TEXT_GAME_TEMPLATES: Mapping[str, TextGameTemplate] = MappingProxyType({"plain": _PLAIN, "chat": _CHAT})
+# One template per other environment family, in the style of "plain" (which did best on TextWorld).
+_ALFWORLD = TextGameTemplate(
+    prefix=(
+        "You are a household robot. Type the command that makes progress toward the task.\n"
+        "{objective}\n\n{examples}"
+    ),
+    state="Observation: {state}\nCommand:",
+    example="Observation: {state}\nCommand: {action}\n\n",
+)
+
+_BABYAI = TextGameTemplate(
+    prefix=(
+        "You control an agent in a grid world. It sees the cells in front of it, counted in steps "
+        "forward and to the left or right. Choose the action that makes progress toward the mission.\n"
+        "Mission: {objective}\n\n{examples}"
+    ),
+    state="You see: {state}\nAction:",
+    example="You see: {state}\nAction: {action}\n\n",
+)
+
+_WEBSHOP = TextGameTemplate(
+    prefix=(
+        "You are shopping on a website. Choose the action that finds and buys the product that matches "
+        "the instruction, with the right options and within the price.\n"
+        "Instruction: {objective}\n\n{examples}"
+    ),
+    state="Page: {state}\nAction:",
+    example="Page: {state}\nAction: {action}\n\n",
+)
+
+#: The text-game templates by name: "plain" and "chat" for TextWorld, one per other environment family.
+TEXT_GAME_TEMPLATES: Mapping[str, TextGameTemplate] = MappingProxyType(
+    {"plain": _PLAIN, "chat": _CHAT, "alfworld": _ALFWORLD, "babyai": _BABYAI, "webshop": _WEBSHOP}
+)
 # Chosen on 103 walkthrough steps of 16 generated TextWorld games (tw-simple, coin_collector,
 # treasure_hunter, cooking; 4 seeds each) with the embedded SmolLM2-135M: the walkthrough action
 # ranked first among the admissible commands 34 % of the time with "plain" (MRR 0.52) against
@@ -56,6 +89,9 @@ TEXT_GAME_TEMPLATES: Mapping[str, TextGameTemplate] = MappingProxyType({"plain":
 # transcript with a ">" cue, chat markup without or with SmolLM2's default system turn) did
 # no better than "plain".
 DEFAULT_TEXT_GAME_TEMPLATE = "plain"
+
+#: The template each environment family's prompts use (families not listed use the default).
+ENV_TEMPLATES: Mapping[str, str] = MappingProxyType({"alfworld": "alfworld", "babyai": "babyai", "webshop": "webshop"})
 
 
 def _one_line(text: str) -> str:
@@ -80,3 +116,14 @@ def text_game_prompt(
     block = "".join(chosen.example.format(state=_one_line(s), action=_one_line(a)) for s, a in examples)
     prefix = chosen.prefix.format(objective=_one_line(objective), examples=block)
     return Prompt(prefix=prefix, state=chosen.state.format(state=_one_line(state_text)))
+
+
+def prompt_builder(env: str, examples: Sequence[tuple[str, str]] = ()) -> Callable[[str, str], Prompt]:
+    """The ``(objective, state_text) -> Prompt`` function for environment ``env`` (a registry name,
+    ``family:variant`` allowed), with optional few-shot ``examples``."""
+    template = ENV_TEMPLATES.get(env.partition(":")[0].strip(), DEFAULT_TEXT_GAME_TEMPLATE)
+    return functools.partial(_build, template=template, examples=tuple(examples))
+
+
+def _build(objective: str, state_text: str, template: str, examples: tuple[tuple[str, str], ...]) -> Prompt:
+    return text_game_prompt(objective, state_text, template=template, examples=examples)

@@ -38,7 +38,7 @@ import torch
 
 from priorcache.errors import BackendError, ConfigError
 from priorcache.prior.action_prior import check_candidates, check_scores
-from priorcache.prior.base import Prompt, ScoreResult
+from priorcache.prior.base import GenerationResult, Prompt, ScoreResult
 
 
 @dataclass
@@ -219,6 +219,31 @@ class TransformersBackend:
                 prompt_tokens += len(context) * len(cands)
                 continuation_tokens += sum(len(ids) for ids in action_ids)
         return ScoreResult(scores, time.perf_counter() - start, prompt_tokens, continuation_tokens)
+
+    def generate(self, prompt: str, max_new_tokens: int = 48, stop: Sequence[str] = ("\n\n",)) -> GenerationResult:
+        """Greedy continuation of ``prompt``, at most ``max_new_tokens`` tokens, cut before the first
+        ``stop`` string. For the ReAct baseline; action priors use :meth:`score`."""
+        if not isinstance(prompt, str) or not prompt:
+            raise BackendError(f"generate() needs a non-empty prompt string, got {prompt!r}")
+        if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise ConfigError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
+        start = time.perf_counter()
+        ids = self._prefix_ids(prompt)
+        with torch.inference_mode():
+            out = self._model.generate(
+                input_ids=self._tensor([ids]),
+                attention_mask=self._tensor([[1] * len(ids)]),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                stop_strings=list(stop) or None,
+                tokenizer=self._tokenizer,
+                pad_token_id=self._pad_id,
+            )
+        new_ids = out[0, len(ids):].tolist()
+        text = self._tokenizer.decode(new_ids, skip_special_tokens=True)
+        for marker in stop:
+            text = text.split(marker, 1)[0]
+        return GenerationResult(text, time.perf_counter() - start, len(ids), len(new_ids))
 
     def clear_prefix_cache(self) -> None:
         """Forget every kept prefix KV cache."""

@@ -55,7 +55,7 @@ def test_run_warm_start_and_compare(tmp_path):
     (["run", "textworld", "--capacity", "0"], "capacity"),
     (["run", "textworld", "--refresh-rate", "-0.1"], "refresh_rate"),
     (["run", "textworld", "--backend", "gpt-9"], "unknown LLM backend"),
-    (["run", "textworld", "--challenge", "tw-nothing"], "tw-nothing"),
+    (["run", "textworld", "--variant", "tw-nothing"], "tw-nothing"),
     (["run", "textworld", "--alpha-min", "2"], "alpha_min"),
 ])
 def test_bad_input_is_a_clear_error_and_writes_nothing(tmp_path, args, message):

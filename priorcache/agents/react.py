@@ -1,0 +1,118 @@
+"""ReAct-style baseline (SPEC §6 baselines): the LLM writes a short thought, then an action.
+
+Each step the prompt holds the objective, the admissible actions, the last few (state, action)
+steps of the episode and the current state. The backend first continues ``Thought:`` up to the
+end of the line, then ``Action:`` up to the end of the line; greedy decoding both times. Forcing
+the ``Action:`` cue, instead of hoping a small model writes it, keeps every step parseable. The
+written action is mapped to the admissible action with the highest cosine similarity under the
+text encoder (an exact match, ignoring case and spacing, wins outright).
+
+The two generations make one decision and are counted as one LLM call; their wall time and
+tokens are summed. No learning, no prior cache: ReAct is the prompting baseline the paper compares
+against. Needs a backend with ``generate`` (the embedded and transformers backends have it).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from priorcache.agents.dqn_prior import Decision
+from priorcache.cache.encoder import Encoder
+from priorcache.errors import ConfigError
+from priorcache.prior.action_prior import check_candidates
+
+
+@dataclass
+class ReActConfig:
+    history_steps: int = 3  # earlier (state, action) pairs shown in the prompt
+    thought_tokens: int = 24
+    action_tokens: int = 16
+    max_listed_actions: int = 40  # the admissible list in the prompt is cut here (long ALFWorld lists)
+
+    def __post_init__(self) -> None:
+        for name in ("thought_tokens", "action_tokens", "max_listed_actions"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"ReAct {name} must be ≥ 1, got {getattr(self, name)}")
+        if self.history_steps < 0:
+            raise ConfigError(f"ReAct history_steps must be ≥ 0, got {self.history_steps}")
+
+
+_HEADER = (
+    "Solve the task by thinking step by step, then answering with exactly one of the admissible actions.\n"
+    "Task: {objective}\n\n"
+    "Example:\nState: You are in a hallway. A door leads north.\n"
+    "Thought: The kitchen is probably north, so I should go there first.\nAction: go north\n\n"
+)
+
+
+def _normalise(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+class ReActAgent:
+    """Same ``begin_episode``/``act``/``observe`` interface as :class:`DQNPriorAgent`."""
+
+    def __init__(self, backend: Any, encoder: Encoder, config: ReActConfig | None = None) -> None:
+        if not callable(getattr(backend, "generate", None)):
+            raise ConfigError(
+                f"the ReAct baseline needs a backend that can generate text; {getattr(backend, 'name', backend)!r} cannot"
+            )
+        self.backend = backend
+        self.encoder = encoder
+        self.config = config or ReActConfig()
+        self.train_time_s = 0.0  # ReAct does not learn
+        self._objective = ""
+        self._history: deque[tuple[str, str]] = deque(maxlen=self.config.history_steps)
+        self.last_thought = ""
+        self.last_written_action = ""
+
+    def begin_episode(self, objective: str) -> None:
+        self._objective = objective
+        self._history.clear()
+
+    def prompt(self, state_text: str, candidates: list[str]) -> str:
+        listed = candidates[: self.config.max_listed_actions]
+        lines = [_HEADER.format(objective=" ".join(self._objective.split()))]
+        lines.append("Admissible actions: " + "; ".join(listed) + "\n\n")
+        for state, action in self._history:
+            lines.append(f"State: {' '.join(state.split())}\nAction: {action}\n\n")
+        lines.append(f"State: {' '.join(state_text.split())}\nThought:")
+        return "".join(lines)
+
+    def act(self, state_text: str, candidates: list[str]) -> Decision:
+        start = time.perf_counter()
+        candidates = check_candidates(candidates)
+        prompt = self.prompt(state_text, candidates)
+        thought = self.backend.generate(prompt, max_new_tokens=self.config.thought_tokens, stop=("\n",))
+        action_prompt = prompt + thought.text + "\nAction:"
+        written = self.backend.generate(action_prompt, max_new_tokens=self.config.action_tokens, stop=("\n",))
+        self.last_thought, self.last_written_action = thought.text.strip(), written.text.strip()
+        action = self.nearest_action(self.last_written_action, candidates)
+        self._history.append((state_text, action))
+        cost = {
+            "llm_calls": 1,
+            "llm_time_s": thought.wall_time_s + written.wall_time_s,
+            "prompt_tokens": thought.prompt_tokens + written.prompt_tokens,
+            "continuation_tokens": thought.new_tokens + written.new_tokens,
+        }
+        return Decision(action, time.perf_counter() - start, alpha=0.0, llm_cost=cost)
+
+    def nearest_action(self, written: str, candidates: list[str]) -> str:
+        """The admissible action the written text means: exact match first, else nearest by cosine."""
+        wanted = _normalise(written)
+        for candidate in candidates:
+            if _normalise(candidate) == wanted:
+                return candidate
+        if not wanted:
+            return candidates[0]
+        vectors = self.encoder.encode([written, *candidates])
+        return candidates[int(np.argmax(vectors[1:] @ vectors[0]))]
+
+    def observe(self, reward: float, terminated: bool, truncated: bool, next_state_text: str,
+                next_candidates: list[str]) -> None:
+        """Nothing to learn; the history is kept by :meth:`act`."""

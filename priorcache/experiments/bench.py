@@ -1,0 +1,128 @@
+"""``priorcache bench text``: every method on every text environment, on the same seeds (SPEC §1, §8).
+
+Methods: direct LLM, ReAct, plain DQN, uncached DQN-Prior (the 100 % reference) and DQN-Prior with
+every cache mode the code implements (``static`` today). Each (environment, method, seed) is one run
+in ``OUT/runs/<env>/<method>/seed<N>/``, so the benchmark is resumable: a finished run (its
+``summary.json`` not marked partial) is kept and skipped, and a crash or Ctrl-C loses at most the run
+in progress. A finished run made with different settings is refused, not overwritten. After every
+run the report (``results.md``, ``results.csv``, PNG plots) is re-rendered from what is on disk.
+
+Deterministic baselines (direct LLM and ReAct: greedy, no learning) replay the same episode on a
+fixed game, so they run one episode per seed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from tqdm.auto import tqdm
+
+from priorcache.cache.prior_cache import MODES, CacheConfig
+from priorcache.envs.registry import ENVIRONMENTS
+from priorcache.errors import ConfigError
+from priorcache.experiments.report import method_label, write_report
+from priorcache.experiments.runner import DETERMINISTIC_AGENTS, RunConfig, run_experiment
+
+TEXT_ENVS = ("textworld", "alfworld", "babyai", "webshop")
+
+#: method -> (agent, cache mode); the cache modes beyond none/static come from the cache itself.
+METHODS: dict[str, tuple[str, str]] = {
+    "direct-llm": ("direct-llm", "none"),
+    "react": ("react", "none"),
+    "dqn": ("dqn", "none"),
+    **{method_label("dqn-prior", mode): ("dqn-prior", mode) for mode in MODES},
+}
+
+#: --quick: a smoke run of every cell, minutes not hours.
+QUICK = {"seeds": [0], "episodes": 2, "max_episode_steps": 8}
+
+
+@dataclass
+class BenchConfig:
+    out: Path = Path("runs/bench-text")
+    envs: list[str] = field(default_factory=lambda: list(TEXT_ENVS))
+    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    episodes: int = 10
+    max_episode_steps: Optional[int] = None  # None: each environment's default
+    backend: str = "embedded"
+    model_path: Optional[str] = None
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        for env in self.envs:
+            if env.partition(":")[0] not in ENVIRONMENTS:
+                raise ConfigError(f"unknown environment {env!r}; choose from {sorted(ENVIRONMENTS)}")
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown:
+            raise ConfigError(f"unknown method(s) {unknown}; choose from {list(METHODS)}")
+        if not self.envs or not self.methods or not self.seeds:
+            raise ConfigError("bench needs at least one environment, method and seed")
+        if self.episodes < 1:
+            raise ConfigError(f"episodes must be ≥ 1, got {self.episodes}")
+
+    def run_config(self, env: str, method: str, seed: int) -> RunConfig:
+        agent, mode = METHODS[method]
+        return RunConfig(
+            env=env, agent=agent, cache=CacheConfig(mode=mode), backend=self.backend, model_path=self.model_path,
+            device=self.device, episodes=1 if agent in DETERMINISTIC_AGENTS else self.episodes, seeds=[seed],
+            max_episode_steps=self.max_episode_steps, out=self.run_dir(env, method, seed),
+        )
+
+    def run_dir(self, env: str, method: str, seed: int) -> Path:
+        return Path(self.out) / "runs" / env.replace(":", "-") / method / f"seed{seed}"
+
+
+def run_status(config: RunConfig) -> str:
+    """'finished', 'todo' (absent or interrupted), or raises when a finished run used other settings."""
+    out = Path(config.out)
+    try:
+        summary = json.loads((out / "summary.json").read_text())
+        saved = json.loads((out / "config.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return "todo"
+    if summary.get("partial", False):
+        return "todo"
+    wanted = json.loads(json.dumps(config.to_json()))  # as it reads back from disk
+    differing = sorted(k for k in wanted if k != "out" and saved.get(k) != wanted[k])
+    if differing:
+        raise ConfigError(f"{out} holds a finished run with other settings ({', '.join(differing)}); "
+                          "give another --out, or remove that folder to run it again")
+    return "finished"
+
+
+def run_bench(
+    config: BenchConfig,
+    backend: Any = None,
+    encoder: Any = None,
+    progress: bool = True,
+    on_run: Optional[Callable[[RunConfig, dict[str, Any]], None]] = None,
+) -> dict[str, Any]:
+    """Run every missing (environment, method, seed) cell, then write the report; returns the report."""
+    cells = [config.run_config(env, method, seed)
+             for env in config.envs for method in config.methods for seed in config.seeds]
+    todo = [cell for cell in cells if run_status(cell) == "todo"]  # also refuses mismatched finished runs
+    bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc="bench text", unit="run", disable=not progress)
+    try:
+        for cell in todo:
+            bar.set_postfix_str(f"{cell.env} {method_label(cell.agent, cell.cache.mode)} seed {cell.seeds[0]}")
+            if cell.agent != "dqn" and backend is None:
+                from priorcache.prior.registry import make_backend
+
+                backend = make_backend(config.backend, model_path=config.model_path, device=config.device)
+            if encoder is None:
+                from priorcache.cache.encoder import MiniLMEncoder
+
+                encoder = MiniLMEncoder()
+            summary = run_experiment(cell, backend=backend if cell.agent != "dqn" else None, encoder=encoder,
+                                     progress=False)
+            if on_run is not None:
+                on_run(cell, summary)
+            write_report(Path(config.out))
+            bar.update(1)
+    finally:
+        bar.close()
+    return write_report(Path(config.out))

@@ -1,0 +1,313 @@
+"""The paper-style results table (markdown + CSV) and plots (PNG) from saved runs (SPEC §8).
+
+A run folder is any folder holding ``config.json`` and ``metrics.jsonl`` (what ``priorcache run``
+and ``priorcache bench text`` write). Runs are grouped by environment and method (agent and cache
+mode); the episodes of a group's runs (one run per seed, or one run over several seeds) are pooled
+and summarised together. Query reduction and retention compare each method with the uncached
+DQN-Prior of the same environment, per episode, so a deterministic baseline that ran one episode
+per seed compares fairly with a learner that ran ten.
+
+Outputs, written atomically into the report folder: ``results.md``, ``results.csv``,
+``results.json``, ``success_vs_queries.png`` and ``learning_curves.png``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from priorcache.errors import ConfigError
+from priorcache.experiments.metrics import summarise
+from priorcache.io import atomic_write_json, atomic_write_text
+
+#: Method label of (agent, cache mode); the uncached DQN-Prior is the 100 % reference.
+REFERENCE_METHOD = "dqn-prior-uncached"
+_METHOD_ORDER = ["direct-llm", "react", "dqn", REFERENCE_METHOD, "dqn-prior-static", "dqn-prior-adaptive",
+                 "dqn-prior-kl-budget"]
+# The variant keyword of each environment family, to label e.g. "textworld:tw-simple".
+_VARIANT_KEYS = ("challenge", "task_type", "level")
+
+
+def method_label(agent: str, cache_mode: str) -> str:
+    if agent != "dqn-prior":
+        return agent
+    return f"dqn-prior-{'uncached' if cache_mode == 'none' else cache_mode}"
+
+
+@dataclass
+class RunFolder:
+    path: Path
+    config: dict[str, Any]
+    records: list[dict[str, Any]]
+    finished: bool
+    env_source: Optional[str]
+
+    @property
+    def env_label(self) -> str:
+        kwargs = self.config.get("env_kwargs") or {}
+        variant = next((kwargs[k] for k in _VARIANT_KEYS if kwargs.get(k)), None)
+        env = self.config["env"]
+        return f"{env}:{variant}" if variant and ":" not in env else env
+
+    @property
+    def method(self) -> str:
+        return method_label(self.config["agent"], self.config["cache"]["mode"])
+
+
+def read_run(path: Path) -> RunFolder:
+    """One run folder; a clear error when a file is missing or damaged."""
+    config_path, metrics_path = path / "config.json", path / "metrics.jsonl"
+    try:
+        config = json.loads(config_path.read_text())
+        records = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    except FileNotFoundError as e:
+        raise ConfigError(f"{path} is not a run folder: {e.filename} is missing") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"damaged run file in {path}: {e}") from None
+    summary: dict[str, Any] = {}
+    if (path / "summary.json").is_file():
+        try:
+            summary = json.loads((path / "summary.json").read_text())
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"damaged {path / 'summary.json'}: {e}") from None
+    finished = bool(summary) and not summary.get("partial", False)
+    return RunFolder(path, config, records, finished, summary.get("env_source"))
+
+
+def find_runs(root: Path) -> list[RunFolder]:
+    """Every run folder at or below ``root``, in path order."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ConfigError(f"{root} is not a folder")
+    folders = sorted({p.parent for p in root.rglob("config.json") if (p.parent / "metrics.jsonl").exists()})
+    return [read_run(folder) for folder in folders]
+
+
+def aggregate(runs: list[RunFolder]) -> list[dict[str, Any]]:
+    """One row per (environment, method) over the finished runs, with the comparison columns."""
+    groups: dict[tuple[str, str], list[RunFolder]] = {}
+    for run in runs:
+        if run.finished and run.records:
+            groups.setdefault((run.env_label, run.method), []).append(run)
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for (env, method), members in groups.items():
+        seen: dict[int, Path] = {}
+        for run in members:
+            for seed in {r["seed"] for r in run.records}:
+                if seed in seen:
+                    raise ConfigError(f"two runs of {env} / {method} cover seed {seed}: {seen[seed]} and {run.path}; "
+                                      "report them from separate folders")
+                seen[seed] = run.path
+        records = [r for run in members for r in run.records]
+        summary = summarise(records)
+        sources = sorted({run.env_source for run in members if run.env_source})
+        rows[(env, method)] = {
+            "env": env,
+            "env_source": ",".join(sources) or None,
+            "method": method,
+            "seeds": summary["seeds"],
+            "episodes": summary["episodes"],
+            "success": summary["success_rate"]["mean"],
+            "success_ci95": summary["success_rate"]["ci95"],
+            "return": summary["mean_return"]["mean"],
+            "return_ci95": summary["mean_return"]["ci95"],
+            "llm_queries": summary["llm_queries"],
+            "llm_queries_per_episode": summary["llm_queries"] / summary["episodes"],
+            "decision_p50_ms": summary["decision_latency_ms"]["p50"],
+            "decision_p95_ms": summary["decision_latency_ms"]["p95"],
+            "hit_rate": summary["hit_rate"] if members[0].config["cache"]["mode"] != "none" and summary["lookups"] else None,
+            "audits": summary["audits"],
+            "f5_violations": summary["audit_f5_violations"],
+            "train_time_s": summary["train_time_s"],
+            "wall_time_s": summary["wall_time_s"],
+            "runs": [str(run.path) for run in members],
+            "learning_curve": _learning_curve(records),
+        }
+    for (env, method), row in rows.items():
+        ref = rows.get((env, REFERENCE_METHOD))
+        row["query_reduction_x"] = _ratio(ref["llm_queries_per_episode"], row["llm_queries_per_episode"]) if ref else None
+        row["latency_p50_ratio_x"] = _ratio(ref["decision_p50_ms"], row["decision_p50_ms"]) if ref else None
+        row["success_retention"] = _ratio(row["success"], ref["success"]) if ref else None
+        row["return_retention"] = _ratio(row["return"], ref["return"]) if ref else None
+    order = {m: i for i, m in enumerate(_METHOD_ORDER)}
+    return sorted(rows.values(), key=lambda r: (r["env"], order.get(r["method"], len(order)), r["method"]))
+
+
+def _ratio(num: float, den: float) -> Optional[float]:
+    if den == 0:
+        return None if num == 0 else math.inf
+    return num / den
+
+
+def _learning_curve(records: list[dict[str, Any]]) -> dict[str, list[float]]:
+    """Mean return and success by episode index, over seeds."""
+    episodes = sorted({r["episode"] for r in records})
+    by_episode = {e: [r for r in records if r["episode"] == e] for e in episodes}
+    return {
+        "episode": [float(e) for e in episodes],
+        "return": [float(np.mean([r["episode_return"] for r in by_episode[e]])) for e in episodes],
+        "success": [float(np.mean([r["success"] for r in by_episode[e]])) for e in episodes],
+    }
+
+
+# ------------------------------------------------------------------ rendering
+
+_COLUMNS = [
+    ("env", "environment"),
+    ("method", "method"),
+    ("success", "success"),
+    ("return", "return"),
+    ("llm_queries_per_episode", "LLM queries / episode"),
+    ("query_reduction_x", "query reduction ×"),
+    ("decision_p50_ms", "decision p50 (ms)"),
+    ("hit_rate", "hit rate"),
+    ("success_retention", "retention (success)"),
+    ("return_retention", "retention (return)"),
+    ("episodes", "episodes"),
+]
+
+
+def _fmt(key: str, row: dict[str, Any]) -> str:
+    value = row[key]
+    if value is None:
+        return "n/a"
+    if key in ("success", "return"):
+        ci = row[f"{key}_ci95"]
+        return f"{value:.3f} ± {ci:.3f}" if len(row["seeds"]) > 1 else f"{value:.3f}"
+    if key in ("success_retention", "return_retention"):
+        return "∞" if math.isinf(value) else f"{100 * value:.0f} %"
+    if key == "query_reduction_x":
+        return "∞" if math.isinf(value) else f"{value:.2f}×"
+    if key == "env" and row["env_source"] and row["env_source"] != "official":
+        return f"{value} ({row['env_source']})"
+    if isinstance(value, float):
+        return f"{value:.3f}" if key == "hit_rate" else f"{value:.1f}"
+    return str(value)
+
+
+def render_markdown(rows: list[dict[str, Any]], incomplete: list[str]) -> str:
+    lines = ["# Text environments: results", ""]
+    lines.append("| " + " | ".join(title for _, title in _COLUMNS) + " |")
+    lines.append("|" + "---|" * len(_COLUMNS))
+    for row in rows:
+        lines.append("| " + " | ".join(_fmt(key, row) for key, _ in _COLUMNS) + " |")
+    seeds = sorted({tuple(r["seeds"]) for r in rows})
+    lines += [
+        "",
+        "Success and return: mean over seeds ± 95 % CI (Student's t). Query reduction, latency and retention "
+        f"are against `{REFERENCE_METHOD}` on the same environment; queries count full and partial LLM calls "
+        "per episode. Deterministic baselines (direct-llm, react) replay the same episode on a fixed game, "
+        "so they run one episode per seed. Environments marked (generated) use problems generated offline, "
+        "not an official split.",
+        f"Seeds: {', '.join(str(list(s)) for s in seeds) or 'none'}.",
+    ]
+    if incomplete:
+        lines += ["", "Not in the table (unfinished): " + ", ".join(incomplete) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def render_csv(rows: list[dict[str, Any]]) -> str:
+    keys = ["env", "env_source", "method", "seeds", "episodes", "success", "success_ci95", "return", "return_ci95",
+            "llm_queries", "llm_queries_per_episode", "query_reduction_x", "decision_p50_ms", "decision_p95_ms",
+            "latency_p50_ratio_x", "hit_rate", "success_retention", "return_retention", "audits", "f5_violations",
+            "train_time_s", "wall_time_s"]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=keys, extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: (" ".join(map(str, row[k])) if k == "seeds" else row[k]) for k in keys})
+    return buffer.getvalue()
+
+
+def _save_figure(fig: Any, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def plot(rows: list[dict[str, Any]], out: Path) -> list[Path]:
+    """success_vs_queries.png and learning_curves.png, one panel per environment."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    envs = sorted({r["env"] for r in rows})
+    if not envs:
+        return []
+    methods = [m for m in _METHOD_ORDER if any(r["method"] == m for r in rows)]
+    methods += sorted({r["method"] for r in rows} - set(methods))
+    colours = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
+    written = []
+
+    fig, axes = plt.subplots(1, len(envs), figsize=(4.2 * len(envs), 3.6), squeeze=False)
+    for ax, env in zip(axes[0], envs):
+        for row in (r for r in rows if r["env"] == env):
+            ax.errorbar(row["llm_queries_per_episode"], row["success"], yerr=row["success_ci95"], fmt="o",
+                        color=colours[row["method"]], label=row["method"], capsize=3)
+        ax.set_xscale("symlog", linthresh=1.0)
+        ax.set_xlabel("LLM queries per episode")
+        ax.set_ylabel("success rate")
+        ax.set_ylim(-0.05, 1.05)
+        ax.set_title(env)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    path = out / "success_vs_queries.png"
+    _save_figure(fig, path)
+    plt.close(fig)
+    written.append(path)
+
+    fig, axes = plt.subplots(1, len(envs), figsize=(4.2 * len(envs), 3.6), squeeze=False)
+    for ax, env in zip(axes[0], envs):
+        env_rows = [r for r in rows if r["env"] == env]
+        last = max(max(r["learning_curve"]["episode"]) for r in env_rows)
+        for row in env_rows:
+            curve = row["learning_curve"]
+            if len(curve["episode"]) == 1:  # a deterministic baseline: the same episode every time
+                ax.hlines(curve["return"][0], 0, last, colors=[colours[row["method"]]], linestyles="--",
+                          label=row["method"])
+            else:
+                ax.plot(curve["episode"], curve["return"], color=colours[row["method"]], label=row["method"])
+        ax.set_xlabel("episode")
+        ax.set_ylabel("return (mean over seeds)")
+        ax.set_title(env)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    path = out / "learning_curves.png"
+    _save_figure(fig, path)
+    plt.close(fig)
+    written.append(path)
+    return written
+
+
+def write_report(runs_root: Path, out: Optional[Path] = None) -> dict[str, Any]:
+    """Find the runs under ``runs_root``, write the table and plots into ``out`` (default: ``runs_root``)."""
+    runs = find_runs(runs_root)
+    if not runs:
+        raise ConfigError(f"no run folders (config.json + metrics.jsonl) under {runs_root}")
+    out = Path(out or runs_root)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = aggregate(runs)
+    incomplete = [str(run.path) for run in runs if not run.finished]
+    atomic_write_text(out / "results.md", render_markdown(rows, incomplete))
+    atomic_write_text(out / "results.csv", render_csv(rows))
+    # JSON has no infinity: a reduction over zero queries is written as the string "inf".
+    safe = [{k: ("inf" if isinstance(v, float) and math.isinf(v) else v) for k, v in row.items()} for row in rows]
+    atomic_write_json(out / "results.json", {"rows": safe, "incomplete": incomplete})
+    figures = plot(rows, out)
+    return {"rows": rows, "incomplete": incomplete,
+            "files": [out / "results.md", out / "results.csv", out / "results.json", *figures]}
