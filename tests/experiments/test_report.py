@@ -1,0 +1,110 @@
+"""The results table and plots from saved run folders (synthetic runs with known numbers)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+
+import pytest
+
+from priorcache.errors import ConfigError
+from priorcache.experiments.metrics import EpisodeRecord, summarise
+from priorcache.experiments.report import aggregate, find_runs, write_report
+
+
+def make_run(folder, env, agent, mode, seeds, episodes, success, queries_per_episode, decision_ms,
+             finished=True, source=None):
+    records = []
+    for seed in seeds:
+        for episode in range(episodes):
+            r = EpisodeRecord(seed=seed, episode=episode)
+            r.success = success
+            r.episode_return = float(episode) + (1.0 if success else 0.0)
+            r.steps = 4
+            r.llm_calls = queries_per_episode
+            r.lookups = 4 if agent != "dqn" else 0
+            r.hits = 2 if mode == "static" else 0
+            r.decision_times_ms = [decision_ms] * 4
+            records.append(r.to_json())
+    folder.mkdir(parents=True)
+    config = {"env": env, "env_kwargs": {}, "agent": agent, "cache": {"mode": mode}}
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    summary = {**summarise(records), "env_source": source}
+    if not finished:
+        summary["partial"] = True
+    (folder / "summary.json").write_text(json.dumps(summary))
+
+
+@pytest.fixture
+def bench_dir(tmp_path):
+    runs = tmp_path / "runs"
+    for seed in (0, 1):  # one run per seed, as `bench text` writes them
+        make_run(runs / "babyai/uncached" / f"seed{seed}", "babyai", "dqn-prior", "none", [seed], 3,
+                 success=True, queries_per_episode=10, decision_ms=400.0)
+        make_run(runs / "babyai/static" / f"seed{seed}", "babyai", "dqn-prior", "static", [seed], 3,
+                 success=True, queries_per_episode=2, decision_ms=2.0)
+    make_run(runs / "babyai/direct" / "seed0", "babyai", "direct-llm", "none", [0, 1], 1,
+             success=False, queries_per_episode=10, decision_ms=390.0)
+    make_run(runs / "babyai/dqn" / "seed0", "babyai", "dqn", "none", [0, 1], 3,
+             success=False, queries_per_episode=0, decision_ms=1.0)
+    make_run(runs / "alfworld/static" / "seed0", "alfworld", "dqn-prior", "static", [0], 2,
+             success=True, queries_per_episode=3, decision_ms=5.0, source="generated")
+    make_run(runs / "alfworld/uncached" / "seed0", "alfworld", "dqn-prior", "none", [0], 2,
+             success=True, queries_per_episode=3, decision_ms=5.0, finished=False, source="generated")
+    return tmp_path
+
+
+def test_rows_compare_each_method_with_the_uncached_reference(bench_dir):
+    rows = {(r["env"], r["method"]): r for r in aggregate(find_runs(bench_dir))}
+    static = rows[("babyai", "dqn-prior-static")]
+    assert static["seeds"] == [0, 1] and static["episodes"] == 6
+    assert static["query_reduction_x"] == pytest.approx(5.0)
+    assert static["latency_p50_ratio_x"] == pytest.approx(200.0)
+    assert static["success_retention"] == pytest.approx(1.0)
+    assert static["hit_rate"] == pytest.approx(0.5)
+    # Per-episode comparison: the one-episode-per-seed baseline asks as often per episode.
+    direct = rows[("babyai", "direct-llm")]
+    assert direct["query_reduction_x"] == pytest.approx(1.0) and direct["success_retention"] == 0.0
+    assert direct["hit_rate"] is None  # no cache, no hit rate
+    assert math.isinf(rows[("babyai", "dqn")]["query_reduction_x"])
+    # The unfinished uncached ALFWorld run is left out, so ALFWorld has no reference.
+    assert ("alfworld", "dqn-prior-uncached") not in rows
+    assert rows[("alfworld", "dqn-prior-static")]["query_reduction_x"] is None
+    assert rows[("babyai", "dqn-prior-static")]["learning_curve"]["return"] == [1.0, 2.0, 3.0]
+
+
+def test_report_files(bench_dir, tmp_path):
+    out = tmp_path / "report"
+    result = write_report(bench_dir, out)
+    md = (out / "results.md").read_text()
+    assert "| babyai | dqn-prior-static | 1.000 ± 0.000 |" in md
+    assert "5.00×" in md and "alfworld (generated)" in md
+    assert "unfinished" in md and "alfworld/uncached" in md
+    table = list(csv.DictReader(io.StringIO((out / "results.csv").read_text())))
+    assert {row["method"] for row in table} == {"dqn-prior-uncached", "dqn-prior-static", "direct-llm", "dqn"}
+    assert json.loads((out / "results.json").read_text())["rows"][0]["env"] == "alfworld"
+    for name in ("success_vs_queries.png", "learning_curves.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(result["files"]) == 5
+
+
+def test_two_runs_of_one_seed_are_refused(bench_dir):
+    make_run(bench_dir / "runs/babyai/static-again/seed0", "babyai", "dqn-prior", "static", [0], 1,
+             success=True, queries_per_episode=1, decision_ms=1.0)
+    with pytest.raises(ConfigError, match="seed 0"):
+        aggregate(find_runs(bench_dir))
+
+
+def test_bad_folders_are_named(tmp_path):
+    with pytest.raises(ConfigError, match="not a folder"):
+        write_report(tmp_path / "missing")
+    with pytest.raises(ConfigError, match="no run folders"):
+        write_report(tmp_path)
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "config.json").write_text("{")
+    (tmp_path / "r" / "metrics.jsonl").write_text("")
+    with pytest.raises(ConfigError, match="damaged"):
+        find_runs(tmp_path)
