@@ -232,8 +232,14 @@ def tokenize(text: str) -> list[str]:
     return _TOKEN.findall(text.lower())
 
 
+_ACRONYMS = frozenset({"gps", "gmo", "led", "spf", "usb"})
+
+
 def _title_case(text: str) -> str:
-    return " ".join(w if any(c.isdigit() for c in w) else w.capitalize() for w in text.split())
+    return " ".join(
+        w.upper() if w in _ACRONYMS else w if any(c.isdigit() for c in w) else w.capitalize()
+        for w in text.split()
+    )
 
 
 def _make_product(rng: random.Random, ptype: ProductType, item_id: str) -> Product:
