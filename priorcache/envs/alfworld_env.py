@@ -193,8 +193,10 @@ def describe_state(facts: Iterable[Any]) -> str:
     """φ(s) from the engine's facts (TextWorld ``Proposition`` objects with demangled names).
 
     "You are at fridge 1. The fridge 1 is open. In it, you see a egg 1, and a tomato 1. You are
-    carrying: a hot apple 1." The receptacle sentences follow the engine's own wording; objects
-    carry the states the tasks check (hot, cool, clean, sliced; a lamp that was turned on).
+    carrying: a hot apple 1." The sentences follow the engine's own wording (at the starting
+    point, which is no receptacle's, the list of receptacles around); objects carry the states the
+    tasks check (hot, cool, clean, sliced; a lamp that was turned on). Lists are sorted, so the
+    text depends on the state only. The task itself is not part of it (see ``objective``).
     """
     true: dict[str, list[tuple[str, ...]]] = {}
     for fact in facts:
@@ -229,7 +231,10 @@ def describe_state(facts: Iterable[Any]) -> str:
 
     parts = []
     if not receptacles:
+        # Only the starting point is no receptacle's; the engine describes the room from there.
+        around = sorted({r for r, _ in true.get("receptacleatlocation", ())}, key=_natural)
         parts.append("You are in the middle of a room.")
+        parts.append(f"Looking quickly around you, you see {things(around)}.")
     else:
         parts.append(f"You are at {' and '.join(receptacles)}.")
         for rec in receptacles:

@@ -165,7 +165,10 @@ def test_state_text_is_markov(games_dir: Path, generated) -> None:
     env = _make("pick_heat_then_place", games_dir)
     try:
         _, info = env.reset()
-        assert info["state_text"] == "You are in the middle of a room. You are not carrying anything."
+        assert info["state_text"].startswith(
+            "You are in the middle of a room. Looking quickly around you, you see a cabinet 1, "
+        )
+        assert info["state_text"].endswith(". You are not carrying anything.")
         go = [a for a in info["admissible_actions"] if a.startswith("go to ")]
         _, _, _, _, at_first = env.step(go[0])
         target = go[0][len("go to ") :]
@@ -474,7 +477,10 @@ def test_describe_state_formats_like_the_engine() -> None:
     )
     assert describe_state(list(reversed(opened))) == describe_state(opened)  # order-free
     nowhere = [fact("atlocation", "agent1 ", "loc 9")] + base[1:]
-    assert describe_state(nowhere) == "You are in the middle of a room. You are not carrying anything."
+    assert describe_state(nowhere) == (
+        "You are in the middle of a room. Looking quickly around you, you see a countertop 1, "
+        "and a fridge 1. You are not carrying anything."
+    )
 
 
 def test_bad_constructor_arguments(tmp_path: Path) -> None:
