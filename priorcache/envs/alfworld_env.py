@@ -48,6 +48,7 @@ import gymnasium
 from gymnasium import spaces
 
 from priorcache.envs import alfworld_gen as gen
+from priorcache.envs.checks import check_game_seed, check_max_episode_steps, remove_stale_temps
 from priorcache.errors import ConfigError, UnknownEnvironmentError
 from priorcache.io import atomic_write_json, atomic_write_text, cache_root
 
@@ -67,7 +68,6 @@ _OFFICIAL_DIR = "json_2.1.1"
 # Bumped when the on-disk layout or the certification changes.
 _CACHE_FORMAT = 1
 _MAX_ATTEMPTS = 30
-_STALE_TMP_SECONDS = 24 * 3600
 # Listed by the engine, hidden from the admissible actions (see the module docstring).
 _HIDDEN_COMMANDS = frozenset({"help"})
 _OBJECTIVE_RE = re.compile(r"Your task is to: [^\n]*")
@@ -373,18 +373,6 @@ def _generate_game(task_type: str, split: str, seed: int, folder: Path) -> dict[
     )
 
 
-def _remove_stale_temps(root: Path) -> None:
-    # A process killed mid-generation leaves its temp folder behind; it is never loaded (only
-    # renamed folders are), so it is only disk clutter, removed once clearly abandoned.
-    now = time.time()
-    for entry in root.glob(".tmp-*"):
-        try:
-            if now - entry.stat().st_mtime > _STALE_TMP_SECONDS:
-                shutil.rmtree(entry, ignore_errors=True)
-        except OSError:
-            pass
-
-
 def ensure_game(
     task_type: str,
     seed: int = 0,
@@ -409,7 +397,7 @@ def ensure_game(
         return found
 
     final.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temps(final.parent)
+    remove_stale_temps(final.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
     try:
         meta = _generate_game(task_type, split, seed, tmp)
@@ -562,14 +550,8 @@ class ALFWorldEnv(gymnasium.Env):
         data_dir: str | os.PathLike[str] | None = None,
         games_dir: str | os.PathLike[str] | None = None,
     ) -> None:
-        if isinstance(game_seed, bool) or not isinstance(game_seed, int) or game_seed < 0:
-            raise ConfigError(f"game_seed must be a non-negative int, got {game_seed!r}")
-        if (
-            isinstance(max_episode_steps, bool)
-            or not isinstance(max_episode_steps, int)
-            or max_episode_steps < 1
-        ):
-            raise ConfigError(f"max_episode_steps must be a positive int, got {max_episode_steps!r}")
+        check_game_seed(game_seed)
+        check_max_episode_steps(max_episode_steps)
         # ALFRED's own names ("pick_and_place_simple", ...) are accepted too.
         task_type = _ALFRED_NAMES.get(task_type, task_type) if isinstance(task_type, str) else task_type
         if task_type is not None and task_type not in TASK_TYPES:

@@ -43,6 +43,7 @@ import gymnasium
 import numpy as np
 from gymnasium import spaces
 
+from priorcache.envs.checks import check_game_seed, check_max_episode_steps
 from priorcache.errors import ConfigError, UnknownEnvironmentError
 
 #: The featured BabyAI levels (single room unless said otherwise); every other registered
@@ -270,17 +271,9 @@ class BabyAIEnv(gymnasium.Env):
         game_seed: int = 0,
         max_episode_steps: int | None = None,
     ) -> None:
-        if isinstance(game_seed, bool) or not isinstance(game_seed, int) or game_seed < 0:
-            raise ConfigError(f"game_seed must be a non-negative int, got {game_seed!r}")
-        if max_episode_steps is not None and (
-            isinstance(max_episode_steps, bool)
-            or not isinstance(max_episode_steps, int)
-            or max_episode_steps < 1
-        ):
-            raise ConfigError(
-                f"max_episode_steps must be a positive int (or None for the level's own budget), "
-                f"got {max_episode_steps!r}"
-            )
+        check_game_seed(game_seed)
+        if max_episode_steps is not None:  # None: the level's own budget
+            check_max_episode_steps(max_episode_steps)
         self.level, self.env_id = resolve_level(level)
         from minigrid.envs.babyai.core import verifier
 

@@ -29,6 +29,7 @@ from typing import Any
 import gymnasium
 from gymnasium import spaces
 
+from priorcache.envs.checks import check_game_seed, check_max_episode_steps, remove_stale_temps
 from priorcache.errors import ConfigError, UnknownEnvironmentError
 from priorcache.io import atomic_write_text, cache_root
 
@@ -79,7 +80,6 @@ _META_FILE = "meta.json"
 # Bumped when the on-disk layout or the way walkthroughs are chosen changes, so that old cached
 # games are not silently reused under a new meaning.
 _CACHE_FORMAT = 1
-_STALE_TMP_SECONDS = 24 * 3600
 
 
 def _clean_command(action: str) -> str:
@@ -347,18 +347,6 @@ def _generate_game(
     }
 
 
-def _remove_stale_temps(games_dir: Path) -> None:
-    # A process killed mid-generation leaves its temp folder behind; it is never loaded (only
-    # renamed folders are), so it is only disk clutter, removed once clearly abandoned.
-    now = time.time()
-    for entry in games_dir.glob(".tmp-*"):
-        try:
-            if now - entry.stat().st_mtime > _STALE_TMP_SECONDS:
-                shutil.rmtree(entry, ignore_errors=True)
-        except OSError:
-            pass
-
-
 def ensure_game(
     challenge: str,
     settings: Mapping[str, Any] | None = None,
@@ -378,7 +366,7 @@ def ensure_game(
         return found
 
     root.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temps(root)
+    remove_stale_temps(root)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=root))
     try:
         meta = _generate_game(challenge, resolved, seed, tmp)
@@ -426,14 +414,8 @@ class TextWorldEnv(gymnasium.Env):
         max_episode_steps: int = 50,
         games_dir: str | os.PathLike[str] | None = None,
     ) -> None:
-        if isinstance(game_seed, bool) or not isinstance(game_seed, int) or game_seed < 0:
-            raise ConfigError(f"game_seed must be a non-negative int, got {game_seed!r}")
-        if (
-            isinstance(max_episode_steps, bool)
-            or not isinstance(max_episode_steps, int)
-            or max_episode_steps < 1
-        ):
-            raise ConfigError(f"max_episode_steps must be a positive int, got {max_episode_steps!r}")
+        check_game_seed(game_seed)
+        check_max_episode_steps(max_episode_steps)
         import textworld
 
         self.challenge = challenge

@@ -74,6 +74,7 @@ from priorcache.envs.webshop_catalogue import (
     get_catalogue,
     tokenize,
 )
+from priorcache.envs.checks import check_game_seed, check_max_episode_steps
 from priorcache.errors import ConfigError, UnknownEnvironmentError
 
 #: Walkthroughs longer than this are rejected when instances are generated, so that the default
@@ -364,14 +365,8 @@ class WebShopEnv(gymnasium.Env):
         catalogue_seed: int = 0,
         catalogue_size: int = 400,
     ) -> None:
-        if isinstance(game_seed, bool) or not isinstance(game_seed, int) or game_seed < 0:
-            raise ConfigError(f"game_seed must be a non-negative int, got {game_seed!r}")
-        if (
-            isinstance(max_episode_steps, bool)
-            or not isinstance(max_episode_steps, int)
-            or max_episode_steps < 1
-        ):
-            raise ConfigError(f"max_episode_steps must be a positive int, got {max_episode_steps!r}")
+        check_game_seed(game_seed)
+        check_max_episode_steps(max_episode_steps)
         self.catalogue: Catalogue = get_catalogue(catalogue_seed, catalogue_size)
         self.game_seed = game_seed
         self.max_episode_steps = max_episode_steps
