@@ -108,6 +108,9 @@ def run_bench(
     bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc="bench text", unit="run", disable=not progress)
     try:
         for cell in todo:
+            if run_status(cell) == "finished":  # another bench process on the same folder did it meanwhile
+                bar.update(1)
+                continue
             bar.set_postfix_str(f"{cell.env} {method_label(cell.agent, cell.cache.mode)} seed {cell.seeds[0]}")
             if cell.agent != "dqn" and backend is None:
                 from priorcache.prior.registry import make_backend
