@@ -46,25 +46,27 @@ def test_exact_action_is_taken_and_costs_are_one_call():
 
 
 def test_free_text_is_mapped_to_the_nearest_admissible_action_and_history_is_kept():
-    writer = ScriptedWriter(["", "take the apple out of the fridge", "", "walk north please"])
+    writer = ScriptedWriter(["", "take the apple out of the fridge", " I need the door.\nAction: walk north please"])
     agent = ReActAgent(writer, HashEncoder(dim=256))
     agent.begin_episode("eat the apple")
-    first = agent.act("kitchen", CANDIDATES)
-    assert first.action == "take apple from fridge"
-    second = agent.act("hallway", CANDIDATES)
-    assert second.action == "go north"
-    assert "State: kitchen\nAction: take apple from fridge" in writer.prompts[2]
+    first = agent.act("kitchen", CANDIDATES)  # no action line written: a second, forced-cue call
+    assert first.action == "take apple from fridge" and len(writer.prompts) == 2
+    second = agent.act("hallway", CANDIDATES)  # thought and action in one generation
+    assert second.action == "go north" and len(writer.prompts) == 3
+    assert agent.last_thought == "I need the door." and agent.last_written_action == "walk north please"
+    assert "Your previous actions: take apple from fridge" in writer.prompts[2]
     agent.begin_episode("again")
-    assert "State: kitchen" not in agent.prompt("hallway", CANDIDATES)
+    assert "previous actions" not in agent.prompt("hallway", CANDIDATES)
 
 
 def test_history_is_bounded():
-    agent = ReActAgent(ScriptedWriter(["", "go north"] * 5), HashEncoder(), ReActConfig(history_steps=2))
+    outputs = [f"\nAction: {a}" for a in ("go north", "open fridge", "take apple from fridge", "go north")]
+    agent = ReActAgent(ScriptedWriter(outputs), HashEncoder(), ReActConfig(history_steps=2))
     agent.begin_episode("goal")
-    for i in range(5):
+    for i in range(4):
         agent.act(f"room {i}", CANDIDATES)
     prompt = agent.prompt("room 5", CANDIDATES)
-    assert "room 2" not in prompt and "room 3" in prompt and "room 4" in prompt
+    assert "Your previous actions: take apple from fridge; go north\n" in prompt
 
 
 def test_backend_without_generation_is_refused():
