@@ -210,3 +210,18 @@ def test_non_finite_scores_are_a_backend_error(tiny_model_dir, tmp_path):
         backend.score([Prompt(PREFIX, STATES[0])], [ACTIONS])
     with pytest.raises(BackendError, match="non-finite"):
         backend.score_naive([Prompt(PREFIX, STATES[0])], [ACTIONS])
+
+
+def test_generate_is_greedy_stops_at_the_stop_string_and_counts_tokens(embedded):
+    prompt = "The capital of France is"
+    first = embedded.generate(prompt, max_new_tokens=12, stop=("\n",))
+    again = embedded.generate(prompt, max_new_tokens=12, stop=("\n",))
+    assert first.text == again.text == " Paris."  # greedy, cut before the stop string
+    assert first.prompt_tokens == embedded.count_tokens(prompt) and 1 <= first.new_tokens < 12
+    assert first.wall_time_s > 0
+    short = embedded.generate("Count: one, two, three, four, five,", max_new_tokens=2, stop=())
+    assert short.new_tokens <= 2
+    with pytest.raises(ConfigError, match="max_new_tokens"):
+        embedded.generate(prompt, max_new_tokens=0)
+    with pytest.raises(BackendError, match="non-empty prompt"):
+        embedded.generate("")
