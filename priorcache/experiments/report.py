@@ -187,7 +187,7 @@ def _fmt(key: str, row: dict[str, Any]) -> str:
         return "∞" if math.isinf(value) else f"{100 * value:.0f} %"
     if key == "query_reduction_x":
         return "∞" if math.isinf(value) else f"{value:.2f}×"
-    if key == "env" and row["env_source"] and row["env_source"] != "official":
+    if key == "env" and row["env_source"]:
         return f"{value} ({row['env_source']})"
     if isinstance(value, float):
         return f"{value:.3f}" if key == "hit_rate" else f"{value:.1f}"
