@@ -183,7 +183,7 @@ def bench_text(
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-        report = run_bench(config)
+        run_bench(config)
     except PriorCacheError as e:
         console.print(f"[bold red]error:[/] {e}")
         raise typer.Exit(2) from None

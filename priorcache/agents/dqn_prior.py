@@ -14,7 +14,7 @@ The same class runs the two baselines of the issue:
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import numpy as np

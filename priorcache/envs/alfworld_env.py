@@ -34,9 +34,7 @@ import json
 import os
 import random
 import re
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -48,7 +46,7 @@ import gymnasium
 from gymnasium import spaces
 
 from priorcache.envs import alfworld_gen as gen
-from priorcache.envs.checks import check_game_seed, check_max_episode_steps, remove_stale_temps
+from priorcache.envs.checks import check_game_seed, check_max_episode_steps, build_once
 from priorcache.errors import ConfigError, UnknownEnvironmentError
 from priorcache.io import atomic_write_json, atomic_write_text, cache_root
 
@@ -392,34 +390,13 @@ def ensure_game(
         raise ConfigError(f"unknown ALFWorld split {split!r}; choose one of {list(SPLITS)}")
     root = Path(games_dir).expanduser() if games_dir is not None else default_games_dir()
     final = root / "generated" / game_key(task_type, split, seed)
-    found = _read_game(final)
-    if found is not None:
-        return found
 
-    final.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(final.parent)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
-    try:
-        meta = _generate_game(task_type, split, seed, tmp)
+    def build(folder: Path) -> None:
+        meta = _generate_game(task_type, split, seed, folder)
         # meta.json last: a folder without it is never treated as a finished game.
-        atomic_write_text(tmp / _META_FILE, json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        if final.exists() and _read_game(final) is None:
-            # A foreign or incomplete folder sits there: move it aside, then take its place.
-            trash = Path(tempfile.mkdtemp(prefix=f".tmp-trash-{final.name}-", dir=final.parent))
-            os.rename(final, trash / "old")
-            shutil.rmtree(trash, ignore_errors=True)
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if _read_game(final) is None:  # another process did not finish it first
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    found = _read_game(final)
-    if found is None:  # pragma: no cover - only if the folder is removed under our feet
-        raise UnknownEnvironmentError(f"generated game at {final} could not be read back")
-    return found
+        atomic_write_text(folder / _META_FILE, json.dumps(meta, indent=2, sort_keys=True) + "\n")
+
+    return build_once(final, _read_game, build)
 
 
 # --------------------------------------------------------------------------- official games

@@ -16,8 +16,6 @@ import argparse
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 import time
 import warnings
 from collections.abc import Iterable, Mapping
@@ -29,7 +27,7 @@ from typing import Any
 import gymnasium
 from gymnasium import spaces
 
-from priorcache.envs.checks import check_game_seed, check_max_episode_steps, remove_stale_temps
+from priorcache.envs.checks import check_game_seed, check_max_episode_steps, build_once
 from priorcache.errors import ConfigError, UnknownEnvironmentError
 from priorcache.io import atomic_write_text, cache_root
 
@@ -361,36 +359,13 @@ def ensure_game(
     resolved = resolve_settings(challenge, settings)
     root = Path(games_dir).expanduser() if games_dir is not None else default_games_dir()
     final = root / game_key(challenge, resolved, seed)
-    found = _read_game(final)
-    if found is not None:
-        return found
 
-    root.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(root)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=root))
-    try:
-        meta = _generate_game(challenge, resolved, seed, tmp)
+    def build(folder: Path) -> None:
+        meta = _generate_game(challenge, resolved, seed, folder)
         # meta.json last: a folder without it is never treated as a finished game.
-        atomic_write_text(tmp / _META_FILE, json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        if final.exists():
-            # Either another process finished first (keep its game) or a foreign, incomplete
-            # folder sits there (move it aside, then take its place).
-            if _read_game(final) is None:
-                trash = Path(tempfile.mkdtemp(prefix=f".tmp-trash-{final.name}-", dir=root))
-                os.rename(final, trash / "old")
-                shutil.rmtree(trash, ignore_errors=True)
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if _read_game(final) is None:
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    found = _read_game(final)
-    if found is None:  # pragma: no cover - only if the folder is removed under our feet
-        raise UnknownEnvironmentError(f"generated game at {final} could not be read back")
-    return found
+        atomic_write_text(folder / _META_FILE, json.dumps(meta, indent=2, sort_keys=True) + "\n")
+
+    return build_once(final, _read_game, build)
 
 
 class TextWorldEnv(gymnasium.Env):
