@@ -1,4 +1,4 @@
-"""Command-line interface: ``priorcache run``, ``compare``, ``envs``, ``bench text`` and ``report``."""
+"""Command-line interface: ``priorcache run``, ``compare``, ``envs``, ``bench text``, ``report`` and ``kl-report``."""
 
 from __future__ import annotations
 
@@ -56,8 +56,23 @@ def summary_table(summary: dict, title: str) -> Table:
         ("audits: mean ε / mean KL (nats)",
          f"{summary['audit_epsilon']['mean']:.4f} / {summary['audit_kl']['mean']:.4f}" if summary["audits"] else "none"),
         ("F5 violations (KL > 2ε)", str(summary["audit_f5_violations"])),
+        ("shadow audits (F5 violations)",
+         f"{summary.get('shadow_audits', 0)} ({summary.get('shadow_f5_violations', 0)})"),
         ("training time / wall time (s)", f"{summary['train_time_s']:.1f} / {summary['wall_time_s']:.1f}"),
     ]
+    params = summary.get("cache_params")
+    if params:
+        rows.append(("cache K / δ / r at the end",
+                     f"{params['capacity']} / {params['similarity_threshold']:.3f} / {params['refresh_rate']:.3f}"))
+    if summary.get("adaptation_share") is not None:
+        rows.append(("adaptation overhead (share of wall time)",
+                     f"{summary['adaptation_time_s']:.2f} s ({100 * summary['adaptation_share']:.2f} %)"))
+    budget = (summary.get("cache_stats") or {}).get("kl_budget")
+    if budget:
+        achieved = budget.get("achieved_kl")
+        rows.append(("KL budget: target / achieved (UCB)",
+                     f"{budget['target_kl']:.3f} / " + ("n/a" if achieved is None else
+                                                        f"{achieved:.4f} ({budget['achieved_kl_ucb']:.4f})")))
     for name, value in rows:
         table.add_row(name, value)
     return table
@@ -67,7 +82,8 @@ def summary_table(summary: dict, title: str) -> Table:
 def run(
     env: str = typer.Argument(..., help="environment name, e.g. textworld (or textworld:tw-cooking)"),
     agent: str = typer.Option("dqn-prior", help=f"one of {', '.join(AGENTS)}"),
-    cache: str = typer.Option("static", help="cache mode: none (uncached reference) or static"),
+    cache: str = typer.Option("static", help="cache mode: none (uncached reference), static, adaptive "
+                                             "(meta-optimised K, δ, r) or kl-budget (δ from a target KL)"),
     variant: Optional[str] = typer.Option(None, help="environment variant (see `priorcache envs`), e.g. "
                                            "tw-cooking, GoToLocal, pick_heat_then_place; same as ENV:VARIANT"),
     episodes: int = typer.Option(10, min=1, help="episodes per seed"),
@@ -80,6 +96,10 @@ def run(
     capacity: Optional[int] = typer.Option(None, help="cache capacity K"),
     refresh_rate: Optional[float] = typer.Option(None, help="cache refresh rate r in [0, 1]"),
     unknown_candidates: Optional[str] = typer.Option(None, help="F7 fill for unknown actions: partial or floor"),
+    kl_target: Optional[float] = typer.Option(None, help="kl-budget: target expected KL of served priors (nats)"),
+    kl_confidence: Optional[float] = typer.Option(None, help="kl-budget: confidence of the KL upper bound"),
+    per_entry_thresholds: bool = typer.Option(False, help="kl-budget: each entry earns its own δ from its audits"),
+    meta_update_every: Optional[int] = typer.Option(None, help="adaptive: lookups per meta-optimiser window"),
     alpha: float = typer.Option(1.0, help="posterior temperature α_0 (F1) when the cache never hits"),
     alpha_min: float = typer.Option(0.25, help="temperature at a 100% hit rate (F2); = --alpha turns F2 off"),
     cache_path: Optional[Path] = typer.Option(None, help="warm-start from this saved cache; saved back at the end"),
@@ -91,6 +111,17 @@ def run(
         overrides = {k: v for k, v in {
             "mode": cache, "similarity_threshold": similarity_threshold, "capacity": capacity,
             "refresh_rate": refresh_rate, "unknown_candidates": unknown_candidates}.items() if v is not None}
+        kl_budget = {k: v for k, v in {"target_kl": kl_target, "confidence": kl_confidence,
+                                       "per_entry": per_entry_thresholds or None}.items() if v is not None}
+        if kl_budget:
+            if cache != "kl-budget":
+                raise ConfigError(f"--kl-target, --kl-confidence and --per-entry-thresholds need --cache kl-budget, "
+                                  f"not {cache!r}")
+            overrides["kl_budget"] = kl_budget
+        if meta_update_every is not None:
+            if cache != "adaptive":
+                raise ConfigError(f"--meta-update-every needs --cache adaptive, not {cache!r}")
+            overrides["meta"] = {"update_every": meta_update_every}
         if variant:
             if ":" in env:
                 raise ConfigError(f"give the variant once: {env!r} already names one, and --variant {variant!r}")
@@ -206,6 +237,44 @@ def report(
         console.print(f"[bold red]error:[/] {e}")
         raise typer.Exit(2) from None
     console.print(result["files"][0].read_text())
+    console.print("written: " + ", ".join(str(p) for p in result["files"]))
+
+
+@app.command("kl-report")
+def kl_report(
+    run_dir: Path = typer.Argument(..., help="one run folder (config.json + metrics.jsonl) of a cached run"),
+    out: Optional[Path] = typer.Option(None, help="where to write kl_report.md/.json/.png (default: RUN_DIR)"),
+) -> None:
+    """F5 on every audit, the F6 Lipschitz fit of ε vs similarity, and E_μ[KL] per decision of one run."""
+    from priorcache.experiments.kl_report import write_kl_report
+
+    try:
+        result = write_kl_report(run_dir, out)
+    except PriorCacheError as e:
+        console.print(f"[bold red]error:[/] {e}")
+        raise typer.Exit(2) from None
+    f5, f6, vis, counts = result["f5"], result["f6"], result["visitation"], result["audits"]
+    fmt = lambda v: "n/a" if v is None else f"{v:.4g}"  # noqa: E731
+    table = Table(title=f"KL report · {result['env']} · {result['method']}")
+    table.add_column("quantity")
+    table.add_column("value", justify="right")
+    table.add_row("audits (served + shadow)", f"{counts['total']} ({counts['served']} + {counts['shadow']})")
+    colour = "green" if f5["violations"] == 0 else "bold red"
+    table.add_row("F5 violations (KL > 2ε)", f"[{colour}]{f5['violations']}[/]")
+    table.add_row("max KL / 2ε", fmt(f5["all"]["max_ratio"]))
+    if f6["available"]:
+        table.add_row("F6 ε_stale", fmt(f6["epsilon_stale"]))
+        for key in ("least_squares", "envelope"):
+            fit = f6[key]
+            table.add_row(f"F6 L, {key.replace('_', ' ')} (share under)",
+                          f"{fmt(fit['L'])} ({100 * fit['share_under']:.1f} %)")
+    else:
+        table.add_row("F6 fit", "n/a (run predates audit_records)")
+    table.add_row("hit share", fmt(vis["hit_share"]))
+    if vis["per_decision"] is not None:
+        table.add_row("E_μ[KL] per decision ≤ bound",
+                      f"{fmt(vis['per_decision']['kl'])} ≤ {fmt(vis['per_decision']['kl_bound'])}")
+    console.print(table)
     console.print("written: " + ", ".join(str(p) for p in result["files"]))
 
 

@@ -104,6 +104,7 @@ class _Pending:
     action: np.ndarray
     reward: float = 0.0
     done: bool = False
+    hit: bool = False  # the action was drawn around a cached prior (the adaptive cache compares TD errors)
 
 
 class ReplayBuffer:
@@ -112,6 +113,7 @@ class ReplayBuffer:
         self.actions = np.zeros((size, dim), np.float32)
         self.rewards = np.zeros(size, np.float32)
         self.dones = np.zeros(size, np.float32)
+        self.hits = np.zeros(size, bool)
         self.next_states = np.zeros((size, dim), np.float32)
         self.next_support = np.zeros((size, support, dim), np.float32)
         self.next_mask = np.zeros((size, support), bool)
@@ -123,6 +125,7 @@ class ReplayBuffer:
     def add(self, p: _Pending, next_state: np.ndarray, support: np.ndarray) -> None:
         i = self.pos
         self.states[i], self.actions[i], self.rewards[i], self.dones[i] = p.state, p.action, p.reward, p.done
+        self.hits[i] = p.hit
         self.next_states[i] = next_state
         self.next_support[i] = 0.0
         self.next_mask[i] = False
@@ -135,7 +138,7 @@ class ReplayBuffer:
         idx = rng.integers(0, len(self), size=n)
         return {
             k: torch.as_tensor(getattr(self, k)[idx])
-            for k in ("states", "actions", "rewards", "dones", "next_states", "next_support", "next_mask")
+            for k in ("states", "actions", "rewards", "dones", "hits", "next_states", "next_support", "next_mask")
         }
 
 
@@ -213,7 +216,7 @@ class DQNPriorAgent:
         ranking = log_prior if self.prior_cache is not None else q_values
         support = action_vecs[np.argsort(-ranking, kind="stable")[: self.config.support_top_k]]
         self._complete_pending(state_vec, support)
-        self._pending = _Pending(state_vec, action_vecs[index])
+        self._pending = _Pending(state_vec, action_vecs[index], hit=lookup is not None and lookup.hit)
         self.step_count += 1
         decision_time = time.perf_counter() - start
 
@@ -227,6 +230,8 @@ class DQNPriorAgent:
             raise RuntimeError("observe() called before act()")
         self._pending.reward = float(reward)
         self._pending.done = bool(terminated)
+        if self.prior_cache is not None:
+            self.prior_cache.observe_reward(float(reward))
         if terminated or truncated:
             # No next decision will complete this transition. Terminal: no bootstrap. Truncated:
             # bootstrap from the top-k next actions by Q rather than pay an LLM call for C(s').
@@ -264,6 +269,11 @@ class DQNPriorAgent:
         loss.backward()
         nn.utils.clip_grad_norm_(self.q.parameters(), cfg.grad_clip)
         self.optimizer.step()
+        if self.prior_cache is not None:
+            td = (q_pred.detach() - target).abs()
+            hits = batch["hits"]
+            self.prior_cache.observe_td(True, float(td[hits].sum()), int(hits.sum()))
+            self.prior_cache.observe_td(False, float(td[~hits].sum()), int((~hits).sum()))
         with torch.no_grad():
             for p, tp in zip(self.q.parameters(), self.q_target.parameters()):
                 tp.mul_(1.0 - cfg.target_tau).add_(p, alpha=cfg.target_tau)

@@ -13,10 +13,17 @@ Lookup (our design where the paper is silent):
    the current candidates gives KL of nats, not hundredths).
 4. On a hit, with probability r, refresh: a full call anyway, the fresh prior is served, the entry
    replaced, and F5 measured between the prior that would have been served and the fresh one.
+   In the ``adaptive`` and ``kl-budget`` modes a miss whose nearest entry lay just under δ is
+   audited too ("shadow" audit): the LLM was called anyway, so what that entry would have served is
+   measured against the fresh prior for free. These audits are what lets δ move down on evidence.
 5. Otherwise F7 completes the served prior: known actions keep their scores, unknown candidates are
    scored in one partial LLM call (or given the entry's floor score), absent actions are dropped,
    then F3 normalises. Partial calls are counted as LLM queries of their own kind.
 6. A miss makes a full call and inserts (evicting at capacity by utility, LRU or LFU).
+
+K, δ and r are live values (``params()``): fixed in ``static``; moved by the meta-optimiser of
+:mod:`priorcache.cache.meta` in ``adaptive``; δ set by :mod:`priorcache.cache.kl_budget` (globally
+or per entry) in ``kl-budget``, with K and r as configured.
 
 LLM and encoder calls run outside the lock; everything that reads or changes the entries runs
 inside it, so lookups from several threads are safe and the invariants (size ≤ K, one entry per
@@ -30,7 +37,7 @@ import math
 import threading
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
 
@@ -38,6 +45,8 @@ import numpy as np
 
 from priorcache.cache.index import make_index
 from priorcache.cache.kl_audit import Audit, audit_prior
+from priorcache.cache.kl_budget import KLBudgetConfig, KLBudgetController
+from priorcache.cache.meta import CacheParams, MetaConfig, MetaOptimiser
 from priorcache.errors import BackendError, ConfigError
 from priorcache.prior.action_prior import PriorConfig, check_candidates, check_scores, log_prior
 from priorcache.prior.base import LLMBackend, Prompt
@@ -45,8 +54,7 @@ from priorcache.prior.base import LLMBackend, Prompt
 if TYPE_CHECKING:  # the encoder module is another engineer's; only its protocol is needed here
     from priorcache.cache.encoder import Encoder
 
-MODES = ("none", "static")
-PLANNED_MODES = ("adaptive", "kl-budget")
+MODES = ("none", "static", "adaptive", "kl-budget")
 EVICTION_POLICIES = ("utility", "lru", "lfu")
 UNKNOWN_CANDIDATE_POLICIES = ("partial", "floor")
 
@@ -88,10 +96,12 @@ class CacheConfig:
     index: str = "auto"
     # Seed of the refresh draws, so a run's sequence of audits is reproducible; None: OS entropy.
     seed: Optional[int] = 0
+    # Used by mode "adaptive" only: the meta-optimiser (K, δ, r above are its starting point).
+    meta: MetaConfig = field(default_factory=MetaConfig)
+    # Used by mode "kl-budget" only: target KL and confidence (δ above is not used; K and r are).
+    kl_budget: KLBudgetConfig = field(default_factory=KLBudgetConfig)
 
     def __post_init__(self) -> None:
-        if self.mode in PLANNED_MODES:
-            raise ConfigError(f"cache mode {self.mode!r} is not implemented yet; choose one of {list(MODES)}")
         if self.mode not in MODES:
             raise ConfigError(f"unknown cache mode {self.mode!r}; choose one of {list(MODES)}")
         if not _is_int(self.capacity) or self.capacity < 1:
@@ -114,6 +124,23 @@ class CacheConfig:
             raise ConfigError(f"index must be an index kind name such as 'numpy', got {self.index!r}")
         if self.seed is not None and (not _is_int(self.seed) or self.seed < 0):
             raise ConfigError(f"seed must be an integer ≥ 0 or None, got {self.seed!r}")
+        if isinstance(self.meta, Mapping):
+            object.__setattr__(self, "meta", MetaConfig.from_dict(self.meta))
+        if isinstance(self.kl_budget, Mapping):
+            object.__setattr__(self, "kl_budget", KLBudgetConfig.from_dict(self.kl_budget))
+        if not isinstance(self.meta, MetaConfig):
+            raise ConfigError(f"meta must be a MetaConfig or a mapping, got {type(self.meta).__name__}")
+        if not isinstance(self.kl_budget, KLBudgetConfig):
+            raise ConfigError(f"kl_budget must be a KLBudgetConfig or a mapping, got {type(self.kl_budget).__name__}")
+        if self.mode == "adaptive":
+            (k_lo, k_hi), (d_lo, d_hi), (r_lo, r_hi) = (self.meta.capacity_bounds, self.meta.threshold_bounds,
+                                                        self.meta.refresh_bounds)
+            if not (k_lo <= self.capacity <= k_hi and d_lo <= self.similarity_threshold <= d_hi
+                    and r_lo <= self.refresh_rate <= r_hi):
+                raise ConfigError(
+                    f"adaptive mode starts from K={self.capacity}, δ={self.similarity_threshold}, "
+                    f"r={self.refresh_rate}, which must lie inside the meta bounds K {self.meta.capacity_bounds}, "
+                    f"δ {self.meta.threshold_bounds}, r {self.meta.refresh_bounds}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -179,6 +206,10 @@ class PriorLookup:
     lookup_time_s: float
     coverage: Optional[float] = None  # share of the candidates the matched entry knew
     entry_id: Optional[int] = None
+    # The audit this lookup took, as logged (refresh of a hit, or shadow audit of a near-miss).
+    audit_record: Optional[dict[str, Any]] = None
+    # Set when this lookup closed a meta-optimiser window (adaptive mode): that update's record.
+    meta_update: Optional[dict[str, Any]] = None
 
 
 def prefix_hash(prefix: str) -> str:
@@ -198,6 +229,7 @@ class _Cost:
     partial_continuation_tokens: int = 0
     encode_time_s: float = 0.0
     external_wall_s: float = 0.0  # measured wall time of LLM and encoder calls, excluded from lookup time
+    adaptation_time_s: float = 0.0  # shadow audits, meta-optimiser and KL-budget work
 
 
 @dataclass
@@ -213,6 +245,18 @@ class _Match:
     coverage: float
     refresh: bool
     epoch: int  # the cache's load generation: ids of an earlier one may name other entries now
+    refresh_rate: float  # r in force when the refresh was drawn: an audit stands for 1/r hits
+
+
+@dataclass
+class _Nearest:
+    """What the similarity search found for one lookup."""
+
+    match: Optional[_Match]  # the hit, when sim ≥ δ and the entry covers enough candidates
+    similarity: Optional[float]  # of the nearest same-prompt entry; None when the partition is empty
+    servable: bool  # that entry covers enough candidates to be served at some δ
+    rejected_for_coverage: bool  # sim ≥ δ, but too few candidates known
+    shadow: Optional[_Match]  # a near-miss (floor ≤ sim < δ) to audit for free on the miss's LLM call
 
 
 @dataclass
@@ -242,6 +286,8 @@ class _Counters:
     kl_max: float = 0.0
     encode_time_s: float = 0.0
     lookup_time_s: float = 0.0
+    shadow_audits: int = 0
+    adaptation_time_s: float = 0.0  # meta-optimiser / KL-budget work and shadow audits
 
 
 class PriorCache:
@@ -270,6 +316,19 @@ class PriorCache:
         self.dim = int(dim)
         self._lock = threading.RLock()
         self._save_lock = threading.Lock()  # one save at a time per cache (see store.py)
+        self._params = CacheParams(config.capacity, float(config.similarity_threshold), float(config.refresh_rate))
+        self._meta: Optional[MetaOptimiser] = None
+        self._kl_budget: Optional[KLBudgetController] = None
+        self._shadow_floor: Optional[float] = None  # misses at similarity ≥ this get shadow audits
+        if config.mode == "adaptive":
+            self._meta = MetaOptimiser(config.meta, self._params, seed=config.seed)
+            self._params = self._meta.params
+            self._shadow_floor = config.meta.threshold_bounds[0]
+        elif config.mode == "kl-budget":
+            self._kl_budget = KLBudgetController(config.kl_budget)
+            self._params.similarity_threshold = self._kl_budget.threshold()
+            self._shadow_floor = config.kl_budget.min_threshold
+        self._meta_log: deque[dict[str, Any]] = deque(maxlen=AUDIT_LOG_SIZE)
         self._index = make_index(config.index, self.dim, config.capacity)
         self._entries: dict[int, CacheEntry] = {}
         self._exact: dict[tuple[str, str], int] = {}
@@ -334,35 +393,42 @@ class PriorCache:
         p_hash = prefix_hash(prompt.prefix)
         with self._lock:
             now = self._tick(step)
+            evictions_before = self._counters.evictions
             match = self._plan_exact(p_hash, state_text, cands)
-        similarity: Optional[float] = 1.0 if match is not None else None
-        rejected_for_coverage = False
-        if match is None:
+        near = _Nearest(match, 1.0, True, False, None) if match is not None else None
+        if near is None:
             if emb is None:
                 emb = self._encode(state_text, cost)
             with self._lock:
-                match, similarity, rejected_for_coverage = self._plan_similar(p_hash, emb, cands)
+                near = self._plan_similar(p_hash, emb, cands)
+        match = near.match
 
         if match is None:
             fresh = self._call_backend(prompt, cands, cost, partial=False)
+            fresh_map = dict(zip(cands, fresh.tolist()))
+            shadow_audit = None
+            if near.shadow is not None:  # free audit: what the near-miss entry would have served
+                t = time.perf_counter()
+                shadow_audit = audit_prior(self._would_serve(near.shadow, cands, fresh_map), fresh, q, alpha,
+                                           self.prior_config)
+                cost.adaptation_time_s += time.perf_counter() - t
             with self._lock:
-                eid = self._upsert(p_hash, prompt.prefix, state_text, emb, dict(zip(cands, fresh.tolist())), now)
+                eid = self._upsert(p_hash, prompt.prefix, state_text, emb, fresh_map, now)
                 c = self._counters
                 c.misses += 1
-                c.coverage_rejections += int(rejected_for_coverage)
+                c.coverage_rejections += int(near.rejected_for_coverage)
+                record = None
+                if shadow_audit is not None:
+                    record = self._log_audit(now, near.shadow, shadow_audit, served=False, cost=cost)
+                update = self._adapt(near, cost, evictions_before, now, hit=False, full_call=True, partial_call=False)
                 self._count_common(cost, start, llm_calls=1, partial_calls=0)
-            return self._result(cands, fresh, "miss", False, similarity, 1, 0, cost, None, emb, start,
-                                entry_id=eid)
+            return self._result(cands, fresh, "miss", False, near.similarity, 1, 0, cost, None, emb, start,
+                                entry_id=eid, audit_record=record, meta_update=update)
 
         if match.refresh:
             fresh = self._call_backend(prompt, cands, cost, partial=False)
             fresh_map = dict(zip(cands, fresh.tolist()))
-            # The prior the hit would have served: with partial completion the unknown candidates
-            # would have been scored with this very prompt, i.e. exactly as in the fresh call.
-            fill = fresh_map if self.config.unknown_candidates == "partial" else None
-            would_serve = np.array([match.known.get(a, fill[a] if fill is not None else match.floor)
-                                    for a in cands])
-            audit = audit_prior(would_serve, fresh, q, alpha, self.prior_config)
+            audit = audit_prior(self._would_serve(match, cands, fresh_map), fresh, q, alpha, self.prior_config)
             with self._lock:
                 self._apply_refresh(match, p_hash, prompt.prefix, state_text, emb, fresh_map, audit, now)
                 c = self._counters
@@ -372,11 +438,12 @@ class PriorCache:
                 c.epsilon_max = max(c.epsilon_max, audit.epsilon)
                 c.kl_sum += audit.kl
                 c.kl_max = max(c.kl_max, audit.kl)
-                self._audit_log.append({"step": now, "kind": match.kind, "similarity": match.similarity,
-                                        "coverage": match.coverage, **audit.to_dict()})
+                record = self._log_audit(now, match, audit, served=True, cost=cost)
+                update = self._adapt(near, cost, evictions_before, now, hit=False, full_call=True, partial_call=False)
                 self._count_common(cost, start, llm_calls=1, partial_calls=0)
             return self._result(cands, fresh, "refresh", False, match.similarity, 1, 0, cost, audit, emb, start,
-                                coverage=match.coverage, entry_id=match.entry_id)
+                                coverage=match.coverage, entry_id=match.entry_id, audit_record=record,
+                                meta_update=update)
 
         # A hit: F7 completion of the candidates the entry does not know.
         unknown = [a for a in cands if a not in match.known]
@@ -394,9 +461,44 @@ class PriorCache:
                 c.similar_hits += 1
             c.partial_actions += len(partial_map)
             c.floor_filled += len(unknown) - len(partial_map)
+            update = self._adapt(near, cost, evictions_before, now, hit=True, full_call=False,
+                                 partial_call=bool(partial_calls))
             self._count_common(cost, start, llm_calls=0, partial_calls=partial_calls)
         return self._result(cands, served, match.kind, True, match.similarity, 0, partial_calls, cost, None, emb,
-                            start, coverage=match.coverage, entry_id=match.entry_id)
+                            start, coverage=match.coverage, entry_id=match.entry_id, meta_update=update)
+
+    def params(self) -> dict[str, Any]:
+        """The live K, δ and r (in ``kl-budget`` mode with per-entry thresholds, δ is the global one)."""
+        with self._lock:
+            return self._params.to_dict()
+
+    def observe_reward(self, reward: float) -> None:
+        """The agent's reward for its last step: the return term of the meta-optimiser (adaptive mode)."""
+        if self._meta is None:
+            return
+        if not (_is_number(reward) and math.isfinite(reward)):
+            raise ConfigError(f"reward must be a finite number, got {reward!r}")
+        with self._lock:
+            t = time.perf_counter()
+            self._meta.record_reward(float(reward))
+            self._counters.adaptation_time_s += time.perf_counter() - t
+
+    def observe_td(self, hit: bool, td_sum: float, count: int) -> None:
+        """Summed |TD error| of ``count`` replayed transitions that acted on a cached (``hit``) or a fresh
+        prior: the meta-optimiser prices KL higher when cached priors train worse (adaptive mode)."""
+        if self._meta is None or count == 0:
+            return
+        if not (_is_number(td_sum) and math.isfinite(td_sum) and td_sum >= 0) or not _is_int(count) or count < 0:
+            raise ConfigError(f"observe_td needs a finite td_sum ≥ 0 and an integer count ≥ 0, got {td_sum!r}, {count!r}")
+        with self._lock:
+            t = time.perf_counter()
+            self._meta.record_td(hit, float(td_sum), int(count))
+            self._counters.adaptation_time_s += time.perf_counter() - t
+
+    def meta_log(self) -> list[dict[str, Any]]:
+        """The meta-optimiser's window records (adaptive mode), oldest first."""
+        with self._lock:
+            return [dict(u) for u in self._meta_log]
 
     def stats(self) -> dict[str, Any]:
         """Counters since construction. ``hit_rate`` = hits / lookups (a hit makes no full LLM call);
@@ -439,6 +541,11 @@ class PriorCache:
                 "full_query_rate": c.llm_calls / n if n else 0.0,
                 "encode_time_s": c.encode_time_s,
                 "lookup_time_s": c.lookup_time_s,
+                "params": self._params.to_dict(),
+                "shadow_audits": c.shadow_audits,
+                "adaptation_time_s": c.adaptation_time_s,
+                "meta_updates": self._meta.updates if self._meta is not None else 0,
+                "kl_budget": self._kl_budget.summary() if self._kl_budget is not None else None,
             }
 
     def audit_log(self) -> list[dict[str, Any]]:
@@ -471,11 +578,18 @@ class PriorCache:
         self._clock = max(self._clock, int(step))
         return int(step)
 
-    def _make_match(self, entry: CacheEntry, kind: str, similarity: float, cands: list[str]) -> _Match:
+    def _make_match(self, entry: CacheEntry, kind: str, similarity: float, cands: list[str],
+                    draw_refresh: bool = True) -> _Match:
         known = {a: entry.scores[a] for a in cands if a in entry.scores}
-        refresh = self.config.refresh_rate > 0 and bool(self._rng.random() < self.config.refresh_rate)
+        r = self._params.refresh_rate
+        refresh = draw_refresh and r > 0 and bool(self._rng.random() < r)
         return _Match(entry.id, entry.version, kind, similarity, known, min(entry.scores.values()),
-                      len(known) / len(cands), refresh, self._epoch)
+                      len(known) / len(cands), refresh, self._epoch, r)
+
+    def _threshold_for(self, entry_id: int) -> float:
+        if self._kl_budget is not None and self.config.kl_budget.per_entry:
+            return self._kl_budget.threshold(entry_id)
+        return self._params.similarity_threshold
 
     def _coverage(self, entry: CacheEntry, cands: list[str]) -> tuple[int, float]:
         known = sum(a in entry.scores for a in cands)
@@ -510,17 +624,65 @@ class PriorCache:
             # Widen until the best same-prefix entry shows up: exact indexes then find it for sure.
             k = min(total, 4 * k)
 
-    def _plan_similar(self, p_hash: str, emb: np.ndarray, cands: list[str]) -> tuple[Optional[_Match], Optional[float], bool]:
+    def _plan_similar(self, p_hash: str, emb: np.ndarray, cands: list[str]) -> _Nearest:
         found = self._nearest_in_partition(p_hash, emb)
         if found is None:
-            return None, None, False
+            return _Nearest(None, None, False, False, None)
         entry, sim = found
-        if sim < self.config.similarity_threshold:
-            return None, sim, False
         known, coverage = self._coverage(entry, cands)
-        if known == 0 or coverage < self.config.min_coverage:
-            return None, sim, True
-        return self._make_match(entry, "similar", sim, cands), sim, False
+        servable = known > 0 and coverage >= self.config.min_coverage
+        if sim < self._threshold_for(entry.id):
+            shadow = None
+            if servable and self._shadow_floor is not None and sim >= self._shadow_floor:
+                shadow = self._make_match(entry, "shadow", sim, cands, draw_refresh=False)
+            return _Nearest(None, sim, servable, False, shadow)
+        if not servable:
+            return _Nearest(None, sim, False, True, None)
+        return _Nearest(self._make_match(entry, "similar", sim, cands), sim, True, False, None)
+
+    def _would_serve(self, match: _Match, cands: list[str], fresh_map: dict[str, float]) -> np.ndarray:
+        """The scores a hit on ``match`` would have served. With partial completion its unknown
+        candidates would have been scored with this very prompt, i.e. exactly as in the fresh call."""
+        fill = fresh_map if self.config.unknown_candidates == "partial" else None
+        return np.array([match.known.get(a, fill[a] if fill is not None else match.floor) for a in cands])
+
+    def _log_audit(self, now: int, match: _Match, audit: Audit, *, served: bool, cost: _Cost) -> dict[str, Any]:
+        """Keep the audit in the log and hand it to the mode's adaptation (under the lock)."""
+        t = time.perf_counter()
+        # A refresh is drawn with probability r among hits, so it stands for 1/r of them; a shadow
+        # audit is taken on every eligible near-miss.
+        rate = match.refresh_rate if served else 1.0
+        record = {"step": now, "kind": match.kind, "served": served, "similarity": match.similarity,
+                  "coverage": match.coverage, "entry_id": match.entry_id, **audit.to_dict(),
+                  "refresh_rate": rate, "weight": 1.0 / rate}
+        self._audit_log.append(record)
+        if not served:
+            self._counters.shadow_audits += 1
+        if self._meta is not None:
+            self._meta.record_audit(match.similarity, audit.kl, 1.0 / rate, served)
+        if self._kl_budget is not None:
+            self._kl_budget.observe(match.similarity, audit.kl, entry_id=match.entry_id, weight=1.0 / rate)
+            self._params.similarity_threshold = self._kl_budget.threshold()
+        cost.adaptation_time_s += time.perf_counter() - t
+        return dict(record)
+
+    def _adapt(self, near: _Nearest, cost: _Cost, evictions_before: int, now: int, *, hit: bool,
+               full_call: bool, partial_call: bool) -> Optional[dict[str, Any]]:
+        """Feed the lookup to the meta-optimiser (adaptive mode) and apply a finished window's update."""
+        if self._meta is None:
+            return None
+        t = time.perf_counter()
+        update = self._meta.record_lookup(near.similarity, near.servable, hit, full_call, partial_call,
+                                          evictions=self._counters.evictions - evictions_before)
+        if update is not None:
+            self._params = self._meta.params
+            while len(self._entries) > self._params.capacity:
+                self._remove(self._victim(self._clock))
+                self._counters.evictions += 1
+            update["step"] = now
+            self._meta_log.append(update)
+        cost.adaptation_time_s += time.perf_counter() - t
+        return dict(update) if update is not None else None
 
     # --- state changes (under the lock) ---------------------------------------------------------
     def _apply_hit(self, match: _Match, partial_map: dict[str, float], now: int) -> None:
@@ -545,7 +707,10 @@ class PriorCache:
             # Same state and prompt: scores of actions outside today's candidates are still valid.
             entry.scores.update(fresh_map)
         else:
-            # The entry now stands for the current state: its other scores belonged to another one.
+            # The entry now stands for the current state: its other scores belonged to another one,
+            # and so did its own audits.
+            if self._kl_budget is not None:
+                self._kl_budget.forget(entry.id)
             other = self._exact.get((p_hash, state_text))
             if other is not None and other != entry.id:
                 self._remove(other)
@@ -574,7 +739,7 @@ class PriorCache:
             entry.last_used_step = max(entry.last_used_step, now)
             entry.version += 1
             return eid
-        while len(self._entries) >= self.config.capacity:
+        while len(self._entries) >= self._params.capacity:
             self._remove(self._victim(now))
             self._counters.evictions += 1
         eid = self._next_id
@@ -592,6 +757,8 @@ class PriorCache:
 
     def _remove(self, eid: int) -> None:
         entry = self._entries.pop(eid)
+        if self._kl_budget is not None:
+            self._kl_budget.forget(eid)
         del self._exact[(entry.prefix_hash, entry.state_text)]
         left = self._partition_size[entry.prefix_hash] - 1
         if left:
@@ -630,6 +797,7 @@ class PriorCache:
         c.partial_prompt_tokens += cost.partial_prompt_tokens
         c.partial_continuation_tokens += cost.partial_continuation_tokens
         c.encode_time_s += cost.encode_time_s
+        c.adaptation_time_s += cost.adaptation_time_s
         c.lookup_time_s += max(0.0, time.perf_counter() - start - cost.external_wall_s)
 
     # --- outside calls (never under the lock) ---------------------------------------------------
@@ -703,7 +871,8 @@ class PriorCache:
     def _result(self, cands: list[str], scores: np.ndarray, kind: str, hit: bool, similarity: Optional[float],
                 llm_calls: int, partial_calls: int, cost: _Cost, audit: Optional[Audit],
                 emb: Optional[np.ndarray], start: float, *, coverage: Optional[float] = None,
-                entry_id: Optional[int] = None) -> PriorLookup:
+                entry_id: Optional[int] = None, audit_record: Optional[dict[str, Any]] = None,
+                meta_update: Optional[dict[str, Any]] = None) -> PriorLookup:
         scores = np.asarray(scores, dtype=np.float64)
         lp = log_prior(scores, self.prior_config)
         return PriorLookup(
@@ -714,7 +883,7 @@ class PriorCache:
             continuation_tokens=cost.continuation_tokens + cost.partial_continuation_tokens,
             audit=audit, embedding=emb, encode_time_s=cost.encode_time_s,
             lookup_time_s=max(0.0, time.perf_counter() - start - cost.external_wall_s),
-            coverage=coverage, entry_id=entry_id,
+            coverage=coverage, entry_id=entry_id, audit_record=audit_record, meta_update=meta_update,
         )
 
     # --- persistence hooks for store.py ---------------------------------------------------------
@@ -725,6 +894,9 @@ class PriorCache:
     def _replace_entries(self, entries: list[CacheEntry], prefixes: dict[str, str]) -> None:
         """Install validated entries, rebasing their steps onto this cache's clock (ages survive)."""
         with self._lock:
+            if self._kl_budget is not None:  # loaded ids may name other states than the audited ones
+                for eid in self._entries:
+                    self._kl_budget.forget(eid)
             index = make_index(self.config.index, self.dim, self.config.capacity)
             self._index = index
             self._entries = {}
@@ -739,14 +911,14 @@ class PriorCache:
                 e.last_used_step += shift
                 self._insert(e, prefixes.get(e.prefix_hash))
                 self._next_id = max(self._next_id, e.id + 1)
-            while len(self._entries) > self.config.capacity:
+            while len(self._entries) > self._params.capacity:
                 self._remove(self._victim(self._clock))
                 self._counters.evictions += 1
 
     def _assert_consistent(self) -> None:
         """Invariants, for tests: size ≤ K, one entry per exact key, index in step with the entries."""
         with self._lock:
-            assert len(self._entries) <= self.config.capacity
+            assert len(self._entries) <= self._params.capacity
             assert len(self._index) == len(self._entries)
             assert len(self._exact) == len(self._entries)
             for key, eid in self._exact.items():

@@ -1,7 +1,8 @@
 """``priorcache bench text``: every method on every text environment, on the same seeds (SPEC §1, §8).
 
 Methods: direct LLM, ReAct, plain DQN, uncached DQN-Prior (the 100 % reference) and DQN-Prior with
-every cache mode the code implements (``static`` today). Each (environment, method, seed) is one run
+every cache mode the code implements: ``static``, ``adaptive``, and ``kl-budget`` at the targets of
+``KL_TARGETS`` (one method each). Each (environment, method, seed) is one run
 in ``OUT/runs/<env>/<method>/seed<N>/``, so the benchmark is resumable: a finished run (its
 ``summary.json`` not marked partial) is kept and skipped, and a crash or Ctrl-C loses at most the run
 in progress. A finished run made with different settings is refused, not overwritten. After every
@@ -28,12 +29,27 @@ from priorcache.experiments.runner import DETERMINISTIC_AGENTS, RunConfig, run_e
 
 TEXT_ENVS = ("textworld", "alfworld", "babyai", "webshop")
 
-#: method -> (agent, cache mode); the cache modes beyond none/static come from the cache itself.
-METHODS: dict[str, tuple[str, str]] = {
-    "direct-llm": ("direct-llm", "none"),
-    "react": ("react", "none"),
-    "dqn": ("dqn", "none"),
-    **{method_label("dqn-prior", mode): ("dqn-prior", mode) for mode in MODES},
+#: Target expected KL (nats) of the kl-budget methods: tight, default and loose.
+KL_TARGETS = (0.01, 0.05, 0.2)
+
+
+def _prior_methods() -> dict[str, tuple[str, str, dict[str, Any]]]:
+    methods: dict[str, tuple[str, str, dict[str, Any]]] = {}
+    for mode in MODES:  # the cache modes come from the cache itself, so new ones join here
+        if mode == "kl-budget":
+            for target in KL_TARGETS:
+                methods[method_label("dqn-prior", mode, target)] = ("dqn-prior", mode, {"kl_budget": {"target_kl": target}})
+        else:
+            methods[method_label("dqn-prior", mode)] = ("dqn-prior", mode, {})
+    return methods
+
+
+#: method -> (agent, cache mode, cache settings beyond the mode).
+METHODS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "direct-llm": ("direct-llm", "none", {}),
+    "react": ("react", "none", {}),
+    "dqn": ("dqn", "none", {}),
+    **_prior_methods(),
 }
 
 #: --quick: a smoke run of every cell, minutes not hours.
@@ -65,9 +81,9 @@ class BenchConfig:
             raise ConfigError(f"episodes must be ≥ 1, got {self.episodes}")
 
     def run_config(self, env: str, method: str, seed: int) -> RunConfig:
-        agent, mode = METHODS[method]
+        agent, mode, cache_settings = METHODS[method]
         return RunConfig(
-            env=env, agent=agent, cache=CacheConfig(mode=mode), backend=self.backend, model_path=self.model_path,
+            env=env, agent=agent, cache=CacheConfig.from_dict({"mode": mode, **cache_settings}), backend=self.backend, model_path=self.model_path,
             device=self.device, episodes=1 if agent in DETERMINISTIC_AGENTS else self.episodes, seeds=[seed],
             max_episode_steps=self.max_episode_steps, out=self.run_dir(env, method, seed),
         )
@@ -87,11 +103,20 @@ def run_status(config: RunConfig) -> str:
     if summary.get("partial", False):
         return "todo"
     wanted = json.loads(json.dumps(config.to_json()))  # as it reads back from disk
-    differing = sorted(k for k in wanted if k != "out" and saved.get(k) != wanted[k])
+    differing = sorted(k for k in wanted if k != "out" and k in saved and not _same_settings(saved[k], wanted[k]))
     if differing:
         raise ConfigError(f"{out} holds a finished run with other settings ({', '.join(differing)}); "
                           "give another --out, or remove that folder to run it again")
     return "finished"
+
+
+def _same_settings(saved: Any, wanted: Any) -> bool:
+    """Equal, except that settings the saved run does not record at all are taken as matching: they
+    were added to the code after the run was made (e.g. the adaptive modes' settings in a static run's
+    cache config), and a finished run is not redone for a setting it never used."""
+    if isinstance(saved, dict) and isinstance(wanted, dict):
+        return all(_same_settings(saved[k], v) for k, v in wanted.items() if k in saved)
+    return saved == wanted
 
 
 def run_bench(
@@ -111,7 +136,8 @@ def run_bench(
             if run_status(cell) == "finished":  # another bench process on the same folder did it meanwhile
                 bar.update(1)
                 continue
-            bar.set_postfix_str(f"{cell.env} {method_label(cell.agent, cell.cache.mode)} seed {cell.seeds[0]}")
+            bar.set_postfix_str(f"{cell.env} {method_label(cell.agent, cell.cache.mode, cell.cache.kl_budget.target_kl)}"
+                                f" seed {cell.seeds[0]}")
             if cell.agent != "dqn" and backend is None:
                 from priorcache.prior.registry import make_backend
 

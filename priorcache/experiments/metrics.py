@@ -37,6 +37,11 @@ class EpisodeRecord:
     decision_times_ms: list[float] = field(default_factory=list, repr=False)
     audit_epsilons: list[float] = field(default_factory=list, repr=False)
     audit_kls: list[float] = field(default_factory=list, repr=False)
+    # Every audit (refreshes of hits and shadow audits of near-misses) with its similarity and weight.
+    audit_records: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    # The cache's K, δ, r at the end of the episode (None without a cache) and its meta updates.
+    cache_params: Optional[dict[str, Any]] = None
+    meta_updates: list[dict[str, Any]] = field(default_factory=list, repr=False)
 
     def add(self, d: Decision, reward: float) -> None:
         self.steps += 1
@@ -54,6 +59,10 @@ class EpisodeRecord:
         if d.lookup is not None and d.lookup.audit is not None:
             self.audit_epsilons.append(d.lookup.audit.epsilon)
             self.audit_kls.append(d.lookup.audit.kl)
+        if d.lookup is not None and d.lookup.audit_record is not None:
+            self.audit_records.append(d.lookup.audit_record)
+        if d.lookup is not None and d.lookup.meta_update is not None:
+            self.meta_updates.append(d.lookup.meta_update)
 
     def to_json(self) -> dict[str, Any]:
         """The record plus its per-episode aggregates (median decision time, audit means)."""
@@ -92,6 +101,7 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
     eps = [e for r in records for e in r["audit_epsilons"]]
     kls = [k for r in records for k in r["audit_kls"]]
     llm_queries = total("llm_calls") + total("partial_calls")
+    shadow = [a for r in records for a in r.get("audit_records", []) if not a["served"]]
     return {
         "episodes": len(records),
         "seeds": seeds,
@@ -119,6 +129,11 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
         "audit_epsilon": {"mean": float(np.mean(eps)), "max": float(np.max(eps))} if eps else None,
         "audit_kl": {"mean": float(np.mean(kls)), "max": float(np.max(kls))} if kls else None,
         "audit_f5_violations": int(sum(k > 2 * e + 1e-9 for e, k in zip(eps, kls))),
+        # Shadow audits (adaptive modes): near-misses measured against the fresh prior, never served.
+        "shadow_audits": len(shadow),
+        "shadow_f5_violations": int(sum(a["kl"] > a["kl_bound"] + 1e-9 for a in shadow)),
+        "cache_params": records[-1].get("cache_params"),
+        "meta_updates": sum(len(r.get("meta_updates", [])) for r in records),
         "train_time_s": total("train_time_s"),
         "wall_time_s": total("wall_time_s"),
     }

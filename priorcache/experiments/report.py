@@ -8,7 +8,9 @@ DQN-Prior of the same environment, per episode, so a deterministic baseline that
 per seed compares fairly with a learner that ran ten.
 
 Outputs, written atomically into the report folder: ``results.md``, ``results.csv``,
-``results.json``, ``success_vs_queries.png`` and ``learning_curves.png``.
+``results.json``, ``success_vs_queries.png`` and ``learning_curves.png``; plus ``cache_params.png``
+(the cache's K, δ and r against the cumulative step, one line per run and seed: the meta-optimiser's
+updates where it ran, the episode-end values otherwise) when some run recorded cache parameters.
 """
 
 from __future__ import annotations
@@ -32,14 +34,17 @@ from priorcache.io import atomic_write_json, atomic_write_text
 #: Method label of (agent, cache mode); the uncached DQN-Prior is the 100 % reference.
 REFERENCE_METHOD = "dqn-prior-uncached"
 _METHOD_ORDER = ["direct-llm", "react", "dqn", REFERENCE_METHOD, "dqn-prior-static", "dqn-prior-adaptive",
-                 "dqn-prior-kl-budget"]
+                 "dqn-prior-kl-budget-0.01", "dqn-prior-kl-budget-0.05", "dqn-prior-kl-budget-0.2"]
 # The variant keyword of each environment family, to label e.g. "textworld:tw-simple".
 _VARIANT_KEYS = ("challenge", "task_type", "level")
 
 
-def method_label(agent: str, cache_mode: str) -> str:
+def method_label(agent: str, cache_mode: str, kl_target: Optional[float] = None) -> str:
+    """"dqn-prior-static", "dqn-prior-kl-budget-0.05" (its target is part of the method), "react", …"""
     if agent != "dqn-prior":
         return agent
+    if cache_mode == "kl-budget" and kl_target is not None:
+        return f"dqn-prior-kl-budget-{kl_target:g}"
     return f"dqn-prior-{'uncached' if cache_mode == 'none' else cache_mode}"
 
 
@@ -60,7 +65,8 @@ class RunFolder:
 
     @property
     def method(self) -> str:
-        return method_label(self.config["agent"], self.config["cache"]["mode"])
+        cache = self.config["cache"]
+        return method_label(self.config["agent"], cache["mode"], (cache.get("kl_budget") or {}).get("target_kl"))
 
 
 def read_run(path: Path) -> RunFolder:
@@ -294,6 +300,67 @@ def plot(rows: list[dict[str, Any]], out: Path) -> list[Path]:
     return written
 
 
+#: The cache parameters of SPEC §4 as (key in cache_params / meta_updates, axis label).
+_CACHE_PARAMS = [("capacity", "capacity K"), ("similarity_threshold", "similarity threshold δ"),
+                 ("refresh_rate", "refresh rate r")]
+
+
+def cache_param_trajectories(run: RunFolder) -> dict[int, dict[str, list[float]]]:
+    """Per seed of the run: the cumulative step and K, δ, r, from the config's starting values (step 0),
+    every meta update (at its ``step``, the agent's step count) and every episode end (``cache_params``).
+    Empty when the run has neither (no cache, or written before these fields existed)."""
+    start = {k: (run.config.get("cache") or {}).get(k) for k, _ in _CACHE_PARAMS}
+    out: dict[int, dict[str, list[float]]] = {}
+    for seed in sorted({r["seed"] for r in run.records}):
+        records = sorted((r for r in run.records if r["seed"] == seed), key=lambda r: r["episode"])
+        if not any(r.get("cache_params") or r.get("meta_updates") for r in records):
+            continue
+        points: list[tuple[float, dict[str, Any]]] = []
+        if all(v is not None for v in start.values()):
+            points.append((0.0, start))
+        step = 0
+        for r in records:
+            points += [(float(u["step"]), u) for u in r.get("meta_updates") or []]
+            step += r.get("steps", 0)
+            if r.get("cache_params"):
+                points.append((float(step), r["cache_params"]))
+        points.sort(key=lambda p: p[0])  # stable: an episode end after the updates it contains
+        out[seed] = {"step": [p[0] for p in points],
+                     **{k: [float(p[1][k]) for p in points] for k, _ in _CACHE_PARAMS}}
+    return out
+
+
+def plot_cache_params(runs: list[RunFolder], out: Path) -> Optional[Path]:
+    """cache_params.png: K, δ and r against the cumulative step, one line per (env, method, seed);
+    None (nothing written) when no run recorded cache parameters."""
+    lines = [(f"{run.env_label} · {run.method} · seed {seed}", curve)
+             for run in runs for seed, curve in cache_param_trajectories(run).items()]
+    if not lines:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(_CACHE_PARAMS), 1, figsize=(8, 7.5), sharex=True)
+    for i, (label, curve) in enumerate(lines):
+        colour = plt.get_cmap("tab20")(i % 20)
+        for ax, (key, _) in zip(axes, _CACHE_PARAMS):
+            # A step plot: a parameter holds its value until the next update.
+            ax.step(curve["step"], curve[key], where="post", color=colour, lw=1.2, label=label)
+    for ax, (key, title) in zip(axes, _CACHE_PARAMS):
+        ax.set_ylabel(title)
+        ax.grid(alpha=0.3)
+    axes[0].set_yscale("log")  # K moves multiplicatively (the meta-optimiser steps log K)
+    axes[-1].set_xlabel("cumulative step (per seed)")
+    axes[0].legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.suptitle("cache parameters over training", fontsize=10)
+    path = out / "cache_params.png"
+    _save_figure(fig, path)
+    plt.close(fig)
+    return path
+
+
 def write_report(runs_root: Path, out: Optional[Path] = None) -> dict[str, Any]:
     """Find the runs under ``runs_root``, write the table and plots into ``out`` (default: ``runs_root``)."""
     runs = find_runs(runs_root)
@@ -309,5 +376,8 @@ def write_report(runs_root: Path, out: Optional[Path] = None) -> dict[str, Any]:
     safe = [{k: ("inf" if isinstance(v, float) and math.isinf(v) else v) for k, v in row.items()} for row in rows]
     atomic_write_json(out / "results.json", {"rows": safe, "incomplete": incomplete})
     figures = plot(rows, out)
+    params_figure = plot_cache_params(runs, out)
+    if params_figure is not None:
+        figures.append(params_figure)
     return {"rows": rows, "incomplete": incomplete,
             "files": [out / "results.md", out / "results.csv", out / "results.json", *figures]}

@@ -135,6 +135,7 @@ def run_experiment(
             try:
                 for episode in range(config.episodes):
                     record = _run_episode(env, agent, seed, episode)
+                    record.cache_params = cache.params() if cache is not None else None
                     records.append(record.to_json())
                     _write_progress(out, records)
                     bar.update(1)
@@ -156,6 +157,11 @@ def run_experiment(
                     # where the games came from, e.g. ALFWorld "generated" vs "official:valid_seen"
                     "env_source": ",".join(sorted(s for s in sources if s)) or None,
                     "cache_stats": cache.stats() if cache is not None else None})
+    if cache is not None:
+        # SPEC §4 "overhead is measured": the adaptive modes' own work against the run's wall time.
+        summary["adaptation_time_s"] = summary["cache_stats"]["adaptation_time_s"]
+        summary["adaptation_share"] = (summary["adaptation_time_s"] / summary["wall_time_s"]
+                                       if summary["wall_time_s"] > 0 else None)
     atomic_write_json(out / "summary.json", summary)
     return summary
 

@@ -56,7 +56,9 @@ def look(cache: PriorCache, state: str, actions=ACTIONS, goal: Prompt = GOAL, **
         (dict(min_coverage=1.5), "min_coverage"),
         (dict(utility_half_life=0), "utility_half_life"),
         (dict(mode="bogus"), "mode"),
-        (dict(mode="adaptive"), "not implemented"),
+        (dict(mode="adaptive", similarity_threshold=0.5), "meta bounds"),
+        (dict(mode="adaptive", meta={"update_every": 1}), "update_every"),
+        (dict(mode="adaptive", meta={"typo": 1}), "typo"),
         (dict(seed=-1), "seed"),
     ],
 )
@@ -457,3 +459,61 @@ def test_concurrent_lookups_keep_the_invariants() -> None:
     assert s["hits"] + s["misses"] + s["refreshes"] == s["lookups"]
     assert s["llm_calls"] + s["partial_calls"] == backend.n_calls
     assert s["size"] <= 8 and s["hits"] > 0 and s["refreshes"] > 0
+
+
+# --- kl-budget mode --------------------------------------------------------------------------------
+def _arc_backend() -> FakeBackend:
+    """Scores that turn smoothly with the state's angle, so a prior served from an entry at cosine s
+    is off by an amount that grows with the angle between them (a known error profile)."""
+    def score(p: Prompt, action: str) -> float:
+        angle = float(p.state.split()[1])
+        j = ACTIONS.index(action)
+        return 3.0 * math.cos(3.0 * angle * (j + 1) + j)
+    return FakeBackend(score)
+
+
+def _arc_lookups(cache: PriorCache, n: int, seed: int) -> tuple[list[float], int]:
+    """n lookups at random angles on an arc; returns the true KL of every served hit, and the LLM calls."""
+    rng = np.random.default_rng(seed)
+    truth, oracle = [], _arc_backend()
+    for i in range(n):
+        angle = float(rng.uniform(0.0, 0.8))
+        state = f"angle {angle:.6f}"
+        q = rng.normal(size=len(ACTIONS))
+        out = cache.lookup(state, Prompt(GOAL.prefix, state), ACTIONS, q_values=q,
+                           embedding=unit([math.cos(angle), math.sin(angle)]), step=i)
+        if out.hit:
+            fresh = oracle.score([Prompt(GOAL.prefix, state)], [ACTIONS]).scores[0]
+            truth.append(audit_prior(out.scores, fresh, q, 1.0).kl)
+    return truth, cache.stats()["llm_calls"] + cache.stats()["partial_calls"]
+
+
+@pytest.mark.parametrize("target", [0.01, 0.05, 0.2])
+def test_kl_budget_meets_its_target_on_a_stream_with_known_error(target):
+    config = CacheConfig(mode="kl-budget", refresh_rate=0.05, kl_budget={"target_kl": target})
+    cache = PriorCache(config, HashEncoder(), _arc_backend())
+    truth, queries = _arc_lookups(cache, 1500, seed=0)
+    budget = cache.stats()["kl_budget"]
+    assert len(truth) > 100, "the budget must allow hits"
+    assert float(np.mean(truth)) <= target * 1.15  # the true KL of what was served
+    assert budget["achieved_kl"] <= target and budget["threshold"] < 0.99
+    assert cache.params()["similarity_threshold"] == budget["threshold"]
+    assert queries < 1500
+    cache._assert_consistent()
+
+
+def test_a_looser_kl_budget_costs_fewer_queries():
+    queries = {}
+    for target in (0.01, 0.2):
+        cache = PriorCache(CacheConfig(mode="kl-budget", refresh_rate=0.05, kl_budget={"target_kl": target}),
+                           HashEncoder(), _arc_backend())
+        queries[target] = _arc_lookups(cache, 1000, seed=1)[1]
+    assert queries[0.2] < 0.8 * queries[0.01]
+
+
+def test_kl_budget_per_entry_thresholds_serve_within_the_target():
+    config = CacheConfig(mode="kl-budget", refresh_rate=0.1, kl_budget={"target_kl": 0.05, "per_entry": True})
+    cache = PriorCache(config, HashEncoder(), _arc_backend())
+    truth, _ = _arc_lookups(cache, 1500, seed=2)
+    assert truth and float(np.mean(truth)) <= 0.05 * 1.15
+    cache._assert_consistent()

@@ -11,11 +11,11 @@ import pytest
 
 from priorcache.errors import ConfigError
 from priorcache.experiments.metrics import EpisodeRecord, summarise
-from priorcache.experiments.report import aggregate, find_runs, write_report
+from priorcache.experiments.report import aggregate, cache_param_trajectories, find_runs, read_run, write_report
 
 
 def make_run(folder, env, agent, mode, seeds, episodes, success, queries_per_episode, decision_ms,
-             finished=True, source=None):
+             finished=True, source=None, extra=None):
     records = []
     for seed in seeds:
         for episode in range(episodes):
@@ -27,7 +27,8 @@ def make_run(folder, env, agent, mode, seeds, episodes, success, queries_per_epi
             r.lookups = 4 if agent != "dqn" else 0
             r.hits = 2 if mode == "static" else 0
             r.decision_times_ms = [decision_ms] * 4
-            records.append(r.to_json())
+            # extra(seed, episode): fields of a newer record format (cache_params, meta_updates, ...)
+            records.append({**r.to_json(), **(extra(seed, episode) if extra else {})})
     folder.mkdir(parents=True)
     config = {"env": env, "env_kwargs": {}, "agent": agent, "cache": {"mode": mode}}
     (folder / "config.json").write_text(json.dumps(config))
@@ -89,6 +90,7 @@ def test_report_files(bench_dir, tmp_path):
     for name in ("success_vs_queries.png", "learning_curves.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(result["files"]) == 5
+    assert not (out / "cache_params.png").exists()  # no run recorded cache parameters
 
 
 def test_two_runs_of_one_seed_are_refused(bench_dir):
@@ -108,3 +110,37 @@ def test_bad_folders_are_named(tmp_path):
     (tmp_path / "r" / "metrics.jsonl").write_text("")
     with pytest.raises(ConfigError, match="damaged"):
         find_runs(tmp_path)
+
+
+def test_cache_params_plot(bench_dir, tmp_path):
+    def params(k, delta, r):
+        return {"capacity": k, "similarity_threshold": delta, "refresh_rate": r}
+
+    def adaptive(seed, episode):  # 4 steps per episode; one meta update in the middle of each
+        update = {"step": 4 * episode + 2, **params(64 * 2 ** episode, 0.9 - 0.01 * episode, 0.05),
+                  "query_rate": 0.5, "expected_kl": 0.01, "return_rate": 0.1, "objective": 0.3, "new_key": 1}
+        return {"cache_params": params(64 * 2 ** episode, 0.9 - 0.01 * episode, 0.05), "meta_updates": [update]}
+
+    def static(seed, episode):
+        return {"cache_params": params(64, 0.92, 0.05), "meta_updates": []}
+
+    make_run(bench_dir / "runs/babyai/adaptive/seed0", "babyai", "dqn-prior", "adaptive", [0, 1], 3,
+             success=True, queries_per_episode=2, decision_ms=2.0, extra=adaptive)
+    make_run(bench_dir / "runs/babyai/static-new/seed5", "babyai", "dqn-prior", "static", [5], 2,
+             success=True, queries_per_episode=2, decision_ms=2.0, extra=static)
+    make_run(bench_dir / "runs/babyai/uncached-new/seed5", "babyai", "dqn-prior", "none", [5], 2,
+             success=True, queries_per_episode=2, decision_ms=2.0,
+             extra=lambda seed, episode: {"cache_params": None, "meta_updates": []})
+
+    curves = cache_param_trajectories(read_run(bench_dir / "runs/babyai/adaptive/seed0"))
+    assert sorted(curves) == [0, 1]
+    assert curves[0]["step"] == [2.0, 4.0, 6.0, 8.0, 10.0, 12.0]  # update, episode end, ...
+    assert curves[0]["capacity"] == [64.0, 64.0, 128.0, 128.0, 256.0, 256.0]
+    assert curves[0]["similarity_threshold"] == pytest.approx([0.9, 0.9, 0.89, 0.89, 0.88, 0.88])
+    assert cache_param_trajectories(read_run(bench_dir / "runs/babyai/uncached-new/seed5")) == {}
+    assert cache_param_trajectories(read_run(bench_dir / "runs/babyai/uncached/seed0")) == {}  # an old run
+
+    out = tmp_path / "report"
+    result = write_report(bench_dir, out)
+    assert (out / "cache_params.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert out / "cache_params.png" in result["files"] and len(result["files"]) == 6
