@@ -56,8 +56,9 @@ def _sigmoid(x: np.ndarray | float) -> np.ndarray | float:
 class MetaConfig:
     """Settings of the meta-optimiser; every value is checked on construction."""
 
-    # N: a TextWorld episode is ~50 lookups, so a window is two episodes and an antithetic pair four.
-    update_every: int = 100
+    # N: one TextWorld/BabyAI episode is ~50 lookups. A 10-episode run then has 10 windows and 5
+    # Adam steps; larger windows average more but leave a run of that length almost unadapted.
+    update_every: int = 50
     query_weight: float = 1.0  # λ_q per LLM query per lookup
     # λ_κ: with λ_q = 1, an expected KL of 0.05 nats per decision costs as much as querying on every
     # decision; δ settles where the predicted KL of a marginal hit is worth the query it saves.
@@ -67,7 +68,9 @@ class MetaConfig:
     # the analytic terms, and on a stream with pure-noise returns δ settles within ~0.03 of its optimum.
     return_weight: float = 0.01
     soft_hit_temperature: float = 0.02  # T, in cosine: the soft hit goes from 12 % to 88 % over ±0.04
-    learning_rate: float = 0.1  # Adam step in θ units (logit δ moves ~0.1, i.e. δ ±0.007 near 0.92)
+    # Adam step in θ units: logit δ moves ~0.2 a step, δ ±0.015 near 0.92, so five steps can cover
+    # most of the bounds' range while the jitter around an optimum stays near ±0.02.
+    learning_rate: float = 0.2
     perturbation: float = 0.1  # c of the antithetic pairs, in θ units
     capacity_bounds: tuple[int, int] = (64, 8192)
     threshold_bounds: tuple[float, float] = (0.80, 0.99)
