@@ -33,6 +33,7 @@ class EpisodeRecord:
     decision_time_s: float = 0.0
     train_time_s: float = 0.0
     wall_time_s: float = 0.0
+    adaptation_time_s: float = 0.0  # the cache's meta-optimiser / KL-budget work during the episode
     actions: list[str] = field(default_factory=list, repr=False)
     decision_times_ms: list[float] = field(default_factory=list, repr=False)
     audit_epsilons: list[float] = field(default_factory=list, repr=False)
@@ -135,6 +136,7 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
         "cache_params": records[-1].get("cache_params"),
         "meta_updates": sum(len(r.get("meta_updates", [])) for r in records),
         "train_time_s": total("train_time_s"),
+        "adaptation_time_s": sum(r.get("adaptation_time_s", 0.0) for r in records),
         "wall_time_s": total("wall_time_s"),
     }
 

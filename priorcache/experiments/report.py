@@ -133,6 +133,17 @@ def aggregate(runs: list[RunFolder]) -> list[dict[str, Any]]:
             "hit_rate": summary["hit_rate"] if members[0].config["cache"]["mode"] != "none" and summary["lookups"] else None,
             "audits": summary["audits"],
             "f5_violations": summary["audit_f5_violations"],
+            "shadow_audits": summary["shadow_audits"],
+            "shadow_f5_violations": summary["shadow_f5_violations"],
+            # mean KL(π̃‖π) of the refresh audits of served hits (F5)
+            "audit_kl_mean": summary["audit_kl"]["mean"] if summary["audit_kl"] else None,
+            "audit_kl_max": summary["audit_kl"]["max"] if summary["audit_kl"] else None,
+            "final_threshold": _mean_final(members, "similarity_threshold"),
+            "final_refresh_rate": _mean_final(members, "refresh_rate"),
+            # SPEC §4: the adaptive modes' own work (meta-optimiser, KL budget, shadow audits)
+            "adaptation_share": (summary["adaptation_time_s"] / summary["wall_time_s"]
+                                 if members[0].config["cache"]["mode"] in ("adaptive", "kl-budget")
+                                 and summary["wall_time_s"] > 0 else None),
             "train_time_s": summary["train_time_s"],
             "wall_time_s": summary["wall_time_s"],
             "runs": [str(run.path) for run in members],
@@ -146,6 +157,18 @@ def aggregate(runs: list[RunFolder]) -> list[dict[str, Any]]:
         row["return_retention"] = _ratio(row["return"], ref["return"]) if ref else None
     order = {m: i for i, m in enumerate(_METHOD_ORDER)}
     return sorted(rows.values(), key=lambda r: (r["env"], order.get(r["method"], len(order)), r["method"]))
+
+
+def _mean_final(runs: list[RunFolder], key: str) -> Optional[float]:
+    """Mean over runs of a cache parameter at the end of each seed's last episode (None without a cache)."""
+    values = []
+    for run in runs:
+        last: dict[int, dict[str, Any]] = {}
+        for r in run.records:
+            if r.get("cache_params"):
+                last[r["seed"]] = r["cache_params"]
+        values += [p[key] for p in last.values()]
+    return float(np.mean(values)) if values else None
 
 
 def _ratio(num: float, den: float) -> Optional[float]:
@@ -178,6 +201,9 @@ _COLUMNS = [
     ("hit_rate", "hit rate"),
     ("success_retention", "retention (success)"),
     ("return_retention", "retention (return)"),
+    ("audit_kl_mean", "audited KL (nats)"),
+    ("final_threshold", "δ at end"),
+    ("adaptation_share", "adaptation overhead"),
     ("episodes", "episodes"),
 ]
 
@@ -191,6 +217,12 @@ def _fmt(key: str, row: dict[str, Any]) -> str:
         return f"{value:.3f} ± {ci:.3f}" if len(row["seeds"]) > 1 else f"{value:.3f}"
     if key in ("success_retention", "return_retention"):
         return "∞" if math.isinf(value) else f"{100 * value:.0f} %"
+    if key == "adaptation_share":
+        return f"{100 * value:.2f} %"
+    if key == "audit_kl_mean":
+        return f"{value:.4f}"
+    if key == "final_threshold":
+        return f"{value:.3f}"
     if key == "query_reduction_x":
         return "∞" if math.isinf(value) else f"{value:.2f}×"
     if key == "env" and row["env_source"]:
@@ -225,7 +257,8 @@ def render_csv(rows: list[dict[str, Any]]) -> str:
     keys = ["env", "env_source", "method", "seeds", "episodes", "success", "success_ci95", "return", "return_ci95",
             "llm_queries", "llm_queries_per_episode", "query_reduction_x", "decision_p50_ms", "decision_p95_ms",
             "latency_p50_ratio_x", "hit_rate", "success_retention", "return_retention", "audits", "f5_violations",
-            "train_time_s", "wall_time_s"]
+            "shadow_audits", "shadow_f5_violations", "audit_kl_mean", "audit_kl_max", "final_threshold",
+            "final_refresh_rate", "adaptation_share", "train_time_s", "wall_time_s"]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=keys, extrasaction="ignore")
     writer.writeheader()
