@@ -89,3 +89,24 @@ def test_cli_rejects_unknown_method(tmp_path):
     result = CliRunner().invoke(app, ["bench", "text", "--method", "sarsa", "--out", str(tmp_path / "b")])
     assert result.exit_code == 2 and "unknown method" in result.output
     assert not (tmp_path / "b").exists()
+
+
+def test_runs_saved_before_a_setting_existed_still_count_but_changed_settings_do_not(tmp_path):
+    from priorcache.experiments.bench import run_status
+
+    config = bench_config(tmp_path, methods=["dqn-prior-static", "dqn-prior-kl-budget-0.05"], seeds=[0])
+    run_bench(config, backend=FakeBackend(), encoder=HashEncoder(), progress=False)
+    static = config.run_config(ENV, "dqn-prior-static", 0)
+    saved = json.loads((static.out / "config.json").read_text())
+    # a run made before the adaptive modes: its cache config has no meta / kl_budget settings
+    del saved["cache"]["meta"], saved["cache"]["kl_budget"]
+    (static.out / "config.json").write_text(json.dumps(saved))
+    assert run_status(static) == "finished"
+    # but a setting it did record must match
+    saved["cache"]["similarity_threshold"] = 0.8
+    (static.out / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(ConfigError, match="other settings.*cache"):
+        run_status(static)
+    # the kl-budget target is part of the method: another target is another folder, not a clash
+    loose = config.run_config(ENV, "dqn-prior-kl-budget-0.2", 0)
+    assert loose.out != config.run_config(ENV, "dqn-prior-kl-budget-0.05", 0).out and run_status(loose) == "todo"

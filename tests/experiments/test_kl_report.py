@@ -188,3 +188,27 @@ def test_cli_command(tmp_path):
     assert (tmp_path / "out" / "kl_report.json").exists()
     result = CliRunner().invoke(app, ["kl-report", str(tmp_path / "nothing")])
     assert result.exit_code == 2 and "error" in result.output
+
+
+@pytest.mark.parametrize("mode", ["adaptive", "kl-budget"])
+def test_report_on_a_saved_run(tmp_path, mode):
+    """A run saved by the runner (real TextWorld games, fake LLM and encoder), then its KL report."""
+    from priorcache.cache.prior_cache import CacheConfig
+    from priorcache.experiments.report import write_report
+    from priorcache.experiments.runner import RunConfig, run_experiment
+    from tests.cache._fakes import FakeBackend, HashEncoder
+
+    cache = {"mode": mode, "refresh_rate": 0.2}
+    if mode == "adaptive":
+        cache.update(similarity_threshold=0.9, meta={"update_every": 10})
+    out = tmp_path / "run"
+    config = RunConfig(env="textworld:tw-coin_collector", cache=CacheConfig.from_dict(cache), episodes=3,
+                       max_episode_steps=20, out=out)
+    run_experiment(config, backend=FakeBackend(), encoder=HashEncoder(), progress=False)
+    report = write_kl_report(out)
+    assert report["audits"]["total"] > 0
+    assert report["f5"]["violations"] == 0
+    assert report["audits"]["shadow"] > 0  # the adaptive modes audit near-misses too
+    assert all(p.stat().st_size > 0 for p in report["files"])
+    files = {p.name for p in write_report(out)["files"]}
+    assert "cache_params.png" in files

@@ -45,3 +45,25 @@ def test_quick_bench_on_babyai_writes_the_table(tmp_path):
     assert rows["dqn"]["llm_queries"] == 0
     assert rows["dqn-prior-static"]["llm_queries"] <= rows["dqn-prior-uncached"]["llm_queries"]
     assert (out / "success_vs_queries.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode_args", [["--cache", "adaptive", "--meta-update-every", "10"],
+                                       ["--cache", "kl-budget", "--kl-target", "0.05"]])
+def test_adaptive_modes_on_babyai_and_the_kl_report(tmp_path, mode_args):
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["run", "babyai", *mode_args, "--episodes", "3", "--max-steps", "30",
+                                 "--refresh-rate", "0.2", "--out", str(out), "--quiet"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["cache_params"] is not None for r in records)
+    if mode_args[1] == "adaptive":
+        assert sum(len(r["meta_updates"]) for r in records) >= 3
+    else:
+        assert json.loads((out / "summary.json").read_text())["cache_stats"]["kl_budget"]["target_kl"] == 0.05
+    result = runner.invoke(app, ["kl-report", str(out)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "kl_report.json").read_text())
+    assert report["audits"]["total"] > 0 and report["f5"]["violations"] == 0
+    assert report["visitation"]["holds"]
+    assert (out / "kl_report.png").stat().st_size > 1000
