@@ -56,12 +56,13 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 from scipy import stats
 
+from priorcache.cache.validation import config_from_dict, is_int, is_number
 from priorcache.errors import ConfigError
 
 # Bounded evidence. The KL of hits at a given similarity drifts: Q and α change the posteriors,
@@ -81,14 +82,6 @@ _KL_TOLERANCE = 1e-9
 STATE_FORMAT = "kl-budget/1"
 # δ without a passing verdict: no similarity hit is served (exact repeats still are).
 CLOSED_THRESHOLD = 1.0
-
-
-def _is_number(x: Any) -> bool:
-    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, (bool, np.bool_))
-
-
-def _is_int(x: Any) -> bool:
-    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
 
 
 @dataclass(frozen=True)
@@ -112,20 +105,20 @@ class KLBudgetConfig:
     max_threshold: float = 0.99
 
     def __post_init__(self) -> None:
-        if not _is_number(self.target_kl) or not math.isfinite(self.target_kl) or self.target_kl <= 0:
+        if not is_number(self.target_kl) or not math.isfinite(self.target_kl) or self.target_kl <= 0:
             raise ConfigError(f"target_kl must be a finite number of nats > 0, got {self.target_kl!r}")
-        if not _is_number(self.confidence) or not 0.5 < self.confidence < 1.0:
+        if not is_number(self.confidence) or not 0.5 < self.confidence < 1.0:
             raise ConfigError(f"confidence must be a number in (0.5, 1), got {self.confidence!r}")
         if not isinstance(self.per_entry, bool):
             raise ConfigError(f"per_entry must be a bool, got {self.per_entry!r}")
         # A t bound needs an effective sample size of at least 2.
-        if not _is_int(self.min_audits) or self.min_audits < 2:
+        if not is_int(self.min_audits) or self.min_audits < 2:
             raise ConfigError(f"min_audits must be an integer ≥ 2, got {self.min_audits!r}")
-        if not _is_int(self.min_entry_audits) or self.min_entry_audits < 2:
+        if not is_int(self.min_entry_audits) or self.min_entry_audits < 2:
             raise ConfigError(f"min_entry_audits must be an integer ≥ 2, got {self.min_entry_audits!r}")
         for name in ("min_threshold", "max_threshold"):
             value = getattr(self, name)
-            if not _is_number(value) or not -1.0 <= value <= 1.0:
+            if not is_number(value) or not -1.0 <= value <= 1.0:
                 raise ConfigError(f"{name} must be a cosine in [-1, 1], got {value!r}")
         if not self.min_threshold < self.max_threshold:
             raise ConfigError(f"min_threshold ({self.min_threshold}) must be below "
@@ -137,13 +130,7 @@ class KLBudgetConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "KLBudgetConfig":
         """Build from a mapping, refusing keys that are not parameters (a typo must not be ignored)."""
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"a kl-budget config must be a mapping, got {type(data).__name__}")
-        known = [f.name for f in fields(cls)]
-        unknown = sorted(str(k) for k in data if k not in known)
-        if unknown:
-            raise ConfigError(f"unknown kl-budget config key(s) {unknown}; known keys are {known}")
-        return cls(**dict(data))
+        return config_from_dict(cls, data, "kl-budget")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -175,7 +162,7 @@ def _ucb_from_sums(sw: np.ndarray, sw2: np.ndarray, swx: np.ndarray, swxx: np.nd
 
 
 def _check_confidence(confidence: Any) -> float:
-    if not _is_number(confidence) or not 0.5 < confidence < 1.0:
+    if not is_number(confidence) or not 0.5 < confidence < 1.0:
         raise ConfigError(f"confidence must be a number in (0.5, 1), got {confidence!r}")
     return float(confidence)
 
@@ -278,18 +265,18 @@ class KLBudgetController:
 
     @staticmethod
     def _check_audit(similarity: Any, kl: Any, weight: Any) -> tuple[float, float, float]:
-        if not _is_number(similarity) or not math.isfinite(similarity) \
+        if not is_number(similarity) or not math.isfinite(similarity) \
                 or abs(similarity) > 1.0 + _SIM_TOLERANCE:
             raise ConfigError(f"similarity must be a cosine in [-1, 1], got {similarity!r}")
-        if not _is_number(kl) or not math.isfinite(kl) or kl < -_KL_TOLERANCE:
+        if not is_number(kl) or not math.isfinite(kl) or kl < -_KL_TOLERANCE:
             raise ConfigError(f"kl must be a finite KL divergence ≥ 0 (nats), got {kl!r}")
-        if not _is_number(weight) or not math.isfinite(weight) or weight <= 0:
+        if not is_number(weight) or not math.isfinite(weight) or weight <= 0:
             raise ConfigError(f"weight must be a finite number > 0 (1 / sampling probability), got {weight!r}")
         return min(max(float(similarity), -1.0), 1.0), max(float(kl), 0.0), float(weight)
 
     @staticmethod
     def _check_entry(entry_id: Any) -> int:
-        if not _is_int(entry_id):
+        if not is_int(entry_id):
             raise ConfigError(f"entry_id must be an integer, got {entry_id!r}")
         return int(entry_id)
 

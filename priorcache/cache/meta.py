@@ -32,16 +32,13 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
+from priorcache.cache.validation import config_from_dict, is_int, is_number
 from priorcache.errors import ConfigError
-
-
-def _is_number(x: Any) -> bool:
-    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, (bool, np.bool_))
 
 
 def _logit(p: float) -> float:
@@ -81,19 +78,17 @@ class MetaConfig:
     prior_audits: int = 10
 
     def __post_init__(self) -> None:
-        if isinstance(self.update_every, bool) or not isinstance(self.update_every, (int, np.integer)) \
-                or self.update_every < 2:
+        if not is_int(self.update_every) or self.update_every < 2:
             raise ConfigError(f"meta update_every must be an integer ≥ 2 lookups, got {self.update_every!r}")
         for name in ("query_weight", "kl_weight", "return_weight", "prior_kl_slope"):
             value = getattr(self, name)
-            if not _is_number(value) or not math.isfinite(value) or value < 0:
+            if not is_number(value) or not math.isfinite(value) or value < 0:
                 raise ConfigError(f"meta {name} must be a finite number ≥ 0, got {value!r}")
         for name in ("soft_hit_temperature", "learning_rate", "perturbation"):
             value = getattr(self, name)
-            if not _is_number(value) or not math.isfinite(value) or value <= 0:
+            if not is_number(value) or not math.isfinite(value) or value <= 0:
                 raise ConfigError(f"meta {name} must be a finite number > 0, got {value!r}")
-        if isinstance(self.prior_audits, bool) or not isinstance(self.prior_audits, (int, np.integer)) \
-                or self.prior_audits < 0:
+        if not is_int(self.prior_audits) or self.prior_audits < 0:
             raise ConfigError(f"meta prior_audits must be an integer ≥ 0, got {self.prior_audits!r}")
         self._check_bounds("capacity_bounds", 1, math.inf, integer=True)
         self._check_bounds("threshold_bounds", 0.0, 1.0)
@@ -102,8 +97,7 @@ class MetaConfig:
     def _check_bounds(self, name: str, lo: float, hi: float, integer: bool = False) -> None:
         value = getattr(self, name)
         ok = (isinstance(value, (tuple, list)) and len(value) == 2
-              and all((isinstance(v, (int, np.integer)) and not isinstance(v, bool)) if integer else _is_number(v)
-                      for v in value))
+              and all(is_int(v) if integer else is_number(v) for v in value))
         # logit needs the open interval; log K needs K ≥ 1
         if ok:
             a, b = value
@@ -119,13 +113,7 @@ class MetaConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "MetaConfig":
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"the meta config must be a mapping, got {type(data).__name__}")
-        known = [f.name for f in fields(cls)]
-        unknown = sorted(str(k) for k in data if k not in known)
-        if unknown:
-            raise ConfigError(f"unknown meta config key(s) {unknown}; known keys are {known}")
-        return cls(**dict(data))
+        return config_from_dict(cls, data, "meta")
 
 
 @dataclass

@@ -37,7 +37,7 @@ import math
 import threading
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
 
@@ -47,6 +47,7 @@ from priorcache.cache.index import make_index
 from priorcache.cache.kl_audit import Audit, audit_prior
 from priorcache.cache.kl_budget import KLBudgetConfig, KLBudgetController
 from priorcache.cache.meta import CacheParams, MetaConfig, MetaOptimiser
+from priorcache.cache.validation import config_from_dict, is_int, is_number
 from priorcache.errors import BackendError, ConfigError
 from priorcache.prior.action_prior import PriorConfig, check_candidates, check_scores, log_prior
 from priorcache.prior.base import LLMBackend, Prompt
@@ -60,14 +61,6 @@ UNKNOWN_CANDIDATE_POLICIES = ("partial", "floor")
 
 # How many audits ``audit_log`` keeps: enough for a meta-optimiser window, bounded memory.
 AUDIT_LOG_SIZE = 4096
-
-
-def _is_number(x: Any) -> bool:
-    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, (bool, np.bool_))
-
-
-def _is_int(x: Any) -> bool:
-    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
 
 
 @dataclass(frozen=True)
@@ -104,25 +97,25 @@ class CacheConfig:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ConfigError(f"unknown cache mode {self.mode!r}; choose one of {list(MODES)}")
-        if not _is_int(self.capacity) or self.capacity < 1:
+        if not is_int(self.capacity) or self.capacity < 1:
             raise ConfigError(f"capacity K must be an integer ≥ 1, got {self.capacity!r}")
-        if not _is_number(self.similarity_threshold) or not -1.0 <= self.similarity_threshold <= 1.0:
+        if not is_number(self.similarity_threshold) or not -1.0 <= self.similarity_threshold <= 1.0:
             raise ConfigError(f"similarity_threshold δ must be a number in [-1, 1], got {self.similarity_threshold!r}")
-        if not _is_number(self.refresh_rate) or not 0.0 <= self.refresh_rate <= 1.0:
+        if not is_number(self.refresh_rate) or not 0.0 <= self.refresh_rate <= 1.0:
             raise ConfigError(f"refresh_rate r must be a number in [0, 1], got {self.refresh_rate!r}")
         if self.eviction not in EVICTION_POLICIES:
             raise ConfigError(f"eviction must be one of {list(EVICTION_POLICIES)}, got {self.eviction!r}")
-        if (not _is_number(self.utility_half_life) or not math.isfinite(self.utility_half_life)
+        if (not is_number(self.utility_half_life) or not math.isfinite(self.utility_half_life)
                 or self.utility_half_life <= 0):
             raise ConfigError(f"utility_half_life must be a finite number of steps > 0, got {self.utility_half_life!r}")
         if self.unknown_candidates not in UNKNOWN_CANDIDATE_POLICIES:
             raise ConfigError(f"unknown_candidates must be one of {list(UNKNOWN_CANDIDATE_POLICIES)}, "
                               f"got {self.unknown_candidates!r}")
-        if not _is_number(self.min_coverage) or not 0.0 <= self.min_coverage <= 1.0:
+        if not is_number(self.min_coverage) or not 0.0 <= self.min_coverage <= 1.0:
             raise ConfigError(f"min_coverage must be a fraction in [0, 1], got {self.min_coverage!r}")
         if not isinstance(self.index, str) or not self.index:
             raise ConfigError(f"index must be an index kind name such as 'numpy', got {self.index!r}")
-        if self.seed is not None and (not _is_int(self.seed) or self.seed < 0):
+        if self.seed is not None and (not is_int(self.seed) or self.seed < 0):
             raise ConfigError(f"seed must be an integer ≥ 0 or None, got {self.seed!r}")
         if isinstance(self.meta, Mapping):
             object.__setattr__(self, "meta", MetaConfig.from_dict(self.meta))
@@ -148,13 +141,7 @@ class CacheConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "CacheConfig":
         """Build from a mapping, refusing keys that are not parameters (a typo must not be ignored)."""
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"a cache config must be a mapping, got {type(data).__name__}")
-        known = [f.name for f in fields(cls)]
-        unknown = sorted(str(k) for k in data if k not in known)
-        if unknown:
-            raise ConfigError(f"unknown cache config key(s) {unknown}; known keys are {known}")
-        return cls(**dict(data))
+        return config_from_dict(cls, data, "cache")
 
 
 @dataclass
@@ -307,7 +294,7 @@ class PriorCache:
         if not isinstance(prior_config, PriorConfig):
             raise ConfigError(f"prior_config must be a PriorConfig, got {type(prior_config).__name__}")
         dim = getattr(encoder, "dim", None)
-        if not _is_int(dim) or dim < 1:
+        if not is_int(dim) or dim < 1:
             raise ConfigError(f"the encoder must have an integer dim ≥ 1, got {dim!r}")
         self.config = config
         self.encoder = encoder
@@ -377,7 +364,7 @@ class PriorCache:
         cands = check_candidates(candidates)
         q = self._check_q(q_values, len(cands), alpha)
         emb = self._check_embedding(embedding) if embedding is not None else None
-        if step is not None and (not _is_int(step) or step < 0):
+        if step is not None and (not is_int(step) or step < 0):
             raise ConfigError(f"step must be an integer ≥ 0 or None, got {step!r}")
         cost = _Cost()
 
@@ -476,7 +463,7 @@ class PriorCache:
         """The agent's reward for its last step: the return term of the meta-optimiser (adaptive mode)."""
         if self._meta is None:
             return
-        if not (_is_number(reward) and math.isfinite(reward)):
+        if not (is_number(reward) and math.isfinite(reward)):
             raise ConfigError(f"reward must be a finite number, got {reward!r}")
         with self._lock:
             t = time.perf_counter()
@@ -488,7 +475,7 @@ class PriorCache:
         prior: the meta-optimiser prices KL higher when cached priors train worse (adaptive mode)."""
         if self._meta is None or count == 0:
             return
-        if not (_is_number(td_sum) and math.isfinite(td_sum) and td_sum >= 0) or not _is_int(count) or count < 0:
+        if not (is_number(td_sum) and math.isfinite(td_sum) and td_sum >= 0) or not is_int(count) or count < 0:
             raise ConfigError(f"observe_td needs a finite td_sum ≥ 0 and an integer count ≥ 0, got {td_sum!r}, {count!r}")
         with self._lock:
             t = time.perf_counter()
@@ -813,7 +800,7 @@ class PriorCache:
         scores = check_scores(got[0], actions, source)
         reported = getattr(result, "wall_time_s", None)
         # The backend's own timing is the spec's measure; a missing or bogus one falls back to ours.
-        llm_time = float(reported) if _is_number(reported) and math.isfinite(reported) and reported >= 0 else wall
+        llm_time = float(reported) if is_number(reported) and math.isfinite(reported) and reported >= 0 else wall
         prompt_tokens = int(getattr(result, "prompt_tokens", 0) or 0)
         cont_tokens = int(getattr(result, "continuation_tokens", 0) or 0)
         if partial:
@@ -857,7 +844,7 @@ class PriorCache:
 
     @staticmethod
     def _check_q(q_values: Optional[np.ndarray], n: int, alpha: float) -> Optional[np.ndarray]:
-        if not (_is_number(alpha) and math.isfinite(alpha) and alpha > 0):
+        if not (is_number(alpha) and math.isfinite(alpha) and alpha > 0):
             raise ConfigError(f"temperature α must be a finite number > 0, got {alpha!r}")
         if q_values is None:
             return None

@@ -1,0 +1,32 @@
+"""Checks shared by the cache's config dataclasses (CacheConfig, MetaConfig, KLBudgetConfig)."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from typing import Any, Mapping, TypeVar
+
+import numpy as np
+
+from priorcache.errors import ConfigError
+
+T = TypeVar("T")
+
+
+def is_number(x: Any) -> bool:
+    """A real number; bools are not (``True`` as a threshold is a typo, not 1.0)."""
+    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, (bool, np.bool_))
+
+
+def is_int(x: Any) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
+
+
+def config_from_dict(cls: type[T], data: Mapping[str, Any], what: str) -> T:
+    """``cls(**data)``, refusing keys that are not parameters: a typo must not be silently ignored."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"a {what} config must be a mapping, got {type(data).__name__}")
+    known = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+    unknown = sorted(str(k) for k in data if k not in known)
+    if unknown:
+        raise ConfigError(f"unknown {what} config key(s) {unknown}; known keys are {known}")
+    return cls(**dict(data))
