@@ -353,7 +353,7 @@ class MetaOptimiser:
         self._pair_evicted = self._pair_evicted or self._evictions > 0
         record: dict[str, Any] = {
             "window": self.updates + 1, "lookups": n, "phase": "+" if self._sign > 0 else "-",
-            **applied.to_dict(), "query_rate": observed_q, "expected_kl": observed_kl,
+            **{f"window_{k}": v for k, v in applied.to_dict().items()}, "query_rate": observed_q, "expected_kl": observed_kl,
             "model_query_rate": surrogate["query_rate"], "model_expected_kl": surrogate["expected_kl"],
             "kl_fit_a": surrogate["kl_fit_a"], "kl_fit_b": surrogate["kl_fit_b"],
             "return_rate": return_rate, "td_gap": self.td_gap(), "objective": return_rate + objective,
@@ -365,7 +365,8 @@ class MetaOptimiser:
             self._step(record)
         self.updates += 1
         self._reset_window()
-        record.update({f"next_{k}": v for k, v in self.params.to_dict().items()})
+        # K, δ, r: what the cache uses from now on (θ ± the next window's perturbation); centre: θ itself.
+        record.update(self.params.to_dict())
         record.update({f"center_{k}": v for k, v in self.center.to_dict().items()})
         return record
 
