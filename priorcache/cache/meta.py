@@ -267,6 +267,13 @@ class MetaOptimiser:
         """The parameters in force: θ plus this window's antithetic perturbation."""
         return self._params_of(self._applied_theta())
 
+    def load_theta(self, theta: Sequence[float]) -> None:
+        """Continue from a saved θ (clipped to this optimiser's bounds); a damaged θ → ConfigError."""
+        if (not isinstance(theta, (list, tuple)) or len(theta) != 3
+                or not all(is_number(t) and math.isfinite(t) for t in theta)):
+            raise ConfigError(f"a saved meta-optimiser θ must be three finite numbers, got {theta!r}")
+        self.theta = np.clip(np.asarray(theta, dtype=np.float64), self._lower, self._upper)
+
     @property
     def center(self) -> CacheParams:
         """The parameters at θ itself, without the perturbation: what the optimiser believes best."""

@@ -39,7 +39,7 @@ import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -874,6 +874,46 @@ class PriorCache:
         )
 
     # --- persistence hooks for store.py ---------------------------------------------------------
+    def _adaptation_state(self) -> dict[str, Any]:
+        with self._lock:
+            return {"mode": self.config.mode, "params": self._params.to_dict(),
+                    "meta_theta": self._meta.theta.tolist() if self._meta is not None else None,
+                    "kl_budget": self._kl_budget.to_dict() if self._kl_budget is not None else None}
+
+    def _check_adaptation_state(self, state: Any) -> Callable[[], None]:
+        """Validate a saved ``adaptation`` state (ConfigError) and return what applies it to this cache.
+
+        What a cache takes over depends on its own mode: an adaptive cache continues from the saved θ,
+        a kl-budget cache from the saved audits; any other pairing keeps this cache's configured
+        values (the saved ones are for the record)."""
+        if state is None:
+            return lambda: None
+        if not isinstance(state, Mapping) or set(state) != {"mode", "params", "meta_theta", "kl_budget"}:
+            raise ConfigError("it must be {mode, params, meta_theta, kl_budget}")
+        if self._meta is not None and state["meta_theta"] is not None:
+            probe = MetaOptimiser(self.config.meta, self._params)
+            probe.load_theta(state["meta_theta"])  # validates
+            theta = list(state["meta_theta"])
+
+            def restore() -> None:
+                with self._lock:
+                    self._meta.load_theta(theta)
+                    self._params = self._meta.params
+                    while len(self._entries) > self._params.capacity:
+                        self._remove(self._victim(self._clock))
+                        self._counters.evictions += 1
+            return restore
+        if self._kl_budget is not None and state["kl_budget"] is not None:
+            KLBudgetController(self.config.kl_budget).load_dict(state["kl_budget"])  # validates
+            saved = state["kl_budget"]
+
+            def restore() -> None:
+                with self._lock:
+                    self._kl_budget.load_dict(saved)
+                    self._params.similarity_threshold = self._kl_budget.threshold()
+            return restore
+        return lambda: None
+
     def _snapshot(self) -> tuple[list[CacheEntry], dict[str, str], int]:
         with self._lock:
             return [e.copy() for e in self._entries.values()], dict(self._prefixes), self._clock

@@ -7,7 +7,9 @@ A saved cache is a directory of three files, none of them pickled:
   ``config`` (the CacheConfig, for the record), ``clock``, ``prefixes`` (prefix sha256 → prefix
   text) and ``entries``: per entry ``id``, ``state_text``, ``prefix_hash``, ``scores`` (F7's raw map
   action → ℓ), ``created_step``, ``last_used_step``, ``hit_count``, ``refresh_count`` and
-  ``last_audit`` (F5: {epsilon, kl, kl_bound, log_z_gap} or null).
+  ``last_audit`` (F5: {epsilon, kl, kl_bound, log_z_gap} or null); optionally ``adaptation``: the
+  live K, δ, r and what the adaptive modes learnt (the meta-optimiser's θ, the KL budget's audits),
+  so an ``adaptive`` or ``kl-budget`` cache warm-starts where the saved one stopped.
 - ``manifest.json``: ``format``, ``format_version`` and, per other file, its size and sha256.
 
 Writes are atomic: the files are written and fsynced in a temp directory beside the target, then
@@ -37,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from priorcache.cache.kl_audit import Audit
-from priorcache.errors import CacheFormatError
+from priorcache.errors import CacheFormatError, ConfigError
 
 if TYPE_CHECKING:
     from priorcache.cache.prior_cache import CacheEntry, PriorCache
@@ -53,6 +55,7 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _ENTRY_KEYS = {"id", "state_text", "prefix_hash", "scores", "created_step", "last_used_step", "hit_count",
                "refresh_count", "last_audit"}
 _DOC_KEYS = {"format", "format_version", "encoder", "backend", "config", "clock", "prefixes", "entries"}
+_OPTIONAL_DOC_KEYS = {"adaptation"}  # absent in saves made before the adaptive modes
 _AUDIT_KEYS = {"epsilon", "kl", "kl_bound", "log_z_gap"}
 # Keys are stored unit-norm in float32; anything further off was not written by us.
 _NORM_TOLERANCE = 1e-3
@@ -108,6 +111,7 @@ def save(cache: "PriorCache", directory: str | Path) -> None:
             "clock": clock,
             "prefixes": {h: prefixes[h] for h in sorted({e.prefix_hash for e in entries})},
             "entries": [_entry_to_json(e) for e in entries],
+            "adaptation": cache._adaptation_state(),
         }
         entries_bytes = json.dumps(doc, ensure_ascii=False, allow_nan=False, indent=1).encode("utf-8")
         buf = io.BytesIO()
@@ -212,7 +216,12 @@ def load(cache: "PriorCache", directory: str | Path, *, check_backend: bool = Tr
     keys = _parse_keys(blobs[KEYS], source / KEYS)
     doc = _parse_json(blobs[ENTRIES], source / ENTRIES)
     entries, prefixes = _validate_doc(doc, keys, cache, source / ENTRIES, check_backend)
+    try:  # checked in full before anything changes, like the entries
+        restore = cache._check_adaptation_state(doc.get("adaptation"))
+    except ConfigError as e:
+        raise CacheFormatError(f"{source / ENTRIES}: damaged 'adaptation' state: {e}") from None
     cache._replace_entries(entries, prefixes)
+    restore()
 
 
 def _source_dir(directory: Path) -> Path:
@@ -303,9 +312,9 @@ def _validate_doc(doc: Any, keys: np.ndarray, cache: "PriorCache", where: Path,
     if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME:
         raise bad(f"not a priorcache entries file (format {doc.get('format') if isinstance(doc, dict) else None!r})")
     _check_version(doc.get("format_version"), where)
-    if set(doc) != _DOC_KEYS:
-        raise bad(f"top-level keys must be {sorted(_DOC_KEYS)}; missing {sorted(_DOC_KEYS - set(doc))}, "
-                  f"unexpected {sorted(set(doc) - _DOC_KEYS)}")
+    if not _DOC_KEYS <= set(doc) <= _DOC_KEYS | _OPTIONAL_DOC_KEYS:
+        raise bad(f"top-level keys must be {sorted(_DOC_KEYS)} (and optionally {sorted(_OPTIONAL_DOC_KEYS)}); "
+                  f"missing {sorted(_DOC_KEYS - set(doc))}, unexpected {sorted(set(doc) - _DOC_KEYS - _OPTIONAL_DOC_KEYS)}")
     enc = doc["encoder"]
     if not isinstance(enc, dict) or not isinstance(enc.get("name"), str) or not _is_json_int(enc.get("dim")):
         raise bad("'encoder' must be {name: str, dim: int}")

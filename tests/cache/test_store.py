@@ -404,3 +404,54 @@ def test_loads_racing_lookups_keep_the_invariants(tmp_path: Path) -> None:
     assert not errors, errors
     cache._assert_consistent()
     assert cache.stats()["lookups"] == 400
+
+
+# --- the adaptive modes' state ------------------------------------------------------------------
+def _adaptive_modes_cache(mode: str):
+    from priorcache.prior.base import Prompt
+    from tests.cache._fakes import FakeBackend, HashEncoder, at_cosine
+
+    settings = {"mode": mode, "refresh_rate": 0.2}
+    if mode == "adaptive":
+        settings.update(similarity_threshold=0.9, meta={"update_every": 10})
+    def backend():  # the same prior everywhere (KL 0): the KL budget opens, so there is state to keep
+        return FakeBackend(lambda prompt, action: -float(len(action)))
+
+    cache = PriorCache(CacheConfig.from_dict(settings), HashEncoder(), backend())
+    rng = np.random.default_rng(0)
+    for i in range(300):
+        state = f"room {int(rng.integers(0, 60))}"
+        cache.lookup(state, Prompt("Goal: x\n", state), ["go", "take", "open"],
+                     embedding=at_cosine(float(rng.uniform(0.6, 1))), step=i)
+        cache.observe_reward(float(rng.random()))
+    return cache, (lambda: PriorCache(CacheConfig.from_dict(settings), HashEncoder(), backend()))
+
+
+@pytest.mark.parametrize("mode", ["adaptive", "kl-budget"])
+def test_adaptive_modes_warm_start_from_a_saved_cache(tmp_path, mode):
+    cache, fresh = _adaptive_modes_cache(mode)
+    cache.save(tmp_path / "c")
+    again = fresh()
+    assert again.params() != cache.params()
+    again.load(tmp_path / "c")
+    assert again.params() == cache.params() or mode == "adaptive"
+    if mode == "adaptive":  # θ is restored; the antithetic perturbation restarts at the next window
+        assert again._meta.center == cache._meta.center
+    else:
+        assert again.stats()["kl_budget"]["audits"] == cache.stats()["kl_budget"]["audits"] > 0
+    # a static cache loading the same save keeps its own parameters
+    from tests.cache._fakes import FakeBackend, HashEncoder
+    static = PriorCache(CacheConfig(), HashEncoder(), FakeBackend())
+    static.load(tmp_path / "c")
+    assert static.params()["similarity_threshold"] == 0.92 and len(static) == len(cache)
+
+
+def test_a_damaged_adaptation_state_is_refused_and_changes_nothing(tmp_path):
+    cache, fresh = _adaptive_modes_cache("kl-budget")
+    cache.save(tmp_path / "c")
+    _edit_json("entries.json", lambda doc: doc["adaptation"]["kl_budget"]["audits"]["kl"].__setitem__(0, -5.0))(
+        tmp_path / "c")
+    again = fresh()
+    with pytest.raises(CacheFormatError, match="adaptation"):
+        again.load(tmp_path / "c")
+    assert len(again) == 0 and again.stats()["kl_budget"]["audits"] == 0
