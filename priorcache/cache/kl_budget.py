@@ -44,6 +44,13 @@ Weights. Refresh audits of hits are drawn with probability r, so each stands for
 mean, the weighted variance and Kish's effective sample size n_eff = (Σw)²/Σw², so the inverse-
 probability weights keep the estimate unbiased and their spread widens the bound honestly.
 
+How exact the confidence is. The t bound is exact for normal KLs and close for symmetric noise
+(measured: the target was exceeded in 4–6 % of 300 synthetic runs at 0.95), but audited KLs are
+skewed (mostly ~0.01 nats, a few of 1–3 nats), and there a t bound under-covers: on exponential and
+lognormal KLs with ~80 audits it missed 9 % and 12 % of the time, and lognormal still ~9 % at 300.
+Read the confidence as nominal. What keeps the served KL low in practice is the scan's monotone
+stopping rule and the closed start: the runs measured so far served well under their targets.
+
 Per entry (``per_entry=True``, like vCache's per-embedding thresholds): an entry with at least
 ``min_entry_audits`` audits of its own gets the same scan over its own audits (``min_entry_audits``
 as the verdict size, never below min_threshold). If its scan hit a failing verdict, its own δ stands
