@@ -100,6 +100,8 @@ def run(
     kl_confidence: Optional[float] = typer.Option(None, help="kl-budget: confidence of the KL upper bound"),
     per_entry_thresholds: bool = typer.Option(False, help="kl-budget: each entry earns its own δ from its audits"),
     meta_update_every: Optional[int] = typer.Option(None, help="adaptive: lookups per meta-optimiser window"),
+    meta_kl_weight: Optional[float] = typer.Option(None, help="adaptive: λ_κ, the price of 1 nat of expected KL per "
+                                                   "decision in LLM queries per decision (default 20)"),
     alpha: float = typer.Option(1.0, help="posterior temperature α_0 (F1) when the cache never hits"),
     alpha_min: float = typer.Option(0.25, help="temperature at a 100% hit rate (F2); = --alpha turns F2 off"),
     cache_path: Optional[Path] = typer.Option(None, help="warm-start from this saved cache; saved back at the end"),
@@ -118,10 +120,12 @@ def run(
                 raise ConfigError(f"--kl-target, --kl-confidence and --per-entry-thresholds need --cache kl-budget, "
                                   f"not {cache!r}")
             overrides["kl_budget"] = kl_budget
-        if meta_update_every is not None:
+        meta = {k: v for k, v in {"update_every": meta_update_every, "kl_weight": meta_kl_weight}.items()
+                if v is not None}
+        if meta:
             if cache != "adaptive":
-                raise ConfigError(f"--meta-update-every needs --cache adaptive, not {cache!r}")
-            overrides["meta"] = {"update_every": meta_update_every}
+                raise ConfigError(f"--meta-update-every and --meta-kl-weight need --cache adaptive, not {cache!r}")
+            overrides["meta"] = meta
         if variant:
             if ":" in env:
                 raise ConfigError(f"give the variant once: {env!r} already names one, and --variant {variant!r}")

@@ -57,6 +57,12 @@ def test_run_warm_start_and_compare(tmp_path):
     (["run", "textworld", "--backend", "gpt-9"], "unknown LLM backend"),
     (["run", "textworld", "--variant", "tw-nothing"], "tw-nothing"),
     (["run", "textworld", "--alpha-min", "2"], "alpha_min"),
+    (["run", "textworld", "--kl-target", "0.05"], "need --cache kl-budget"),
+    (["run", "textworld", "--cache", "kl-budget", "--kl-target", "-1"], "target_kl"),
+    (["run", "textworld", "--cache", "kl-budget", "--kl-confidence", "1.5"], "confidence"),
+    (["run", "textworld", "--cache", "static", "--meta-kl-weight", "5"], "need --cache adaptive"),
+    (["run", "textworld", "--cache", "adaptive", "--meta-update-every", "1"], "update_every"),
+    (["run", "textworld", "--cache", "adaptive", "--similarity-threshold", "0.5"], "meta bounds"),
 ])
 def test_bad_input_is_a_clear_error_and_writes_nothing(tmp_path, args, message):
     out_dir = tmp_path / "out"
