@@ -349,7 +349,8 @@ def cache_param_trajectories(run: RunFolder) -> dict[int, dict[str, list[float]]
         if not any(r.get("cache_params") or r.get("meta_updates") for r in records):
             continue
         points: list[tuple[float, dict[str, Any]]] = []
-        if all(v is not None for v in start.values()):
+        # kl-budget starts closed (δ = 1, no similarity hits) whatever δ the config names
+        if all(v is not None for v in start.values()) and run.config["cache"].get("mode") != "kl-budget":
             points.append((0.0, start))
         step = 0
         for r in records:
