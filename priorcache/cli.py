@@ -56,15 +56,17 @@ def summary_table(summary: dict, title: str) -> Table:
         ("audits: mean ε / mean KL (nats)",
          f"{summary['audit_epsilon']['mean']:.4f} / {summary['audit_kl']['mean']:.4f}" if summary["audits"] else "none"),
         ("F5 violations (KL > 2ε)", str(summary["audit_f5_violations"])),
-        ("shadow audits (F5 violations)",
-         f"{summary.get('shadow_audits', 0)} ({summary.get('shadow_f5_violations', 0)})"),
         ("training time / wall time (s)", f"{summary['train_time_s']:.1f} / {summary['wall_time_s']:.1f}"),
     ]
+    adaptive = summary.get("cache_mode") in ("adaptive", "kl-budget")
+    if adaptive:
+        rows.append(("shadow audits of near-misses (F5 violations)",
+                     f"{summary['shadow_audits']} ({summary['shadow_f5_violations']})"))
     params = summary.get("cache_params")
     if params:
         rows.append(("cache K / δ / r at the end",
                      f"{params['capacity']} / {params['similarity_threshold']:.3f} / {params['refresh_rate']:.3f}"))
-    if summary.get("adaptation_share") is not None:
+    if adaptive and summary.get("adaptation_share") is not None:
         rows.append(("adaptation overhead (share of wall time)",
                      f"{summary['adaptation_time_s']:.2f} s ({100 * summary['adaptation_share']:.2f} %)"))
     budget = (summary.get("cache_stats") or {}).get("kl_budget")
