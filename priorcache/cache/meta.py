@@ -31,7 +31,6 @@ current δ at no extra LLM cost, which is what lets δ move down safely.
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping, Optional, Sequence
 
@@ -205,7 +204,6 @@ class MetaOptimiser:
         self._audit_kls: list[float] = []
         self._audit_weights: list[float] = []
         self.updates = 0
-        self.time_s = 0.0
         self._reset_window()
         self._start_pair()
 
@@ -227,20 +225,16 @@ class MetaOptimiser:
                       partial_call: bool, evictions: int = 0) -> Optional[dict[str, Any]]:
         """One lookup: the nearest entry's similarity (None: the partition was empty), whether that
         entry covered enough candidates to be served, what happened, and evictions it caused."""
-        t = time.perf_counter()
         self._sims.append(-1.0 if similarity is None else float(similarity))
         self._served_ok.append(bool(servable))
         self._queries += int(full_call) + int(partial_call)
         self._hits += int(hit)
         self._partial_hits += int(hit and partial_call)
         self._evictions += evictions
-        update = self._close_window() if len(self._sims) >= self.config.update_every else None
-        self.time_s += time.perf_counter() - t
-        return update
+        return self._close_window() if len(self._sims) >= self.config.update_every else None
 
     def record_audit(self, similarity: float, kl: float, weight: float, served: bool) -> None:
         """One F5 audit; ``served`` audits (refreshes of hits) also measure the window's realised κ."""
-        t = time.perf_counter()
         self._audit_sims.append(float(similarity))
         self._audit_kls.append(float(kl))
         self._audit_weights.append(float(weight))
@@ -249,7 +243,6 @@ class MetaOptimiser:
         if served:
             self._window_audit_kl.append(float(kl))
             self._window_audit_w.append(float(weight))
-        self.time_s += time.perf_counter() - t
 
     def record_reward(self, reward: float) -> None:
         self._rewards += float(reward)
