@@ -365,30 +365,43 @@ def cache_param_trajectories(run: RunFolder) -> dict[int, dict[str, list[float]]
 
 
 def plot_cache_params(runs: list[RunFolder], out: Path) -> Optional[Path]:
-    """cache_params.png: K, δ and r against the cumulative step, one line per (env, method, seed);
-    None (nothing written) when no run recorded cache parameters."""
-    lines = [(f"{run.env_label} · {run.method} · seed {seed}", curve)
-             for run in runs for seed, curve in cache_param_trajectories(run).items()]
-    if not lines:
+    """cache_params.png: K, δ and r (rows) against the cumulative step, one column per environment and one
+    line per (method, seed); None (nothing written) when no run recorded cache parameters."""
+    by_env: dict[str, list[tuple[str, dict[str, list[float]]]]] = {}
+    for run in runs:
+        for seed, curve in cache_param_trajectories(run).items():
+            by_env.setdefault(run.env_label, []).append((f"{run.method} · seed {seed}", curve))
+    if not by_env:
         return None
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(len(_CACHE_PARAMS), 1, figsize=(8, 7.5), sharex=True)
-    for i, (label, curve) in enumerate(lines):
-        colour = plt.get_cmap("tab20")(i % 20)
-        for ax, (key, _) in zip(axes, _CACHE_PARAMS):
-            # A step plot: a parameter holds its value until the next update.
-            ax.step(curve["step"], curve[key], where="post", color=colour, lw=1.2, label=label)
-    for ax, (key, title) in zip(axes, _CACHE_PARAMS):
-        ax.set_ylabel(title)
-        ax.grid(alpha=0.3)
-    axes[0].set_yscale("log")  # K moves multiplicatively (the meta-optimiser steps log K)
-    axes[-1].set_xlabel("cumulative step (per seed)")
-    axes[0].legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.suptitle("cache parameters over training", fontsize=10)
+    envs = sorted(by_env)
+    methods = sorted({label.split(" · ")[0] for lines in by_env.values() for label, _ in lines})
+    colours = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
+    fig, axes = plt.subplots(len(_CACHE_PARAMS), len(envs), figsize=(4.2 * len(envs) + 1.5, 7.5),
+                             sharex="col", squeeze=False)
+    for col, env in enumerate(envs):
+        for label, curve in by_env[env]:
+            method = label.split(" · ")[0]
+            for row, (key, _) in enumerate(_CACHE_PARAMS):
+                # A step plot: a parameter holds its value until the next update. Seeds share their
+                # method's colour; the legend names methods.
+                axes[row][col].step(curve["step"], curve[key], where="post", color=colours[method], lw=1.0,
+                                    alpha=0.8)
+        axes[0][col].set_title(env, fontsize=9)
+        axes[-1][col].set_xlabel("step (per seed)")
+        axes[0][col].set_yscale("log")  # K moves multiplicatively (the meta-optimiser steps log K)
+    for row, (_, title) in enumerate(_CACHE_PARAMS):
+        axes[row][0].set_ylabel(title)
+        for ax in axes[row]:
+            ax.grid(alpha=0.3)
+    handles = [plt.Line2D([], [], color=colours[m], label=m) for m in methods]
+    fig.legend(handles=handles, fontsize=7, loc="center right")
+    fig.suptitle("cache parameters over training (one line per seed)", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1 - 1.5 / (4.2 * len(envs) + 1.5), 0.96))
     path = out / "cache_params.png"
     _save_figure(fig, path)
     plt.close(fig)
