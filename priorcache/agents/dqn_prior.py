@@ -230,7 +230,7 @@ class DQNPriorAgent:
             raise RuntimeError("observe() called before act()")
         self._pending.reward = float(reward)
         self._pending.done = bool(terminated)
-        if self.prior_cache is not None:
+        if self.prior_cache is not None and self.prior_cache.learns_from_outcomes:
             self.prior_cache.observe_reward(float(reward))
         if terminated or truncated:
             # No next decision will complete this transition. Terminal: no bootstrap. Truncated:
@@ -269,7 +269,7 @@ class DQNPriorAgent:
         loss.backward()
         nn.utils.clip_grad_norm_(self.q.parameters(), cfg.grad_clip)
         self.optimizer.step()
-        if self.prior_cache is not None:
+        if self.prior_cache is not None and self.prior_cache.learns_from_outcomes:
             td = (q_pred.detach() - target).abs()
             hits = batch["hits"]
             self.prior_cache.observe_td(True, float(td[hits].sum()), int(hits.sum()))

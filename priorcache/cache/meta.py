@@ -157,6 +157,14 @@ def fit_kl_model(similarities: Sequence[float], kls: Sequence[float], weights: S
     return float(max(a, 0.0)), float(max(b, 0.0))
 
 
+def check_theta(theta: Any) -> np.ndarray:
+    """A saved θ = (log K, logit δ, logit r) as an array; ConfigError unless three finite numbers."""
+    if (not isinstance(theta, (list, tuple)) or len(theta) != 3
+            or not all(is_number(t) and math.isfinite(t) for t in theta)):
+        raise ConfigError(f"a saved meta-optimiser θ must be three finite numbers, got {theta!r}")
+    return np.asarray(theta, dtype=np.float64)
+
+
 class _Adam:
     def __init__(self, dim: int, lr: float, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8) -> None:
         self.lr, self.beta1, self.beta2, self.eps = lr, beta1, beta2, eps
@@ -262,10 +270,7 @@ class MetaOptimiser:
 
     def load_theta(self, theta: Sequence[float]) -> None:
         """Continue from a saved θ (clipped to this optimiser's bounds); a damaged θ → ConfigError."""
-        if (not isinstance(theta, (list, tuple)) or len(theta) != 3
-                or not all(is_number(t) and math.isfinite(t) for t in theta)):
-            raise ConfigError(f"a saved meta-optimiser θ must be three finite numbers, got {theta!r}")
-        self.theta = np.clip(np.asarray(theta, dtype=np.float64), self._lower, self._upper)
+        self.theta = np.clip(check_theta(theta), self._lower, self._upper)
 
     @property
     def center(self) -> CacheParams:

@@ -46,7 +46,7 @@ import numpy as np
 from priorcache.cache.index import make_index
 from priorcache.cache.kl_audit import Audit, audit_prior
 from priorcache.cache.kl_budget import KLBudgetConfig, KLBudgetController
-from priorcache.cache.meta import CacheParams, MetaConfig, MetaOptimiser
+from priorcache.cache.meta import CacheParams, MetaConfig, MetaOptimiser, check_theta
 from priorcache.cache.validation import config_from_dict, is_int, is_number
 from priorcache.errors import BackendError, ConfigError
 from priorcache.prior.action_prior import PriorConfig, check_candidates, check_scores, log_prior
@@ -459,6 +459,11 @@ class PriorCache:
         with self._lock:
             return self._params.to_dict()
 
+    @property
+    def learns_from_outcomes(self) -> bool:
+        """Whether ``observe_reward`` / ``observe_td`` are used (adaptive mode); an agent skips the work otherwise."""
+        return self._meta is not None
+
     def observe_reward(self, reward: float) -> None:
         """The agent's reward for its last step: the return term of the meta-optimiser (adaptive mode)."""
         if self._meta is None:
@@ -663,9 +668,7 @@ class PriorCache:
                                           evictions=self._counters.evictions - evictions_before)
         if update is not None:
             self._params = self._meta.params
-            while len(self._entries) > self._params.capacity:
-                self._remove(self._victim(self._clock))
-                self._counters.evictions += 1
+            self._evict_to_capacity()
             update["step"] = now
             self._meta_log.append(update)
         cost.adaptation_time_s += time.perf_counter() - t
@@ -754,6 +757,12 @@ class PriorCache:
             del self._partition_size[entry.prefix_hash]
             self._prefixes.pop(entry.prefix_hash, None)
         self._index.remove(np.array([eid], dtype=np.int64))
+
+    def _evict_to_capacity(self) -> None:
+        """After K shrank (meta update, warm start, smaller cache loading a bigger save)."""
+        while len(self._entries) > self._params.capacity:
+            self._remove(self._victim(self._clock))
+            self._counters.evictions += 1
 
     def _victim(self, now: int) -> int:
         policy = self.config.eviction
@@ -891,17 +900,13 @@ class PriorCache:
         if not isinstance(state, Mapping) or set(state) != {"mode", "params", "meta_theta", "kl_budget"}:
             raise ConfigError("it must be {mode, params, meta_theta, kl_budget}")
         if self._meta is not None and state["meta_theta"] is not None:
-            probe = MetaOptimiser(self.config.meta, self._params)
-            probe.load_theta(state["meta_theta"])  # validates
-            theta = list(state["meta_theta"])
+            theta = check_theta(state["meta_theta"]).tolist()
 
             def restore() -> None:
                 with self._lock:
                     self._meta.load_theta(theta)
                     self._params = self._meta.params
-                    while len(self._entries) > self._params.capacity:
-                        self._remove(self._victim(self._clock))
-                        self._counters.evictions += 1
+                    self._evict_to_capacity()
             return restore
         if self._kl_budget is not None and state["kl_budget"] is not None:
             KLBudgetController(self.config.kl_budget).load_dict(state["kl_budget"])  # validates
@@ -938,9 +943,7 @@ class PriorCache:
                 e.last_used_step += shift
                 self._insert(e, prefixes.get(e.prefix_hash))
                 self._next_id = max(self._next_id, e.id + 1)
-            while len(self._entries) > self._params.capacity:
-                self._remove(self._victim(self._clock))
-                self._counters.evictions += 1
+            self._evict_to_capacity()
 
     def _assert_consistent(self) -> None:
         """Invariants, for tests: size ≤ K, one entry per exact key, index in step with the entries."""
