@@ -1,7 +1,6 @@
-"""The posterior sampler (SPEC F1) with the hit-rate-tied temperature schedule (F2).
+"""The posterior sampler (F1, docs/design.md) with the hit-rate-tied temperature schedule (F2).
 
-F1: π(a|s) = p(a|s)·exp(Q(s,a)/α) / Z(s), computed in log space so that 1 to 1,000 candidates
-and extreme Q values neither overflow nor lose the prior.
+F1 itself (π ∝ p·exp(Q/α), in log space) lives in :mod:`priorcache.prior.divergence`; this module samples from it.
 F2: α_t = α_min + (α_0 − α_min)·(1 − h_t), h_t an exponential moving average of cache hits.
 """
 
@@ -12,26 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from priorcache.errors import ConfigError
-
-
-def posterior_log_probs(log_prior: np.ndarray, q_values: np.ndarray, alpha: float) -> np.ndarray:
-    """F1 in log space: log π = log p + Q/α − log Z."""
-    log_prior = np.asarray(log_prior, dtype=np.float64)
-    q_values = np.asarray(q_values, dtype=np.float64)
-    if log_prior.shape != q_values.shape or log_prior.ndim != 1 or log_prior.size == 0:
-        raise ConfigError(f"prior {log_prior.shape} and Q {q_values.shape} must be the same non-empty 1-D shape")
-    if not (np.isfinite(alpha) and alpha > 0):
-        raise ConfigError(f"temperature α must be a finite number > 0, got {alpha}")
-    if not np.all(np.isfinite(q_values)):
-        raise ConfigError("Q values contain NaN or ±inf")
-    logits = log_prior + q_values / alpha
-    return logits - np.logaddexp.reduce(logits)
-
-
-def kl_divergence(log_p: np.ndarray, log_q: np.ndarray) -> float:
-    """KL(p‖q) for two distributions given as log-probabilities on the same support."""
-    p = np.exp(log_p)
-    return float(max(0.0, np.sum(p * (log_p - log_q))))
+from priorcache.prior.divergence import posterior_log_probs
 
 
 @dataclass

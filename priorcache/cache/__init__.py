@@ -1,1 +1,1 @@
-"""Encoder, nearest-neighbour index, the prior cache and its KL audit (SPEC §4, F5–F7)."""
+"""The prior cache (docs/design.md §3): config, controllers (modes), eviction, index, encoder, state and store."""

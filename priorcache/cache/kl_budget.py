@@ -69,7 +69,7 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 from scipy import stats
 
-from priorcache.cache.validation import config_from_dict, is_int, is_number
+from priorcache.validation import config_from_dict, is_int, is_number
 from priorcache.errors import ConfigError
 
 # Bounded evidence. The KL of hits at a given similarity drifts: Q and α change the posteriors,

@@ -36,8 +36,9 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
-from priorcache.cache.validation import config_from_dict, is_int, is_number
+from priorcache.validation import config_from_dict, is_int, is_number
 from priorcache.errors import ConfigError
+from priorcache.prior.divergence import f6_distance
 
 
 def _logit(p: float) -> float:
@@ -133,7 +134,7 @@ def fit_kl_model(similarities: Sequence[float], kls: Sequence[float], weights: S
 
     The shrinkage adds ``prior_audits`` pseudo-audits on the prior line, spread over the distance
     range seen, so a handful of lucky audits cannot declare low similarities safe."""
-    d = np.sqrt(np.clip(2.0 * (1.0 - np.asarray(similarities, dtype=np.float64)), 0.0, None))
+    d = f6_distance(similarities)
     k = np.asarray(kls, dtype=np.float64)
     w = np.asarray(weights, dtype=np.float64)
     if prior_audits > 0:
@@ -315,7 +316,7 @@ class MetaOptimiser:
         partial_share = self._partial_hits / hits_seen if hits_seen else 0.5
         a, b = fit_kl_model(self._audit_sims, self._audit_kls, self._audit_weights,
                             cfg.prior_kl_slope, cfg.prior_audits)
-        kl_hat = a + b * np.sqrt(np.clip(2.0 * (1.0 - sims), 0.0, None))
+        kl_hat = a + b * f6_distance(sims)
         delta, r = similarity_threshold, refresh_rate
         h = _sigmoid((sims - delta) / cfg.soft_hit_temperature) * servable
         dh_ddelta = -h * (1.0 - h) / cfg.soft_hit_temperature

@@ -21,7 +21,7 @@ from typing import Any, Callable, Optional
 
 from tqdm.auto import tqdm
 
-from priorcache.cache.prior_cache import MODES, CacheConfig
+from priorcache.cache.config import MODES, CacheConfig
 from priorcache.envs.registry import ENVIRONMENTS
 from priorcache.errors import ConfigError
 from priorcache.experiments.report import method_label, write_report

@@ -33,6 +33,7 @@ from typing import Any, Optional
 import numpy as np
 
 from priorcache.errors import ConfigError
+from priorcache.prior.divergence import f6_distance
 from priorcache.experiments.report import RunFolder, _save_figure, read_run
 from priorcache.io import atomic_write_json, atomic_write_text
 
@@ -119,11 +120,6 @@ def _f5_stats(audits: list[dict[str, Any]]) -> Optional[dict[str, Any]]:
     }
 
 
-def distance(similarity: np.ndarray | float) -> np.ndarray:
-    """F6: ‖e − e'‖ = √(2(1 − cos)) for unit embeddings (cosines a hair above 1 count as distance 0)."""
-    return np.sqrt(np.clip(2.0 * (1.0 - np.asarray(similarity, dtype=np.float64)), 0.0, None))
-
-
 def fit_f6(audits: list[dict[str, Any]], delta: Optional[float]) -> dict[str, Any]:
     """F6 ``ε ≤ L·d + ε_stale`` on the audits that carry a similarity (served and shadow alike)."""
     with_sim = [a for a in audits if a["similarity"] is not None]
@@ -133,7 +129,7 @@ def fit_f6(audits: list[dict[str, Any]], delta: Optional[float]) -> dict[str, An
                           "written by runs of this version (rerun to get it)"}
     sim = np.array([a["similarity"] for a in with_sim])
     eps = np.array([a["epsilon"] for a in with_sim])
-    d = distance(sim)
+    d = f6_distance(sim)
     at_zero, positive = d < _D_ZERO, d >= _D_ZERO
 
     if at_zero.any():
@@ -164,7 +160,7 @@ def fit_f6(audits: list[dict[str, Any]], delta: Optional[float]) -> dict[str, An
     def share_under(lipschitz: float) -> float:
         return float(np.mean(eps <= lipschitz * d + eps_stale + F5_TOLERANCE))
 
-    d_delta = float(distance(delta)) if delta is not None else None
+    d_delta = float(f6_distance(delta)) if delta is not None else None
 
     def at_delta(lipschitz: float) -> Optional[float]:
         return lipschitz * d_delta + eps_stale if d_delta is not None else None
@@ -384,7 +380,7 @@ def plot(s: dict[str, Any], audits: list[dict[str, Any]], path: Path) -> Path:
         grid = np.linspace(min(min(sims), f6["delta"] if f6["delta"] is not None else 1.0), 1.0, 200)
         for key, style in (("least_squares", "--"), ("envelope", "-")):
             lip = f6[key]["L"]
-            ax.plot(grid, lip * distance(grid) + f6["epsilon_stale"], "k" + style, lw=1,
+            ax.plot(grid, lip * f6_distance(grid) + f6["epsilon_stale"], "k" + style, lw=1,
                     label=f"{key.replace('_', ' ')}: L = {lip:.3g}")
         if f6["delta"] is not None:
             ax.axvline(f6["delta"], color="grey", ls=":", label=f"δ = {f6['delta']:.3f}")

@@ -1,17 +1,23 @@
-"""From raw candidate scores ℓ to an action prior p(a|s) (SPEC F3) and the LLM prior that asks a backend.
+"""F3, from raw candidate scores ℓ to an action prior p(a|s), and the categorical ``Prior`` kind.
 
 F3: p(a_i|s) = (1−ε)·softmax(ℓ/τ)_i + ε/n. The floor ε keeps full support, so every
 log-ratio between two priors on the same candidate set is bounded (needed by F5).
+
+F7: a categorical prior keeps raw scores ℓ per action text, not probabilities, so a cached one can
+be restricted to another candidate set (unknown candidates filled by a partial call or the floor
+score) and extended by later scores; F3 normalises over whatever set is served.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+import math
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
 from priorcache.errors import BackendError, ConfigError
+from priorcache.prior.interface import Prior
 
 
 @dataclass(frozen=True)
@@ -62,3 +68,94 @@ def log_prior(scores: np.ndarray, config: PriorConfig = PriorConfig()) -> np.nda
     if config.floor == 0.0:
         return log_softmax
     return np.logaddexp(np.log1p(-config.floor) + log_softmax, np.log(config.floor / n))
+
+
+class CategoricalPrior(Prior):
+    """F3 over text actions from a map action → raw score ℓ (F7), with F3's τ and ε in ``config``."""
+
+    kind = "categorical"
+
+    def __init__(self, scores: Mapping[str, float], config: PriorConfig = PriorConfig()) -> None:
+        if not scores:
+            raise ConfigError("a categorical prior needs at least one action score")
+        self._scores = dict(scores)
+        self.config = config
+
+    def __repr__(self) -> str:
+        return f"CategoricalPrior({self._scores!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, CategoricalPrior) and self._scores == other._scores and self.config == other.config
+
+    @property
+    def actions(self) -> tuple[str, ...]:
+        return tuple(self._scores)
+
+    @property
+    def score_map(self) -> dict[str, float]:
+        """A copy of the raw scores ℓ, action → score."""
+        return dict(self._scores)
+
+    @property
+    def scores(self) -> np.ndarray:
+        """The raw scores ℓ in ``actions`` order."""
+        return np.fromiter(self._scores.values(), dtype=np.float64, count=len(self._scores))
+
+    @property
+    def floor_score(self) -> float:
+        """F7's cheap fill for an unknown candidate: the lowest score this prior holds."""
+        return min(self._scores.values())
+
+    def log_prob(self, actions: Sequence[str]) -> np.ndarray:
+        full = log_prior(self.scores, self.config)
+        if tuple(actions) == self.actions:
+            return full
+        index = {a: i for i, a in enumerate(self._scores)}
+        missing = [a for a in actions if a not in index]
+        if missing:
+            raise ConfigError(f"actions {missing[:5]} are not in this prior's support")
+        return full[[index[a] for a in actions]]
+
+    def sample(self, rng: np.random.Generator) -> str:
+        probs = np.exp(self.log_prob(self.actions))
+        return self.actions[int(rng.choice(probs.size, p=probs / probs.sum()))]
+
+    @classmethod
+    def from_scores(cls, actions: Sequence[str], scores: np.ndarray, config: PriorConfig = PriorConfig()
+                    ) -> "CategoricalPrior":
+        arr = np.asarray(scores, dtype=np.float64)
+        if arr.shape != (len(actions),) or not np.all(np.isfinite(arr)):
+            raise ConfigError(f"need one finite score per action ({len(actions)}), got {arr!r}")
+        return cls(dict(zip(actions, arr.tolist())), config)
+
+    def known(self, candidates: Sequence[str]) -> int:
+        """How many of ``candidates`` this prior has a score for."""
+        return sum(a in self._scores for a in candidates)
+
+    def restrict(self, candidates: Sequence[str], fill: Optional[Prior] = None) -> "CategoricalPrior":
+        fill_map = fill.score_map if isinstance(fill, CategoricalPrior) else {}
+        floor = self.floor_score
+        own = self._scores
+        return CategoricalPrior({a: own[a] if a in own else fill_map.get(a, floor) for a in candidates},
+                                self.config)
+
+    def merge(self, newer: Prior) -> "CategoricalPrior":
+        if not isinstance(newer, CategoricalPrior):
+            raise ConfigError(f"cannot merge a {newer.kind} prior into a categorical one")
+        return CategoricalPrior({**self._scores, **newer._scores}, self.config)
+
+    def to_payload(self) -> dict[str, Any]:
+        return {"scores": {a: float(s) for a, s in self._scores.items()}}
+
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, Any], config: PriorConfig = PriorConfig()) -> "CategoricalPrior":
+        if not isinstance(payload, Mapping) or set(payload) != {"scores"}:
+            raise ConfigError("a categorical prior payload must be {scores: {action: score}}")
+        scores = payload["scores"]
+        if not isinstance(scores, Mapping) or not scores:
+            raise ConfigError("scores must be a non-empty map action → score")
+        bad = [a for a, s in scores.items() if not isinstance(a, str) or isinstance(s, bool)
+               or not isinstance(s, (int, float)) or not math.isfinite(s)]
+        if bad:
+            raise ConfigError(f"non-finite or non-numeric scores for actions {bad[:5]}")
+        return cls({a: float(s) for a, s in scores.items()}, config)

@@ -9,7 +9,9 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from priorcache.prior.action_prior import CategoricalPrior, PriorConfig
 from priorcache.prior.base import Prompt, ScoreResult
+from priorcache.prior.divergence import Audit
 
 
 def _digest(text: str) -> bytes:
@@ -83,3 +85,13 @@ def unit(v: Sequence[float], dim: int = 64) -> np.ndarray:
 def at_cosine(c: float, dim: int = 64) -> np.ndarray:
     """A unit vector whose cosine with ``unit([1])`` is ``c``."""
     return unit([c, float(np.sqrt(max(0.0, 1.0 - c * c)))], dim)
+
+
+def audit_prior(served_scores: Sequence[float], fresh_scores: Sequence[float], q_values: Optional[np.ndarray] = None,
+                alpha: float = 1.0, prior_config: PriorConfig = PriorConfig()) -> Audit:
+    """F5 between two raw score vectors on the same actions, through the categorical prior kind as the cache
+    audits it."""
+    def prior(scores: Sequence[float]) -> CategoricalPrior:
+        return CategoricalPrior.from_scores([f"a{i}" for i in range(len(scores))], np.asarray(scores), prior_config)
+
+    return prior(served_scores).divergence(prior(fresh_scores), q_values, alpha)

@@ -8,13 +8,12 @@ import threading
 import numpy as np
 import pytest
 
-from priorcache.cache.kl_audit import audit_prior
 from priorcache.cache.prior_cache import CacheConfig, PriorCache
 from priorcache.errors import BackendError, ConfigError
 from priorcache.prior.action_prior import PriorConfig, log_prior
 from priorcache.prior.base import Prompt
 
-from tests.cache._fakes import FakeBackend, HashEncoder, at_cosine, unit
+from tests.cache._fakes import audit_prior, FakeBackend, HashEncoder, at_cosine, unit
 
 GOAL = Prompt("Goal: find the key.\n", "")
 OTHER_GOAL = Prompt("Goal: eat the apple.\n", "")

@@ -14,6 +14,7 @@ import pytest
 from priorcache.cache import store
 from priorcache.cache.prior_cache import CacheConfig, CacheEntry, PriorCache
 from priorcache.errors import CacheFormatError
+from priorcache.prior.action_prior import CategoricalPrior
 from priorcache.prior.base import Prompt
 
 from tests.cache._fakes import FakeBackend, HashEncoder
@@ -191,7 +192,7 @@ def _replace_keys(keys: np.ndarray, allow_pickle: bool = False) -> Callable[[Pat
 
 def _set_score(value) -> Callable[[dict], None]:
     def edit(doc: dict) -> None:
-        first = doc["entries"][0]["scores"]
+        first = doc["entries"][0]["prior"]["payload"]["scores"]
         first[next(iter(first))] = value
     return edit
 
@@ -199,8 +200,8 @@ def _set_score(value) -> Callable[[dict], None]:
 def _nan_score(d: Path) -> None:
     text = (d / "entries.json").read_text()
     doc = json.loads(text)
-    action = next(iter(doc["entries"][0]["scores"]))
-    doc["entries"][0]["scores"][action] = float("nan")
+    action = next(iter(doc["entries"][0]["prior"]["payload"]["scores"]))
+    doc["entries"][0]["prior"]["payload"]["scores"][action] = float("nan")
     (d / "entries.json").write_text(json.dumps(doc))  # json writes a bare NaN
     _rewrite_manifest(d)
 
@@ -219,7 +220,7 @@ DAMAGE = {
     "reformatted JSON": (_edit_json("entries.json", lambda d: None, fix_manifest=False), "bytes"),
     "checksum mismatch": (_edit_json("manifest.json", lambda m: m["files"]["keys.npy"].update(sha256="0" * 64)),
                           "checksum"),
-    "wrong version in manifest": (_edit_json("manifest.json", lambda m: m.update(format_version=2)), "version 2"),
+    "wrong version in manifest": (_edit_json("manifest.json", lambda m: m.update(format_version=3)), "version 3"),
     "wrong version in entries": (_edit_json("entries.json", lambda m: m.update(format_version=99)), "version 99"),
     "foreign manifest": (_edit_json("manifest.json", lambda m: m.update(format="something-else")), "not a priorcache"),
     "NaN score": (_nan_score, "not valid JSON"),
@@ -348,7 +349,8 @@ def test_entries_are_plain_data(tmp_path: Path) -> None:
     keys = np.load(tmp_path / "c" / "keys.npy", allow_pickle=False)
     first = cache.entries()[0]
     rebuilt = CacheEntry(doc["entries"][0]["id"], doc["entries"][0]["prefix_hash"], doc["entries"][0]["state_text"],
-                         keys[0], doc["entries"][0]["scores"], doc["entries"][0]["created_step"],
+                         keys[0], CategoricalPrior.from_payload(doc["entries"][0]["prior"]["payload"]),
+                             doc["entries"][0]["created_step"],
                          doc["entries"][0]["last_used_step"], doc["entries"][0]["hit_count"])
     assert (rebuilt.id, rebuilt.state_text, rebuilt.scores, rebuilt.hit_count) == (
         first.id, first.state_text, first.scores, first.hit_count)
@@ -436,7 +438,7 @@ def test_adaptive_modes_warm_start_from_a_saved_cache(tmp_path, mode):
     again.load(tmp_path / "c")
     assert again.params() == cache.params() or mode == "adaptive"
     if mode == "adaptive":  # θ is restored; the antithetic perturbation restarts at the next window
-        assert again._meta.center == cache._meta.center
+        assert again.controller.meta.center == cache.controller.meta.center
     else:
         assert again.stats()["kl_budget"]["audits"] == cache.stats()["kl_budget"]["audits"] > 0
     # a static cache loading the same save keeps its own parameters
@@ -446,12 +448,12 @@ def test_adaptive_modes_warm_start_from_a_saved_cache(tmp_path, mode):
     assert static.params()["similarity_threshold"] == 0.92 and len(static) == len(cache)
 
 
-def test_a_damaged_adaptation_state_is_refused_and_changes_nothing(tmp_path):
+def test_a_damaged_controller_state_is_refused_and_changes_nothing(tmp_path):
     cache, fresh = _adaptive_modes_cache("kl-budget")
     cache.save(tmp_path / "c")
-    _edit_json("entries.json", lambda doc: doc["adaptation"]["kl_budget"]["audits"]["kl"].__setitem__(0, -5.0))(
+    _edit_json("entries.json", lambda doc: doc["controller"]["state"]["audits"]["kl"].__setitem__(0, -5.0))(
         tmp_path / "c")
     again = fresh()
-    with pytest.raises(CacheFormatError, match="adaptation"):
+    with pytest.raises(CacheFormatError, match="controller"):
         again.load(tmp_path / "c")
     assert len(again) == 0 and again.stats()["kl_budget"]["audits"] == 0

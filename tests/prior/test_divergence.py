@@ -1,4 +1,4 @@
-"""F5 as the cache measures it: ε, KL(π̃‖π) and the bound 2ε."""
+"""F5 as the cache measures it (categorical priors): ε, KL(π̃‖π) and the bound 2ε."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from priorcache.cache.kl_audit import Audit, audit_prior
 from priorcache.errors import ConfigError
 from priorcache.prior.action_prior import PriorConfig, log_prior
+from priorcache.prior.divergence import Audit
+from tests.cache._fakes import audit_prior
 
 
 def test_identical_scores_give_zero_error() -> None:

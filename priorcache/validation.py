@@ -1,7 +1,11 @@
-"""Checks shared by the cache's config dataclasses (CacheConfig, MetaConfig, KLBudgetConfig)."""
+"""Checks of plain values shared by every layer: numbers, integers and config mappings.
+
+It sits at the package root, below envs/ and cache/, so that every layer uses one definition.
+"""
 
 from __future__ import annotations
 
+import math
 from dataclasses import fields
 from typing import Any, Mapping, TypeVar
 
@@ -30,3 +34,13 @@ def config_from_dict(cls: type[T], data: Mapping[str, Any], what: str) -> T:
     if unknown:
         raise ConfigError(f"unknown {what} config key(s) {unknown}; known keys are {known}")
     return cls(**dict(data))
+
+
+def is_json_int(x: Any) -> bool:
+    """An integer as JSON gives it back (bools are not)."""
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def is_json_number(x: Any) -> bool:
+    """A finite JSON number (bools are not)."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
