@@ -5,8 +5,8 @@ so that 1 to 1,000 candidates and extreme Q values neither overflow nor lose the
 
 F5 (the cache's audit): with p̃ the served prior and p the fresh one on the same actions,
 ε(s) = max_a |log p̃(a|s) − log p(a|s)|, and under the same Q and α: |log Z̃ − log Z| ≤ ε(s) and
-KL(π̃‖π) ≤ 2ε(s). Why: log π̃ − log π = (log p̃ − log p) − (log Z̃ − log Z), and Z̃/Z is a
-p-weighted mean of p̃/p, so both terms are at most ε in absolute value. An audit reports ε, the
+KL(π̃‖π) ≤ 2ε(s). Why: log π̃ − log π = (log p̃ − log p) − (log Z̃ − log Z), and Z̃/Z = E_π[p̃/p] is a
+mean of ratios within e^(±ε), so both terms are at most ε in absolute value. An audit reports ε, the
 KL and the bound 2ε, so a violated bound (a bug) or a loose one (the usual KL ≪ 2ε) shows.
 
 F6 (threshold form): for unit embeddings a hit at cosine ≥ δ lies within distance √(2(1−δ)), so an
