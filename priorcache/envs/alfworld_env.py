@@ -42,13 +42,17 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-import gymnasium
-from gymnasium import spaces
-
 from priorcache.envs import alfworld_gen as gen
-from priorcache.envs.checks import check_game_seed, check_max_episode_steps, build_once
+from priorcache.envs.base import TextEnv, clean_command
+from priorcache.envs.checks import (
+    build_game_folder,
+    check_game_seed,
+    check_max_episode_steps,
+    games_root,
+    read_meta,
+)
 from priorcache.errors import ConfigError, UnknownEnvironmentError
-from priorcache.io import atomic_write_json, atomic_write_text, cache_root
+from priorcache.io import atomic_write_json, cache_root
 
 #: The six ALFWorld task types (the ``task_type`` variants), with ALFRED's name for each.
 TASK_TYPES: Mapping[str, str] = gen.TASK_TYPES
@@ -61,7 +65,6 @@ SOURCES: tuple[str, ...] = ("auto", "official", "generated")
 
 _GAME_FILE = "game.tw-pddl"
 _TRAJ_FILE = "traj_data.json"
-_META_FILE = "meta.json"
 _OFFICIAL_DIR = "json_2.1.1"
 # Bumped when the on-disk layout or the certification changes.
 _CACHE_FORMAT = 1
@@ -304,17 +307,16 @@ def game_key(task_type: str, split: str, seed: int) -> str:
 
 def _read_game(folder: Path) -> GameFiles | None:
     """Load a finished game folder, or None if it is incomplete or not ours."""
+    meta = read_meta(folder, _CACHE_FORMAT, (_GAME_FILE, _TRAJ_FILE))
+    if meta is None:
+        return None
     try:
-        meta = json.loads((folder / _META_FILE).read_text(encoding="utf-8"))
         walkthrough = tuple(str(c) for c in meta["walkthrough"])
-    except (OSError, ValueError, KeyError, TypeError):
+    except (KeyError, TypeError):
         return None
-    game_path = folder / _GAME_FILE
-    if meta.get("format") != _CACHE_FORMAT or not walkthrough:
+    if not walkthrough:
         return None
-    if not (game_path.is_file() and (folder / _TRAJ_FILE).is_file()):
-        return None
-    return GameFiles(folder, game_path, walkthrough, MappingProxyType(meta))
+    return GameFiles(folder, folder / _GAME_FILE, walkthrough, MappingProxyType(meta))
 
 
 def _generate_game(task_type: str, split: str, seed: int, folder: Path) -> dict[str, Any]:
@@ -388,15 +390,8 @@ def ensure_game(
         )
     if split not in SPLITS:
         raise ConfigError(f"unknown ALFWorld split {split!r}; choose one of {list(SPLITS)}")
-    root = Path(games_dir).expanduser() if games_dir is not None else default_games_dir()
-    final = root / "generated" / game_key(task_type, split, seed)
-
-    def build(folder: Path) -> None:
-        meta = _generate_game(task_type, split, seed, folder)
-        # meta.json last: a folder without it is never treated as a finished game.
-        atomic_write_text(folder / _META_FILE, json.dumps(meta, indent=2, sort_keys=True) + "\n")
-
-    return build_once(final, _read_game, build)
+    final = games_root(games_dir, default_games_dir) / "generated" / game_key(task_type, split, seed)
+    return build_game_folder(final, _read_game, lambda folder: _generate_game(task_type, split, seed, folder))
 
 
 # --------------------------------------------------------------------------- official games
@@ -490,12 +485,7 @@ def _official_walkthrough(game_path: Path, games_dir: Path) -> tuple[str, ...]:
 # --------------------------------------------------------------------------- the environment
 
 
-def _clean_command(action: str) -> str:
-    """One line, single spaces, lower case: ALFWorld commands are all written that way."""
-    return " ".join("".join(ch if ch.isprintable() else " " for ch in action).split()).lower()
-
-
-class ALFWorldEnv(gymnasium.Env):
+class ALFWorldEnv(TextEnv):
     """One ALFWorld game (official or generated) behind the Gymnasium API.
 
     Args:
@@ -515,7 +505,7 @@ class ALFWorldEnv(gymnasium.Env):
     ``score`` (1.0 once won), ``max_score`` (1.0), ``source`` and ``task_type``.
     """
 
-    metadata = {"render_modes": []}
+    display_name = "ALFWorld"
 
     def __init__(
         self,
@@ -527,8 +517,9 @@ class ALFWorldEnv(gymnasium.Env):
         data_dir: str | os.PathLike[str] | None = None,
         games_dir: str | os.PathLike[str] | None = None,
     ) -> None:
-        check_game_seed(game_seed)
-        check_max_episode_steps(max_episode_steps)
+        game_seed = check_game_seed(game_seed)
+        max_episode_steps = check_max_episode_steps(max_episode_steps)
+        super().__init__(action_max_length=200)
         # ALFRED's own names ("pick_and_place_simple", ...) are accepted too.
         task_type = _ALFRED_NAMES.get(task_type, task_type) if isinstance(task_type, str) else task_type
         if task_type is not None and task_type not in TASK_TYPES:
@@ -547,7 +538,7 @@ class ALFWorldEnv(gymnasium.Env):
         self.task_type: str = task_type or list(TASK_TYPES)[game_seed % len(TASK_TYPES)]
         self.max_episode_steps = max_episode_steps
         self.split = split
-        self._games_dir = Path(games_dir).expanduser() if games_dir is not None else default_games_dir()
+        self._games_dir = games_root(games_dir, default_games_dir)
 
         official = source == "official" or (source == "auto" and has_official_games(split, data_dir))
         if official:
@@ -581,16 +572,6 @@ class ALFWorldEnv(gymnasium.Env):
         self.max_score = 1.0
         self._fresh: Any = first  # the engine state right after a reset, not stepped yet
 
-        printable = "".join(chr(c) for c in range(32, 127))
-        self.observation_space = spaces.Text(
-            max_length=100_000, min_length=0, charset=printable + "\n\t"
-        )
-        self.action_space = spaces.Text(max_length=200, min_length=1, charset=printable)
-
-        self._state: Any = None
-        self._steps = 0
-        self._done = True
-
     @property
     def walkthrough(self) -> tuple[str, ...]:
         """The planner expert's plan, verified to win this game (official games: planned on
@@ -613,45 +594,29 @@ class ALFWorldEnv(gymnasium.Env):
             "task_type": self.task_type,
         }
 
-    def reset(
-        self, *, seed: int | None = None, options: dict[str, Any] | None = None
-    ) -> tuple[str, dict[str, Any]]:
+    def _reset(self) -> tuple[str, dict[str, Any]]:
         """Restart the game; return (the engine's opening text, info)."""
-        super().reset(seed=seed)
-        if self._engine is None:
-            raise ConfigError("this ALFWorldEnv is closed; create a new one")
         if self._fresh is not None:
             state, self._fresh = self._fresh, None
         else:
             with _quiet():
                 state = self._engine.reset()
-        self._state = state
-        self._steps = 0
-        self._done = False
         return state.feedback, self._info(state)
 
-    def step(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
-        """Send one command; reward 1.0 on the step that completes the task, else 0.0."""
-        if not isinstance(action, str):
-            raise TypeError(f"ALFWorld actions are strings, got {type(action).__name__}: {action!r}")
-        if self._engine is None:
-            raise ConfigError("this ALFWorldEnv is closed; create a new one")
-        if self._state is None or self._done:
-            raise ConfigError("episode is over or not started; call reset() first")
-        self._fresh = None
-        self._steps += 1
-        state, _, _ = self._engine.step(_clean_command(action))
-        info = self._info(state)
-        self._state = state
-        terminated = info["won"]
-        truncated = not terminated and self._steps >= self.max_episode_steps
-        self._done = terminated or truncated
-        return state.feedback, (1.0 if terminated else 0.0), terminated, truncated, info
+    def _parse_action(self, action: str) -> str:
+        """One line, single spaces, lower case: ALFWorld commands are all written that way."""
+        return clean_command(action).lower()
 
-    def close(self) -> None:
-        """Unload the engine; safe to call twice."""
-        if self._engine is not None:
-            _stop(self._engine)
-            self._engine = None
-            self._fresh = None
-        super().close()
+    def _step(self, command: str) -> tuple[str, float, bool, dict[str, Any]]:
+        """Send one command; reward 1.0 on the step that completes the task, else 0.0."""
+        self._fresh = None
+        state, _, _ = self._engine.step(command)
+        info = self._info(state)
+        terminated = info["won"]
+        return state.feedback, (1.0 if terminated else 0.0), terminated, info
+
+    def _release(self) -> None:
+        """Unload the engine."""
+        _stop(self._engine)
+        self._engine = None
+        self._fresh = None

@@ -41,8 +41,8 @@ from typing import Any
 
 import gymnasium
 import numpy as np
-from gymnasium import spaces
 
+from priorcache.envs.base import TextEnv
 from priorcache.envs.checks import check_game_seed, check_max_episode_steps
 from priorcache.errors import ConfigError, UnknownEnvironmentError
 
@@ -251,7 +251,7 @@ def _quiet_reset(engine: Any, seed: int) -> None:
         engine.reset(seed=seed)
 
 
-class BabyAIEnv(gymnasium.Env):
+class BabyAIEnv(TextEnv):
     """One BabyAI level instance behind the Gymnasium API, with text observations and actions.
 
     ``reset(seed=...)`` seeds ``self.np_random`` only: the level is fixed by ``game_seed`` and
@@ -263,7 +263,7 @@ class BabyAIEnv(gymnasium.Env):
     ``walkthrough`` caches them.
     """
 
-    metadata = {"render_modes": []}
+    display_name = "BabyAI"
 
     def __init__(
         self,
@@ -271,9 +271,10 @@ class BabyAIEnv(gymnasium.Env):
         game_seed: int = 0,
         max_episode_steps: int | None = None,
     ) -> None:
-        check_game_seed(game_seed)
+        game_seed = check_game_seed(game_seed)
         if max_episode_steps is not None:  # None: the level's own budget
-            check_max_episode_steps(max_episode_steps)
+            max_episode_steps = check_max_episode_steps(max_episode_steps)
+        super().__init__(action_max_length=64)
         self.level, self.env_id = resolve_level(level)
         from minigrid.envs.babyai.core import verifier
 
@@ -301,16 +302,8 @@ class BabyAIEnv(gymnasium.Env):
         self.mission: str = str(self._engine.mission)
         self.max_score = 1.0
 
-        printable = "".join(chr(c) for c in range(32, 127))
-        self.observation_space = spaces.Text(
-            max_length=100_000, min_length=0, charset=printable + "\n\t"
-        )
-        self.action_space = spaces.Text(max_length=64, min_length=1, charset=printable)
-
         self._walkthrough: tuple[str, ...] | None = None
         self._score = 0.0
-        self._steps = 0
-        self._done = True
         self._won = False
         self._lost = False
 
@@ -396,35 +389,23 @@ class BabyAIEnv(gymnasium.Env):
 
     # ------------------------------------------------------------------ gymnasium API
 
-    def reset(
-        self, *, seed: int | None = None, options: dict[str, Any] | None = None
-    ) -> tuple[str, dict[str, Any]]:
+    def _reset(self) -> tuple[str, dict[str, Any]]:
         """Regenerate the level from ``game_seed``; return (mission + view text, info)."""
-        super().reset(seed=seed)
-        if self._engine is None:
-            raise ConfigError("this BabyAIEnv is closed; create a new one")
         _quiet_reset(self._engine, self.game_seed)
         self._engine.max_steps = self._reward_horizon
         self._score = 0.0
-        self._steps = 0
-        self._done = False
         self._won = self._lost = False
         info = self._info()
         return f"Your mission: {self.mission}. {info['state_text']}", info
 
-    def step(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
-        """Play one action string; the observation is its feedback followed by the view text."""
-        if not isinstance(action, str):
-            raise TypeError(f"BabyAI actions are strings, got {type(action).__name__}: {action!r}")
-        if self._engine is None:
-            raise ConfigError("this BabyAIEnv is closed; create a new one")
-        if self._done:
-            raise ConfigError("episode is over or not started; call reset() first")
+    def _step(self, action: str) -> tuple[str, float, bool, dict[str, Any]]:
+        """Play one action string; the observation is its feedback followed by the view text.
 
+        Any string costs a step: one that is not an action is answered "Nothing happens ...".
+        """
         engine = self._engine
         command = " ".join(action.lower().split())
         command = _ALIASES.get(command, command)
-        self._steps += 1
         if command in ACTIONS:
             front = engine.grid.get(*engine.front_pos)
             is_door = front is not None and front.type == "door"
@@ -444,17 +425,13 @@ class BabyAIEnv(gymnasium.Env):
         self._won = terminated and reward > 0
         self._lost = terminated and not self._won
         self._score += reward
-        truncated = not terminated and self._steps >= self.max_episode_steps
-        self._done = terminated or truncated
         info = self._info()
-        return f"{feedback} {info['state_text']}", reward, terminated, truncated, info
+        return f"{feedback} {info['state_text']}", reward, terminated, info
 
-    def close(self) -> None:
-        """Release the minigrid level; safe to call twice."""
-        if self._engine is not None:
-            self._engine.close()
-            self._engine = None
-        super().close()
+    def _release(self) -> None:
+        """Release the minigrid level."""
+        self._engine.close()
+        self._engine = None
 
     # ------------------------------------------------------------------ oracle
 

@@ -1,4 +1,9 @@
-"""Environment registry: names to constructors, for the CLI and experiment configs (SPEC §7).
+"""Environment registry: every fact about an environment family, and ``make_env`` (SPEC §7).
+
+``ENVIRONMENTS`` is the one place that says, per family, what it is, its variants, what it needs,
+which class builds it, which constructor keyword picks a variant and which prompt template its
+prompts use; the CLI, the prompt builder (``priorcache.prior.prompts``) and the report labels
+(``priorcache.experiments.report``) read it from here.
 
 ``make_env("textworld", challenge="tw-cooking")`` and the shorthand
 ``make_env("textworld:tw-cooking")`` build the same environment. Environment modules are imported
@@ -23,23 +28,27 @@ class EnvironmentInfo(NamedTuple):
     description: str
     variants: tuple[str, ...]
     requires: str
-
-
-class _EntryPoint(NamedTuple):
-    module: str
-    attribute: str
-    # The constructor keyword that selects a variant ("textworld:tw-cooking" -> challenge=...);
-    # None for a family without variants.
+    #: ``"module:Class"`` of the environment, imported only when one is made.
+    entry_point: str
+    #: The constructor keyword that selects a variant ("textworld:tw-cooking" -> challenge=...);
+    #: None for a family without variants.
     variant_kwarg: Optional[str]
+    #: The name of the text-game prompt template (``priorcache.prior.prompts.TEXT_GAME_TEMPLATES``)
+    #: that prompts for this family use.
+    prompt_template: str
 
 
-#: name -> (one-line description, variants, what it needs).
+#: name -> what is known about that environment family.
 ENVIRONMENTS: Mapping[str, EnvironmentInfo] = MappingProxyType(
     {
         "textworld": EnvironmentInfo(
             description="TextWorld text games generated offline by seed, with admissible commands",
             variants=("tw-simple", "tw-coin_collector", "tw-treasure_hunter", "tw-cooking"),
             requires="textworld==1.7.0 (pip); games are generated on first use and cached on disk",
+            entry_point="priorcache.envs.textworld_env:TextWorldEnv",
+            variant_kwarg="challenge",
+            # The default template, chosen on TextWorld walkthroughs (see prior/prompts.py).
+            prompt_template="plain",
         ),
         "alfworld": EnvironmentInfo(
             description="ALFWorld household tasks on the real ALFWorld engine (PDDL domain, grammar, "
@@ -55,30 +64,35 @@ ENVIRONMENTS: Mapping[str, EnvironmentInfo] = MappingProxyType(
             ),
             requires="alfworld==0.4.2 and textworld[pddl] (fast-downward, compiled at install); "
             "optional $ALFWORLD_DATA with the official json/ game files",
+            entry_point="priorcache.envs.alfworld_env:ALFWorldEnv",
+            variant_kwarg="task_type",
+            prompt_template="alfworld",
         ),
         "babyai": EnvironmentInfo(
             description="BabyAI grid levels (minigrid) rendered as text: the 7x7 egocentric view and "
             "the mission; actions turn left/right, go forward, pick up, drop, toggle",
             variants=("GoToLocal", "PickupLoc", "PutNextLocal", "GoTo"),
             requires="minigrid==3.2.0 (pip); any other BabyAI-* level name also works",
+            entry_point="priorcache.envs.babyai_env:BabyAIEnv",
+            variant_kwarg="level",
+            prompt_template="babyai",
         ),
         "webshop": EnvironmentInfo(
             description="WebShop-style shopping simulator (not the original WebShop): seeded synthetic "
             "catalogue, BM25 search, search[...]/click[...] pages, WebShop's reward",
             variants=(),
             requires="rank-bm25==0.2.2 (pip); the catalogue is generated from a seed, no download",
+            entry_point="priorcache.envs.webshop_env:WebShopEnv",
+            variant_kwarg=None,
+            prompt_template="webshop",
         ),
     }
 )
 
-_ENTRY_POINTS: Mapping[str, _EntryPoint] = MappingProxyType(
-    {
-        "textworld": _EntryPoint("priorcache.envs.textworld_env", "TextWorldEnv", "challenge"),
-        "alfworld": _EntryPoint("priorcache.envs.alfworld_env", "ALFWorldEnv", "task_type"),
-        "babyai": _EntryPoint("priorcache.envs.babyai_env", "BabyAIEnv", "level"),
-        "webshop": _EntryPoint("priorcache.envs.webshop_env", "WebShopEnv", None),
-    }
-)
+
+def environment_info(name: str) -> Optional[EnvironmentInfo]:
+    """The registry entry of ``name`` (a family or ``"family:variant"``); None for an unknown family."""
+    return ENVIRONMENTS.get(name.partition(":")[0].strip())
 
 
 def _choices() -> str:
@@ -102,21 +116,20 @@ def make_env(name: str, **kwargs: Any) -> gymnasium.Env:
     family = family.strip()
     if family not in ENVIRONMENTS:
         raise UnknownEnvironmentError(f"unknown environment {family!r}; choose one of: {_choices()}")
-    entry = _ENTRY_POINTS[family]
+    info = ENVIRONMENTS[family]
     if sep:
         variant = variant.strip()
-        if entry.variant_kwarg is None:
+        if info.variant_kwarg is None:
             raise UnknownEnvironmentError(f"{family} has no variants; use {family!r} without ':{variant}'")
         if not variant:
-            raise UnknownEnvironmentError(
-                f"empty variant in {name!r}; {family} variants: {list(ENVIRONMENTS[family].variants)}"
-            )
-        given = kwargs.get(entry.variant_kwarg)
+            raise UnknownEnvironmentError(f"empty variant in {name!r}; {family} variants: {list(info.variants)}")
+        given = kwargs.get(info.variant_kwarg)
         if given is not None and given != variant:
             raise ConfigError(
-                f"{name!r} selects {entry.variant_kwarg}={variant!r} but "
-                f"{entry.variant_kwarg}={given!r} was also given"
+                f"{name!r} selects {info.variant_kwarg}={variant!r} but "
+                f"{info.variant_kwarg}={given!r} was also given"
             )
-        kwargs[entry.variant_kwarg] = variant
-    factory = getattr(importlib.import_module(entry.module), entry.attribute)
+        kwargs[info.variant_kwarg] = variant
+    module, _, attribute = info.entry_point.partition(":")
+    factory = getattr(importlib.import_module(module), attribute)
     return factory(**kwargs)

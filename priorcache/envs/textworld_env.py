@@ -24,12 +24,17 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-import gymnasium
-from gymnasium import spaces
-
-from priorcache.envs.checks import check_game_seed, check_max_episode_steps, build_once
+from priorcache.envs.base import PRINTABLE, TextEnv, clean_command
+from priorcache.envs.checks import (
+    build_game_folder,
+    check_game_seed,
+    check_max_episode_steps,
+    games_root,
+    read_meta,
+)
 from priorcache.errors import ConfigError, UnknownEnvironmentError
-from priorcache.io import atomic_write_text, cache_root
+from priorcache.io import cache_root
+from priorcache.validation import is_int
 
 #: The TextWorld challenges this environment can generate, with a one-line description each.
 CHALLENGES: Mapping[str, str] = MappingProxyType(
@@ -74,21 +79,9 @@ _META_COMMANDS = frozenset(
 )
 
 _GAME_FILE = "game.z8"
-_META_FILE = "meta.json"
 # Bumped when the on-disk layout or the way walkthroughs are chosen changes, so that old cached
 # games are not silently reused under a new meaning.
 _CACHE_FORMAT = 1
-
-
-def _clean_command(action: str) -> str:
-    """One line of plain text, as a player would type it.
-
-    The interpreter reads a newline as the end of a command (the rest becomes further commands
-    whose output the wrapper never reads, desynchronising description and inventory) and treats
-    a backslash as an escape to its own meta commands; both are replaced by spaces.
-    """
-    printable = "".join(ch if ch.isprintable() and ch != "\\" else " " for ch in action)
-    return " ".join(printable.split())
 
 
 def describe_state(
@@ -182,8 +175,10 @@ def resolve_settings(challenge: str, settings: Mapping[str, Any] | None = None) 
             ok = isinstance(value, bool)
             expected = "a bool"
         elif action.type is int:
-            ok = isinstance(value, int) and not isinstance(value, bool)
+            ok = is_int(value)
             expected = "an int"
+            if ok:
+                merged[key] = value = int(value)  # a numpy integer would not go into game_key's JSON
         else:
             ok = value is None or isinstance(value, str)
             expected = "a str"
@@ -233,17 +228,15 @@ class GameFiles:
 
 def _read_game(folder: Path) -> GameFiles | None:
     """Load a finished game folder, or None if it is incomplete or not ours."""
-    meta_path = folder / _META_FILE
     game_path = folder / _GAME_FILE
-    if not (meta_path.is_file() and game_path.is_file() and game_path.with_suffix(".json").is_file()):
+    # The compiler writes the game's description next to the story file; both are needed to play.
+    meta = read_meta(folder, _CACHE_FORMAT, (_GAME_FILE, game_path.with_suffix(".json").name))
+    if meta is None:
         return None
     try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
         walkthrough = tuple(str(c) for c in meta["walkthrough"])
         max_score = int(meta["max_score"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    if meta.get("format") != _CACHE_FORMAT:
+    except (ValueError, KeyError, TypeError):
         return None
     return GameFiles(folder, game_path, walkthrough, max_score, MappingProxyType(meta))
 
@@ -357,18 +350,13 @@ def ensure_game(
     single ``os.rename``, so an interrupted generation never leaves a game that later loads.
     """
     resolved = resolve_settings(challenge, settings)
-    root = Path(games_dir).expanduser() if games_dir is not None else default_games_dir()
-    final = root / game_key(challenge, resolved, seed)
-
-    def build(folder: Path) -> None:
-        meta = _generate_game(challenge, resolved, seed, folder)
-        # meta.json last: a folder without it is never treated as a finished game.
-        atomic_write_text(folder / _META_FILE, json.dumps(meta, indent=2, sort_keys=True) + "\n")
-
-    return build_once(final, _read_game, build)
+    final = games_root(games_dir, default_games_dir) / game_key(challenge, resolved, seed)
+    return build_game_folder(
+        final, _read_game, lambda folder: _generate_game(challenge, resolved, seed, folder)
+    )
 
 
-class TextWorldEnv(gymnasium.Env):
+class TextWorldEnv(TextEnv):
     """One generated TextWorld game behind the Gymnasium API.
 
     ``reset(seed=...)`` seeds ``self.np_random`` only: the game itself is fixed by ``game_seed``
@@ -379,7 +367,7 @@ class TextWorldEnv(gymnasium.Env):
     was verified to win when the game was generated.
     """
 
-    metadata = {"render_modes": []}
+    display_name = "TextWorld"
 
     def __init__(
         self,
@@ -389,8 +377,11 @@ class TextWorldEnv(gymnasium.Env):
         max_episode_steps: int = 50,
         games_dir: str | os.PathLike[str] | None = None,
     ) -> None:
-        check_game_seed(game_seed)
-        check_max_episode_steps(max_episode_steps)
+        game_seed = check_game_seed(game_seed)
+        max_episode_steps = check_max_episode_steps(max_episode_steps)
+        # Jericho truncates input beyond ~198 bytes, so longer samples would not be what is played;
+        # a backslash would reach the interpreter's meta commands (see _parse_action).
+        super().__init__(action_max_length=190, action_charset=PRINTABLE.replace("\\", ""))
         import textworld
 
         self.challenge = challenge
@@ -418,21 +409,8 @@ class TextWorldEnv(gymnasium.Env):
             max_score=True,
         )
         self._game: Any = _start(self.game_path, infos)
-
-        # Text spaces default to an alphanumeric charset; game text has punctuation and ASCII art.
-        printable = "".join(chr(c) for c in range(32, 127))
-        self.observation_space = spaces.Text(
-            max_length=100_000, min_length=0, charset=printable + "\n\t"
-        )
-        # Jericho truncates input beyond ~198 bytes, so longer samples would not be what is played.
-        self.action_space = spaces.Text(
-            max_length=190, min_length=1, charset=printable.replace("\\", "")
-        )
-
         self._state: Any = None
         self._score = 0
-        self._steps = 0
-        self._done = True
 
     def _info(self, state: Any) -> dict[str, Any]:
         won, lost = bool(state["won"]), bool(state["lost"])
@@ -451,35 +429,30 @@ class TextWorldEnv(gymnasium.Env):
             "max_score": int(state["max_score"]),
         }
 
-    def reset(
-        self, *, seed: int | None = None, options: dict[str, Any] | None = None
-    ) -> tuple[str, dict[str, Any]]:
-        """Start a new episode from the game's initial state; return (feedback, info)."""
-        super().reset(seed=seed)
-        if self._game is None:
-            raise ConfigError("this TextWorldEnv is closed; create a new one")
+    def _reset(self) -> tuple[str, dict[str, Any]]:
+        """Start from the game's initial state; return (feedback, info)."""
         state = self._game.reset()
         self._state = state
         self._score = int(state["score"])
-        self._steps = 0
-        self._done = False
         return state.feedback, self._info(state)
 
-    def step(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
-        """Send one command; reward is this step's score change, not the running total."""
-        if not isinstance(action, str):
-            raise TypeError(f"TextWorld actions are strings, got {type(action).__name__}: {action!r}")
-        command = _clean_command(action)
+    def _parse_action(self, action: str) -> str:
+        """The command as a player would type it, on one line.
+
+        The interpreter reads a newline as the end of a command (the rest becomes further commands
+        whose output the wrapper never reads, desynchronising description and inventory) and treats
+        a backslash as an escape to its own meta commands; both become spaces. An action with
+        nothing left is refused before anything else is checked.
+        """
+        command = clean_command(action, drop="\\")
         if not command:
             raise ConfigError(
                 f"empty TextWorld action {action!r}; send a command such as 'look' or 'go north'"
             )
-        if self._game is None:
-            raise ConfigError("this TextWorldEnv is closed; create a new one")
-        if self._state is None or self._done:
-            raise ConfigError("episode is over or not started; call reset() first")
+        return command
 
-        self._steps += 1
+    def _step(self, command: str) -> tuple[str, float, bool, dict[str, Any]]:
+        """Send one command; reward is this step's score change, not the running total."""
         if command.split()[0].lower() in _META_COMMANDS:
             state = self._state
             feedback = (
@@ -495,13 +468,9 @@ class TextWorldEnv(gymnasium.Env):
         self._score = info["score"]
         self._state = state
         terminated = bool(done or info["won"] or info["lost"])
-        truncated = not terminated and self._steps >= self.max_episode_steps
-        self._done = terminated or truncated
-        return feedback, reward, terminated, truncated, info
+        return feedback, reward, terminated, info
 
-    def close(self) -> None:
-        """Stop the game interpreter; safe to call twice."""
-        if self._game is not None:
-            self._game.close()
-            self._game = None
-        super().close()
+    def _release(self) -> None:
+        """Stop the game interpreter."""
+        self._game.close()
+        self._game = None

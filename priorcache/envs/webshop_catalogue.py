@@ -25,8 +25,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from types import MappingProxyType
+from typing import Any
 
 from priorcache.errors import ConfigError
+from priorcache.validation import is_int
 
 #: WebShop shows the top 50 search results, 10 per page.
 MAX_RESULTS = 50
@@ -331,13 +333,12 @@ class Catalogue:
         return result
 
 
-def _check_int(name: str, value: object, low: int, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low or (
-        high is not None and value > high
-    ):
+def _check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
+    if not is_int(value) or value < low or (high is not None and value > high):
         bound = f"between {low} and {high}" if high is not None else f">= {low}"
         raise ConfigError(f"{name} must be an int {bound}, got {value!r}")
-    return value
+    # A plain int whatever integer type came in (a numpy one from a config, say).
+    return int(value)
 
 
 @lru_cache(maxsize=8)
@@ -352,6 +353,6 @@ def get_catalogue(seed: int = 0, size: int = 400) -> Catalogue:
         ConfigError: ``seed`` not a non-negative int or ``size`` outside
             [``MIN_CATALOGUE_SIZE``, ``MAX_CATALOGUE_SIZE``].
     """
-    _check_int("catalogue_seed", seed, 0)
-    _check_int("catalogue_size", size, MIN_CATALOGUE_SIZE, MAX_CATALOGUE_SIZE)
+    seed = _check_int("catalogue_seed", seed, 0)
+    size = _check_int("catalogue_size", size, MIN_CATALOGUE_SIZE, MAX_CATALOGUE_SIZE)
     return _cached(seed, size)

@@ -64,9 +64,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-import gymnasium
-from gymnasium import spaces
-
+from priorcache.envs.base import PRINTABLE, TextEnv
 from priorcache.envs.webshop_catalogue import (
     RESULTS_PER_PAGE,
     Catalogue,
@@ -344,7 +342,7 @@ def _ascii(text: str) -> str:
     return "".join(c if 32 <= ord(c) < 127 else " " for c in text)
 
 
-class WebShopEnv(gymnasium.Env):
+class WebShopEnv(TextEnv):
     """One WebShop-style shopping instruction on a synthetic catalogue (see the module docstring).
 
     ``reset(seed=...)`` seeds ``self.np_random`` only; ``game_seed`` fixes the instruction, and
@@ -356,7 +354,7 @@ class WebShopEnv(gymnasium.Env):
     ``oracle_action()`` gives a perfect next action from whatever page the episode is on.
     """
 
-    metadata = {"render_modes": []}
+    display_name = "WebShop"
 
     def __init__(
         self,
@@ -365,8 +363,11 @@ class WebShopEnv(gymnasium.Env):
         catalogue_seed: int = 0,
         catalogue_size: int = 400,
     ) -> None:
-        check_game_seed(game_seed)
-        check_max_episode_steps(max_episode_steps)
+        game_seed = check_game_seed(game_seed)
+        max_episode_steps = check_max_episode_steps(max_episode_steps)
+        # An observation is a feedback line and a page line, never a tab; a query is cut at
+        # MAX_QUERY_CHARS, so a longer action would not be what is played.
+        super().__init__(action_max_length=MAX_QUERY_CHARS, observation_charset=PRINTABLE + "\n")
         self.catalogue: Catalogue = get_catalogue(catalogue_seed, catalogue_size)
         self.game_seed = game_seed
         self.max_episode_steps = max_episode_steps
@@ -388,15 +389,8 @@ class WebShopEnv(gymnasium.Env):
         #: Actions verified to buy a perfect product from the search page.
         self.walkthrough: tuple[str, ...] = plan
 
-        printable = "".join(chr(c) for c in range(32, 127))
-        self.observation_space = spaces.Text(max_length=100_000, min_length=0, charset=printable + "\n")
-        self.action_space = spaces.Text(max_length=MAX_QUERY_CHARS, min_length=1, charset=printable)
-
         self._view = _View()
-        self._steps = 0
         self._score = 0.0
-        self._done = True
-        self._closed = False
 
     # ----------------------------------------------------------------------- page rendering
 
@@ -557,36 +551,23 @@ class WebShopEnv(gymnasium.Env):
             info["purchased"] = product.item_id
         return info
 
-    def reset(
-        self, *, seed: int | None = None, options: dict[str, Any] | None = None
-    ) -> tuple[str, dict[str, Any]]:
-        """Start a new episode on the search page; return (observation, info)."""
-        super().reset(seed=seed)
-        if self._closed:
-            raise ConfigError("this WebShopEnv is closed; create a new one")
+    def _reset(self) -> tuple[str, dict[str, Any]]:
+        """Start on the search page; return (observation, info)."""
         self._view = _View()
-        self._steps = 0
         self._score = 0.0
-        self._done = False
         return self._observation(self._view, None), self._info(self._view)
 
-    def step(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
-        """Apply one ``search[...]``/``click[...]`` action; reward is paid on ``click[buy now]``."""
-        if not isinstance(action, str):
-            raise TypeError(f"WebShop actions are strings, got {type(action).__name__}: {action!r}")
-        if self._closed:
-            raise ConfigError("this WebShopEnv is closed; create a new one")
-        if self._done:
-            raise ConfigError("episode is over or not started; call reset() first")
-        self._steps += 1
+    def _step(self, action: str) -> tuple[str, float, bool, dict[str, Any]]:
+        """Apply one ``search[...]``/``click[...]`` action; reward is paid on ``click[buy now]``.
+
+        A malformed action leaves the page as it is and the observation says what was wrong.
+        """
         view, feedback = self._transition(self._view, action)
         self._view = view
         terminated = view.page == DONE
         reward = view.reward if terminated else 0.0
         self._score += reward
-        truncated = not terminated and self._steps >= self.max_episode_steps
-        self._done = terminated or truncated
-        return self._observation(view, feedback), reward, terminated, truncated, self._info(view)
+        return self._observation(view, feedback), reward, terminated, self._info(view)
 
     def oracle_action(self, info: Mapping[str, Any] | None = None) -> str:
         """A next action on the way to a perfect purchase from the current page.
@@ -626,8 +607,3 @@ class WebShopEnv(gymnasium.Env):
         if found is None:
             found = self._perfect[product.item_id] = is_perfect(self.goal, product)
         return found
-
-    def close(self) -> None:
-        """Nothing to release; marks the environment closed. Safe to call twice."""
-        self._closed = True
-        super().close()

@@ -27,6 +27,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from priorcache.envs.registry import environment_info
 from priorcache.errors import ConfigError
 from priorcache.experiments.metrics import summarise
 from priorcache.io import atomic_write_json, atomic_write_text
@@ -35,8 +36,6 @@ from priorcache.io import atomic_write_json, atomic_write_text
 REFERENCE_METHOD = "dqn-prior-uncached"
 _METHOD_ORDER = ["direct-llm", "react", "dqn", REFERENCE_METHOD, "dqn-prior-static", "dqn-prior-adaptive",
                  "dqn-prior-kl-budget-0.01", "dqn-prior-kl-budget-0.05", "dqn-prior-kl-budget-0.2"]
-# The variant keyword of each environment family, to label e.g. "textworld:tw-simple".
-_VARIANT_KEYS = ("challenge", "task_type", "level")
 
 
 def method_label(agent: str, cache_mode: str, kl_target: Optional[float] = None) -> str:
@@ -58,9 +57,12 @@ class RunFolder:
 
     @property
     def env_label(self) -> str:
+        """The environment with its variant, "textworld:tw-simple", whether the run named the variant
+        in ``env`` or through the family's variant keyword (the registry's) in ``env_kwargs``."""
         kwargs = self.config.get("env_kwargs") or {}
-        variant = next((kwargs[k] for k in _VARIANT_KEYS if kwargs.get(k)), None)
         env = self.config["env"]
+        info = environment_info(env)
+        variant = kwargs.get(info.variant_kwarg) if info is not None and info.variant_kwarg else None
         return f"{env}:{variant}" if variant and ":" not in env else env
 
     @property

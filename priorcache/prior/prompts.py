@@ -1,5 +1,8 @@
 """Prompt templates per environment family, split per F9 into an episode-constant prefix and a state part.
 
+Which template a family uses is a fact of the environment registry
+(``priorcache.envs.registry.ENVIRONMENTS[...].prompt_template``); the templates themselves live here.
+
 The candidate action is scored as the continuation right after the state part, with a leading
 space, so every template's state part ends in a cue (``Command:``) that the action completes.
 The state part depends on the state text alone: the prior cache serves a prior by state text,
@@ -14,6 +17,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Callable, Mapping, Sequence
 
+from priorcache.envs.registry import environment_info
 from priorcache.errors import ConfigError
 from priorcache.prior.base import Prompt
 
@@ -87,11 +91,8 @@ TEXT_GAME_TEMPLATES: Mapping[str, TextGameTemplate] = MappingProxyType(
 # ranked first among the admissible commands 34 % of the time with "plain" (MRR 0.52) against
 # 28 % with "chat" (MRR 0.47); uniform guessing gives 13 %. Three other variants (a game
 # transcript with a ">" cue, chat markup without or with SmolLM2's default system turn) did
-# no better than "plain".
+# no better than "plain". Environments outside the registry get it too.
 DEFAULT_TEXT_GAME_TEMPLATE = "plain"
-
-#: The template each environment family's prompts use (families not listed use the default).
-ENV_TEMPLATES: Mapping[str, str] = MappingProxyType({"alfworld": "alfworld", "babyai": "babyai", "webshop": "webshop"})
 
 
 def _one_line(text: str) -> str:
@@ -112,7 +113,9 @@ def text_game_prompt(
     try:
         chosen = TEXT_GAME_TEMPLATES[template]
     except KeyError:
-        raise ConfigError(f"unknown text-game prompt template {template!r}; choose one of {sorted(TEXT_GAME_TEMPLATES)}") from None
+        raise ConfigError(
+            f"unknown text-game prompt template {template!r}; choose one of {sorted(TEXT_GAME_TEMPLATES)}"
+        ) from None
     block = "".join(chosen.example.format(state=_one_line(s), action=_one_line(a)) for s, a in examples)
     prefix = chosen.prefix.format(objective=_one_line(objective), examples=block)
     return Prompt(prefix=prefix, state=chosen.state.format(state=_one_line(state_text)))
@@ -120,8 +123,10 @@ def text_game_prompt(
 
 def prompt_builder(env: str, examples: Sequence[tuple[str, str]] = ()) -> Callable[[str, str], Prompt]:
     """The ``(objective, state_text) -> Prompt`` function for environment ``env`` (a registry name,
-    ``family:variant`` allowed), with optional few-shot ``examples``."""
-    template = ENV_TEMPLATES.get(env.partition(":")[0].strip(), DEFAULT_TEXT_GAME_TEMPLATE)
+    ``family:variant`` allowed), with optional few-shot ``examples``; the template is the one the
+    registry names for the family (the default for a name it does not know)."""
+    info = environment_info(env)
+    template = info.prompt_template if info is not None else DEFAULT_TEXT_GAME_TEMPLATE
     return functools.partial(_build, template=template, examples=tuple(examples))
 
 

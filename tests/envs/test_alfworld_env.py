@@ -3,7 +3,8 @@
 Games are generated and certified once per test session into a pytest temp folder (never the
 user's cache). No mocks of the engine: the planner expert plans, the engine plays. Tests that
 need the engine are marked ``slow``; generator invariants, φ(s) formatting and argument errors run
-without it.
+without it. The contract every environment keeps (info keys, step guards, truncation, spaces,
+seeding, game_seed/max_episode_steps checks, registry shorthand) is tested in test_contract.py.
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ SEEDS = (0, 1)
 
 
 @pytest.fixture(scope="session")
-def games_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("alfworld_games")
+def games_dir(alfworld_games_dir: Path) -> Path:
+    return alfworld_games_dir
 
 
 @pytest.fixture(scope="session")
@@ -153,9 +154,6 @@ def test_bad_actions_get_engine_feedback_and_cost_a_step(games_dir: Path, genera
         assert obs.startswith("You arrive at") and info["state_text"] != start
         _, _, terminated, truncated, _ = env.step("xyzzy")
         assert truncated and not terminated  # 8 steps used
-        with pytest.raises(TypeError, match="str"):
-            env.reset()
-            env.step(3)  # type: ignore[arg-type]
     finally:
         env.close()
 
@@ -243,18 +241,6 @@ def test_random_admissible_play_is_fast_and_never_crashes(games_dir: Path, gener
         assert rate >= 5, f"{rate:.1f} steps/s"  # ~30/s on an idle core; loose for shared CI
     finally:
         env.close()
-
-
-@pytest.mark.slow
-def test_spaces_and_close(games_dir: Path, generated) -> None:
-    from gymnasium.utils.env_checker import check_env
-
-    env = _make("pick_and_place", games_dir)
-    check_env(env, skip_render_check=True)  # also steps with random strings
-    env.close()
-    env.close()  # idempotent
-    with pytest.raises(ConfigError, match="closed"):
-        env.reset()
 
 
 @pytest.mark.slow
@@ -484,12 +470,6 @@ def test_describe_state_formats_like_the_engine() -> None:
 
 
 def test_bad_constructor_arguments(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="game_seed"):
-        ALFWorldEnv("pick_and_place", game_seed=-1, games_dir=tmp_path)
-    with pytest.raises(ConfigError, match="game_seed"):
-        ALFWorldEnv("pick_and_place", game_seed=True, games_dir=tmp_path)  # type: ignore[arg-type]
-    with pytest.raises(ConfigError, match="max_episode_steps"):
-        ALFWorldEnv("pick_and_place", max_episode_steps=0, games_dir=tmp_path)
     with pytest.raises(UnknownEnvironmentError, match="pick_two_obj_and_place") as err:
         ALFWorldEnv("pick_and_toss", games_dir=tmp_path)
     assert "pick_and_toss" in str(err.value)
@@ -507,17 +487,14 @@ def test_bad_constructor_arguments(tmp_path: Path) -> None:
 
 def test_registry_lists_the_six_task_types() -> None:
     assert set(ENVIRONMENTS["alfworld"].variants) == set(TASK_TYPES)
-    with pytest.raises(UnknownEnvironmentError, match="pick_heat_then_place"):
-        make_env("alfworld:pick_and_toss")
 
 
 @pytest.mark.slow
-def test_registry_shorthand_builds_the_same_game(games_dir: Path, generated) -> None:
-    a = make_env("alfworld:pick_cool_then_place", games_dir=games_dir, source="generated")
-    b = make_env("alfworld", task_type="pick_cool_then_place", games_dir=games_dir, source="generated")
+def test_registry_shorthand_takes_alfred_names(games_dir: Path, generated) -> None:
+    # ALFRED's own task names work in the shorthand too, and name the same certified game
+    env = make_env("alfworld:pick_cool_then_place_in_recep", games_dir=games_dir, source="generated")
     try:
-        assert isinstance(a, ALFWorldEnv)
-        assert a.game_path == b.game_path == generated[("pick_cool_then_place", 0)].game_path
+        assert isinstance(env, ALFWorldEnv) and env.task_type == "pick_cool_then_place"
+        assert env.game_path == generated[("pick_cool_then_place", 0)].game_path
     finally:
-        a.close()
-        b.close()
+        env.close()

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import pytest
 
+from priorcache.envs.registry import ENVIRONMENTS
 from priorcache.errors import BackendError, ConfigError
-from priorcache.prior.prompts import DEFAULT_TEXT_GAME_TEMPLATE, TEXT_GAME_TEMPLATES, text_game_prompt
+from priorcache.prior.prompts import (
+    DEFAULT_TEXT_GAME_TEMPLATE,
+    TEXT_GAME_TEMPLATES,
+    prompt_builder,
+    text_game_prompt,
+)
 from priorcache.prior.registry import BACKENDS, make_backend
 
 
@@ -28,6 +34,23 @@ def test_default_template_and_unknown_template():
     assert text_game_prompt("g", "s") == text_game_prompt("g", "s", template=DEFAULT_TEXT_GAME_TEMPLATE)
     with pytest.raises(ConfigError, match="plain"):
         text_game_prompt("g", "s", template="nope")
+
+
+@pytest.mark.parametrize("family", sorted(ENVIRONMENTS))
+def test_prompt_builder_uses_the_template_the_registry_names(family):
+    template = ENVIRONMENTS[family].prompt_template
+    assert template in TEXT_GAME_TEMPLATES
+    expected = text_game_prompt("Win.", "A room.", template=template, examples=[("A hall.", "go north")])
+    for name in [family, f"{family}:some-variant", f" {family} "]:
+        assert prompt_builder(name, examples=[("A hall.", "go north")])("Win.", "A room.") == expected
+
+
+def test_families_use_their_own_templates_and_unknown_names_the_default():
+    assert ENVIRONMENTS["textworld"].prompt_template == DEFAULT_TEXT_GAME_TEMPLATE
+    assert {ENVIRONMENTS[f].prompt_template for f in ("alfworld", "babyai", "webshop")} == {
+        "alfworld", "babyai", "webshop"
+    }
+    assert prompt_builder("no-such-env")("g", "s") == text_game_prompt("g", "s")
 
 
 def test_braces_in_game_text_are_kept_verbatim():
