@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from priorcache.cache.encoder import MiniLMEncoder
-from priorcache.cache.prior_cache import CacheConfig
+from priorcache.cache.config import CacheConfig
 from priorcache.experiments.metrics import compare
 from priorcache.experiments.runner import RunConfig, run_experiment
 from priorcache.io import atomic_write_json

@@ -19,8 +19,6 @@ import csv
 import io
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -30,7 +28,7 @@ import numpy as np
 from priorcache.envs.registry import environment_info
 from priorcache.errors import ConfigError
 from priorcache.experiments.metrics import summarise
-from priorcache.io import atomic_write_json, atomic_write_text
+from priorcache.io import atomic_path, atomic_write_json, atomic_write_text
 
 #: Method label of (agent, cache mode); the uncached DQN-Prior is the 100 % reference.
 REFERENCE_METHOD = "dqn-prior-uncached"
@@ -270,14 +268,8 @@ def render_csv(rows: list[dict[str, Any]]) -> str:
 
 
 def _save_figure(fig: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=120, bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def plot(rows: list[dict[str, Any]], out: Path) -> list[Path]:
