@@ -1,4 +1,4 @@
-"""Scoring speed of the embedded LLM backend (SPEC F3, F9).
+"""Scoring speed of the embedded LLM backend (F3, F9, docs/design.md §2).
 
 (1) Ten candidate actions on a ~90-token text-game prompt, scored the F3 way (context run once,
     its KV cache reused by all ten continuations; the episode prefix's KV kept across calls per

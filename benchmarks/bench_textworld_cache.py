@@ -1,4 +1,4 @@
-"""Cached vs. uncached DQN-Prior on TextWorld, side by side in one process (SPEC §1 targets).
+"""Cached vs. uncached DQN-Prior on TextWorld, side by side in one process (the paper's targets, docs/design.md).
 
 Runs the same seeds twice — cache ``static`` (default parameters) and cache ``none`` — sharing the
 loaded LLM and encoder, then reports LLM-query reduction ×, decision-latency p50 ratio and

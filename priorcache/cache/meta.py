@@ -1,4 +1,4 @@
-"""The meta-optimiser of the ``adaptive`` cache mode (SPEC §4): θ = (log K, logit δ, logit r) by Adam.
+"""The meta-optimiser of the ``adaptive`` cache mode (docs/design.md §3): θ = (log K, logit δ, logit r) by Adam.
 
 Every ``update_every`` lookups closes a window. Over it the cache has recorded, per lookup, the
 similarity of the nearest same-prompt entry and whether that entry knew enough candidates to be
@@ -8,7 +8,7 @@ KL(π̃‖π); from the agent, the rewards and the TD errors of hit vs. miss tra
     J(θ) = R̂ − λ_q·q − λ_κ·(1 + g_TD)·κ
 
 with R̂ the return per step (normalised by its spread across windows), q the LLM queries per lookup,
-κ the expected KL per lookup of the served priors (SPEC F5 "under state visitation"), and g_TD ≥ 0
+κ the expected KL per lookup of the served priors (F5 "under state visitation"), and g_TD ≥ 0
 the excess TD error of transitions that acted on a cached prior over those that acted on a fresh
 one (our design: when cached priors make the critic's targets worse, their KL is costlier).
 

@@ -1,1 +1,1 @@
-"""Environments (Gymnasium-style) and their state describers φ(s) (SPEC §7)."""
+"""Environments (Gymnasium-style) and their state describers φ(s) (docs/design.md §5)."""

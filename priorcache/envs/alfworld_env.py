@@ -1,4 +1,4 @@
-"""ALFWorld household tasks as Gymnasium environments on the real ALFWorld engine (SPEC §7).
+"""ALFWorld household tasks as Gymnasium environments on the real ALFWorld engine (docs/design.md §5).
 
 The engine is ALFWorld's text engine: the ALFRED PDDL domain and grammar shipped in the
 ``alfworld`` wheel (``alfworld/data/alfred.pddl``, ``alfred.twl2``), played by TextWorld's PDDL

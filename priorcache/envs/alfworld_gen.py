@@ -1,4 +1,4 @@
-"""Offline generator of ALFWorld problems for the real ALFWorld engine (SPEC §7).
+"""Offline generator of ALFWorld problems for the real ALFWorld engine (docs/design.md §5).
 
 The official ALFWorld games need a download. This module writes new ones in the same format: a
 JSON game file with the ALFRED PDDL domain and grammar shipped in the ``alfworld`` wheel and a

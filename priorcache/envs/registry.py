@@ -1,4 +1,4 @@
-"""Environment registry: every fact about an environment family, and ``make_env`` (SPEC §7).
+"""Environment registry: every fact about an environment family, and ``make_env`` (docs/design.md §5).
 
 ``ENVIRONMENTS`` is the one place that says, per family, what it is, its variants, what it needs,
 which class builds it, which constructor keyword picks a variant and which prompt template its

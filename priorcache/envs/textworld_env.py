@@ -1,4 +1,4 @@
-"""TextWorld games as Gymnasium environments with a Markov state text φ(s) (SPEC §7).
+"""TextWorld games as Gymnasium environments with a Markov state text φ(s) (docs/design.md §5).
 
 Games come from TextWorld's built-in challenges (``tw-simple``, ``tw-coin_collector``,
 ``tw-treasure_hunter``, ``tw-cooking``), are generated offline from (challenge, settings, seed)

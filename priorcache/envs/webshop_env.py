@@ -1,4 +1,4 @@
-"""A WebShop-style shopping simulator as a Gymnasium environment (SPEC §7).
+"""A WebShop-style shopping simulator as a Gymnasium environment (docs/design.md §5).
 
 This is *not* the original WebShop (Yao et al., 2022): its 1.18 M-product catalogue and search
 index need downloads that are not available offline, and no usable offline package exists. It

@@ -1,1 +1,1 @@
-"""Run loop, metrics and reports (SPEC §8)."""
+"""Run loop, metrics and reports (docs/design.md §1)."""

@@ -1,5 +1,5 @@
 """The KL report of one run: does F5 hold on every audit, how ε grows with distance (F6), and what
-KL the cache costs per decision under the run's own state visitation (SPEC §3 F5/F6, §8).
+KL the cache costs per decision under the run's own state visitation (F5/F6, docs/design.md §2).
 
 Input: a run folder (``config.json`` + ``metrics.jsonl``). Every episode line lists its audits in
 ``audit_records``: refresh audits of hits the cache would have served (kind ``exact``/``similar``,
@@ -309,7 +309,7 @@ def render_markdown(s: dict[str, Any]) -> str:
     lines += [f"| {name} | {value} |" for name, value in rows]
     lines += [
         "",
-        "F5 (SPEC §3): for the cached prior p̃ and the fresh one p, ε = max_a |log p̃ − log p| and "
+        "F5 (docs/design.md §2): for the cached prior p̃ and the fresh one p, ε = max_a |log p̃ − log p| and "
         "KL(π̃‖π) ≤ 2ε; every audit is checked. Served audits are refresh draws on hits (probability r, "
         "weight 1/r); shadow audits measure what the nearest entry would have served on a near-miss and "
         "were never served.",

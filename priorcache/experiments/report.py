@@ -1,4 +1,4 @@
-"""The paper-style results table (markdown + CSV) and plots (PNG) from saved runs (SPEC §8).
+"""The paper-style results table (markdown + CSV) and plots (PNG) from saved runs (docs/design.md §1).
 
 A run folder is any folder holding ``config.json`` and ``metrics.jsonl`` (what ``priorcache run``
 and ``priorcache bench text`` write). Runs are grouped by environment and method (agent and cache
@@ -140,7 +140,7 @@ def aggregate(runs: list[RunFolder]) -> list[dict[str, Any]]:
             "audit_kl_max": summary["audit_kl"]["max"] if summary["audit_kl"] else None,
             "final_threshold": _mean_final(members, "similarity_threshold"),
             "final_refresh_rate": _mean_final(members, "refresh_rate"),
-            # SPEC §4: the adaptive modes' own work (meta-optimiser, KL budget, shadow audits)
+            # docs/design.md §3: the adaptive modes' own work (meta-optimiser, KL budget, shadow audits)
             "adaptation_share": (summary["adaptation_time_s"] / summary["wall_time_s"]
                                  if members[0].config["cache"]["mode"] in ("adaptive", "kl-budget")
                                  and summary["wall_time_s"] > 0 else None),
@@ -327,7 +327,7 @@ def plot(rows: list[dict[str, Any]], out: Path) -> list[Path]:
     return written
 
 
-#: The cache parameters of SPEC §4 as (key in cache_params / meta_updates, axis label).
+#: The cache parameters of docs/design.md §3 as (key in cache_params / meta_updates, axis label).
 _CACHE_PARAMS = [("capacity", "capacity K"), ("similarity_threshold", "similarity threshold δ"),
                  ("refresh_rate", "refresh rate r")]
 

@@ -1,1 +1,1 @@
-"""LLM backends and the action priors they give (SPEC §3 F3, F9; §5)."""
+"""LLM backends and the action priors they give (F3, F9; docs/design.md §2)."""

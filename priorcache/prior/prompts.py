@@ -108,7 +108,7 @@ def text_game_prompt(
     examples: Sequence[tuple[str, str]] = (),
 ) -> Prompt:
     """The F3/F9 prompt for a text game: ``objective`` (and optional few-shot ``examples``, pairs of
-    state text and the action taken there; SPEC F8) go into the prefix, ``state_text`` alone into
+    state text and the action taken there; F8) go into the prefix, ``state_text`` alone into
     the state part, which ends in the cue the scored action completes."""
     try:
         chosen = TEXT_GAME_TEMPLATES[template]
