@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.priorcache-installed
 
-.PHONY: install run test test-fast bench
+.PHONY: install run lint test test-fast bench
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -24,7 +24,13 @@ install: $(STAMP)
 run: install
 	$(VENV)/bin/priorcache run textworld
 
-test: install
+# Lint and format check only: `ruff check --fix` / `ruff format` rewrite files, so they are run by hand.
+LINT_PATHS := priorcache tests benchmarks
+
+lint: install
+	$(VENV)/bin/ruff check $(LINT_PATHS) && $(VENV)/bin/ruff format --check $(LINT_PATHS)
+
+test: install lint
 	$(PY) -m pytest -q tests
 
 test-fast: install

