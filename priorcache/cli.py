@@ -10,13 +10,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from priorcache.agents import AGENTS
 from priorcache.cache.prior_cache import CacheConfig
 from priorcache.errors import ConfigError, PriorCacheError
 from priorcache.experiments.metrics import compare as compare_summaries
 from priorcache.envs.registry import ENVIRONMENTS
 from priorcache.experiments.bench import METHODS, QUICK, TEXT_ENVS, BenchConfig, run_bench
 from priorcache.experiments.report import write_report
-from priorcache.experiments.runner import AGENTS, RunConfig, load_summary, run_experiment
+from priorcache.experiments.runner import RunConfig, load_summary, run_experiment
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="RL with LLM action priors served through an adaptive semantic cache.")

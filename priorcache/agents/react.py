@@ -9,8 +9,10 @@ text encoder (an exact match, ignoring case and spacing, wins outright).
 
 A decision's generations are counted as one LLM call; their wall time and tokens are summed.
 Earlier states are not repeated in the prompt (only the actions are): with TextWorld's long room
-descriptions three earlier states made the prompt ~870 tokens and a step ~12 s here. No learning, no prior cache: ReAct is the prompting baseline the paper compares
-against. Needs a backend with ``generate`` (the embedded and transformers backends have it).
+descriptions three earlier states made the prompt ~870 tokens and a step ~12 s here. No learning, no
+prior cache: ReAct is the prompting baseline the paper compares against. Needs a backend with
+``generate`` (the embedded and transformers backends have it). It implements the
+:class:`~priorcache.agents.base.Agent` interface like every other agent.
 """
 
 from __future__ import annotations
@@ -18,14 +20,16 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from priorcache.agents.dqn_prior import Decision
-from priorcache.cache.encoder import Encoder
+from priorcache.agents.base import Agent, Decision
 from priorcache.errors import ConfigError
 from priorcache.prior.action_prior import check_candidates
+
+if TYPE_CHECKING:
+    from priorcache.cache.encoder import Encoder
 
 
 @dataclass
@@ -55,17 +59,24 @@ def _normalise(text: str) -> str:
     return " ".join(text.lower().split())
 
 
-class ReActAgent:
-    """Same ``begin_episode``/``act``/``observe`` interface as :class:`DQNPriorAgent`."""
+class ReActAgent(Agent):
+    """The ReAct baseline; ``seed`` is taken for a uniform constructor (greedy generation draws nothing)."""
 
-    def __init__(self, backend: Any, encoder: Encoder, config: ReActConfig | None = None) -> None:
+    name = "react"
+    config_class = ReActConfig
+    components = ("backend", "encoder")
+    deterministic = True
+
+    def __init__(self, backend: Any, encoder: Encoder, config: ReActConfig | None = None, seed: int = 0) -> None:
         if not callable(getattr(backend, "generate", None)):
             raise ConfigError(
-                f"the ReAct baseline needs a backend that can generate text; {getattr(backend, 'name', backend)!r} cannot"
+                "the ReAct baseline needs a backend that can generate text; "
+                f"{getattr(backend, 'name', backend)!r} cannot"
             )
         self.backend = backend
         self.encoder = encoder
         self.config = config or ReActConfig()
+        self.seed = seed
         self.train_time_s = 0.0  # ReAct does not learn
         self._objective = ""
         self._history: deque[str] = deque(maxlen=self.config.history_steps)
@@ -85,28 +96,43 @@ class ReActAgent:
         lines.append(f"State: {' '.join(state_text.split())}\nThought:")
         return "".join(lines)
 
-    def act(self, state_text: str, candidates: list[str]) -> Decision:
-        start = time.perf_counter()
-        candidates = check_candidates(candidates)
+    def _think(self, state_text: str, candidates: list[str]) -> tuple[str, str, str, dict[str, float]]:
+        """(action, thought, written action, LLM cost) for the state, changing nothing."""
         prompt = self.prompt(state_text, candidates)
-        calls = [self.backend.generate(prompt, max_new_tokens=self.config.thought_tokens,
-                                       stop=("\n\n", "\nState:", "\nThought:"))]
+        calls = [
+            self.backend.generate(
+                prompt, max_new_tokens=self.config.thought_tokens, stop=("\n\n", "\nState:", "\nThought:")
+            )
+        ]
         thought, marker, written = calls[0].text.partition("\nAction:")
         if not marker:
             thought = thought.split("\n", 1)[0]
-            calls.append(self.backend.generate(prompt + thought + "\nAction:",
-                                               max_new_tokens=self.config.action_tokens, stop=("\n",)))
+            calls.append(
+                self.backend.generate(
+                    prompt + thought + "\nAction:", max_new_tokens=self.config.action_tokens, stop=("\n",)
+                )
+            )
             written = calls[1].text
-        self.last_thought, self.last_written_action = thought.strip(), written.split("\n", 1)[0].strip()
-        action = self.nearest_action(self.last_written_action, candidates)
-        self._history.append(action)
+        written = written.split("\n", 1)[0].strip()
         cost = {
             "llm_calls": 1,
             "llm_time_s": sum(c.wall_time_s for c in calls),
             "prompt_tokens": sum(c.prompt_tokens for c in calls),
             "continuation_tokens": sum(c.new_tokens for c in calls),
         }
+        return self.nearest_action(written, candidates), thought.strip(), written, cost
+
+    def act(self, state_text: str, candidates: list[str]) -> Decision:
+        start = time.perf_counter()
+        candidates = check_candidates(candidates)
+        action, self.last_thought, self.last_written_action, cost = self._think(state_text, candidates)
+        self._history.append(action)
         return Decision(action, time.perf_counter() - start, alpha=0.0, llm_cost=cost)
+
+    def predict(self, state_text: str, candidates: list[str], deterministic: bool = True) -> str:
+        """The action ReAct would take now, without adding it to the episode's history (generation is
+        greedy, so ``deterministic`` changes nothing)."""
+        return self._think(state_text, check_candidates(candidates))[0]
 
     def nearest_action(self, written: str, candidates: list[str]) -> str:
         """The admissible action the written text means: exact match first, else nearest by cosine."""
@@ -119,6 +145,7 @@ class ReActAgent:
         vectors = self.encoder.encode([written, *candidates])
         return candidates[int(np.argmax(vectors[1:] @ vectors[0]))]
 
-    def observe(self, reward: float, terminated: bool, truncated: bool, next_state_text: str,
-                next_candidates: list[str]) -> None:
+    def observe(
+        self, reward: float, terminated: bool, truncated: bool, next_state_text: str, next_candidates: list[str]
+    ) -> None:
         """Nothing to learn; the history is kept by :meth:`act`."""

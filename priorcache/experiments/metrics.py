@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 from scipy import stats
 
-from priorcache.agents.dqn_prior import Decision
+from priorcache.agents.base import Decision
 
 
 @dataclass
@@ -41,7 +41,7 @@ class EpisodeRecord:
     # Every audit (refreshes of hits and shadow audits of near-misses) with its similarity and weight.
     audit_records: list[dict[str, Any]] = field(default_factory=list, repr=False)
     # The cache's K, δ, r at the end of the episode (None without a cache) and its meta updates.
-    cache_params: Optional[dict[str, Any]] = None
+    cache_params: dict[str, Any] | None = None
     meta_updates: list[dict[str, Any]] = field(default_factory=list, repr=False)
 
     def add(self, d: Decision, reward: float) -> None:
@@ -67,7 +67,8 @@ class EpisodeRecord:
 
     def to_json(self) -> dict[str, Any]:
         """The record plus its per-episode aggregates (median decision time, audit means)."""
-        def mean_or_none(values: list[float]) -> Optional[float]:
+
+        def mean_or_none(values: list[float]) -> float | None:
             return float(np.mean(values)) if values else None
 
         return {
@@ -143,6 +144,7 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 def compare(candidate: dict[str, Any], reference: dict[str, Any]) -> dict[str, float]:
     """Query reduction ×, latency ratio and performance retention of ``candidate`` vs ``reference``."""
+
     def ratio(num: float, den: float) -> float:
         return float("inf") if den == 0 and num > 0 else (float("nan") if den == 0 else num / den)
 

@@ -1,4 +1,4 @@
-"""DQN-Prior and its two baselines on a small corridor, with fake encoder and LLM (fast unit tests).
+"""DQN-Prior, plain DQN and direct LLM on a small corridor, with fake encoder and LLM (fast unit tests).
 
 The real LLM, encoder and TextWorld run the same agent in tests/experiments/test_run_textworld.py.
 """
@@ -8,7 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from priorcache.agents.dqn_prior import DQNPriorAgent, DQNPriorConfig
+from priorcache.agents.dqn import DQNAgent, DQNConfig
+from priorcache.agents.dqn_prior import DirectLLMAgent, DQNPriorAgent
 from priorcache.cache.prior_cache import CacheConfig, PriorCache
 from priorcache.errors import ConfigError
 from priorcache.prior.base import Prompt
@@ -32,7 +33,8 @@ class Corridor:
 
     def step(self, action: str) -> tuple[str, list[str], float, bool, bool]:
         self.t += 1
-        self.pos = min(self.length, self.pos + 1) if action == "go forward" else max(0, self.pos - (action == "go back"))
+        forward, back = action == "go forward", action == "go back"
+        self.pos = min(self.length, self.pos + 1) if forward else max(0, self.pos - back)
         won = self.pos == self.length
         return self._text(), list(ACTIONS), float(won), won, (not won and self.t >= self.max_steps)
 
@@ -45,7 +47,7 @@ def forward_loving_llm(prompt: Prompt, action: str) -> float:
     return {"go forward": -0.5, "go back": -3.0, "wait here": -2.5}[action]
 
 
-def run_episodes(agent: DQNPriorAgent, env: Corridor, episodes: int) -> list[tuple[bool, int]]:
+def run_episodes(agent, env: Corridor, episodes: int) -> list[tuple[bool, int]]:
     results = []
     for _ in range(episodes):
         text, cands = env.reset()
@@ -60,19 +62,23 @@ def run_episodes(agent: DQNPriorAgent, env: Corridor, episodes: int) -> list[tup
     return results
 
 
-def make_agent(use_prior=True, learn=True, mode="static", seed=0, backend=None):
+def make_agent(kind="dqn-prior", mode="static", seed=0, backend=None):
     encoder = HashEncoder(dim=32)
     backend = backend or FakeBackend(forward_loving_llm)
-    cache = PriorCache(CacheConfig(mode=mode, refresh_rate=0.0), encoder, backend) if use_prior else None
-    config = DQNPriorConfig(use_prior=use_prior, learn=learn, learning_starts=8, batch_size=16)
-    return DQNPriorAgent(config, encoder, cache, prompt_builder, seed=seed), backend
+    config = DQNConfig(learning_starts=8, batch_size=16)
+    if kind == "dqn":
+        return DQNAgent(config, encoder, seed=seed), backend
+    cache = PriorCache(CacheConfig(mode=mode, refresh_rate=0.0), encoder, backend)
+    cls = DQNPriorAgent if kind == "dqn-prior" else DirectLLMAgent
+    return cls(config, encoder, cache, prompt_builder, seed=seed), backend
 
 
 def test_direct_llm_follows_the_prior_argmax_and_never_learns():
-    agent, backend = make_agent(learn=False)
+    agent, backend = make_agent("direct-llm")
     results = run_episodes(agent, Corridor(), 3)
     assert results == [(True, 4)] * 3
-    assert len(agent.buffer) == 0
+    assert agent.train_time_s == 0.0 and not agent.learns and not hasattr(agent, "q")
+    assert backend.n_calls == 4  # one per state it decided in (cells 0-3), then cache hits
 
 
 def test_cache_serves_revisited_states_without_the_llm():
@@ -88,7 +94,7 @@ def test_cache_serves_revisited_states_without_the_llm():
 
 
 def test_plain_dqn_never_calls_the_llm_and_learns_to_go_forward():
-    agent, backend = make_agent(use_prior=False, seed=3)
+    agent, backend = make_agent("dqn", seed=3)
     results = run_episodes(agent, Corridor(length=3, max_steps=15), 60)
     assert backend.n_calls == 0
     early = np.mean([t for _, t in results[:10]])
@@ -96,9 +102,8 @@ def test_plain_dqn_never_calls_the_llm_and_learns_to_go_forward():
     assert late < early
     env = Corridor(length=3)
     text, cands = env.reset()
-    enc = agent.encoder
     for _ in range(2):
-        q = agent._q_values(enc.encode([text])[0], enc.encode(cands))
+        q = agent.q_values(text, cands)
         assert cands[int(np.argmax(q))] == "go forward"
         text, cands, *_ = env.step("go forward")
 
@@ -116,13 +121,17 @@ def test_decision_records_cost_and_source():
 
 
 def test_bad_configs_and_inputs():
-    with pytest.raises(ConfigError, match="nothing to act on"):
-        DQNPriorConfig(use_prior=False, learn=False)
     with pytest.raises(ConfigError, match="gamma"):
-        DQNPriorConfig(gamma=1.5)
+        DQNConfig(gamma=1.5)
+    with pytest.raises(ConfigError, match="alpha_min"):
+        DQNConfig(alpha_min=2.0)
     agent, _ = make_agent()
     agent.begin_episode("goal")
     with pytest.raises(ConfigError, match="empty"):
         agent.act("a state", [])
     with pytest.raises(ConfigError, match="needs a prior cache"):
-        DQNPriorAgent(DQNPriorConfig(), HashEncoder(), None, prompt_builder)
+        DQNPriorAgent(DQNConfig(), HashEncoder(), None, prompt_builder)
+    with pytest.raises(ConfigError, match="needs a prior cache"):
+        DirectLLMAgent(DQNConfig(), HashEncoder(), None, prompt_builder)
+    with pytest.raises(RuntimeError, match="before act"):
+        make_agent("direct-llm")[0].observe(0.0, False, False, "s", ["a"])

@@ -1,0 +1,61 @@
+"""The replay buffer of the DQN agents: transitions over encoded text, with the next state's support.
+
+A stored transition is (e(s), e(a), r, done, hit, e(s'), C(s')), C(s') the (up to ``support``)
+encoded next actions the target bootstraps over (padded, with a mask). ``hit`` says whether the
+action was drawn around a cached prior (the adaptive cache compares TD errors of hits and misses).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+FIELDS = ("states", "actions", "rewards", "dones", "hits", "next_states", "next_support", "next_mask")
+
+
+@dataclass
+class Transition:
+    """A transition whose next-state support C(s') is known only at the next decision."""
+
+    state: np.ndarray
+    action: np.ndarray
+    reward: float = 0.0
+    done: bool = False
+    hit: bool = False
+
+
+class ReplayBuffer:
+    """A ring buffer of ``size`` transitions in preallocated arrays (dim: the encoder's)."""
+
+    def __init__(self, size: int, dim: int, support: int) -> None:
+        self.states = np.zeros((size, dim), np.float32)
+        self.actions = np.zeros((size, dim), np.float32)
+        self.rewards = np.zeros(size, np.float32)
+        self.dones = np.zeros(size, np.float32)
+        self.hits = np.zeros(size, bool)
+        self.next_states = np.zeros((size, dim), np.float32)
+        self.next_support = np.zeros((size, support, dim), np.float32)
+        self.next_mask = np.zeros((size, support), bool)
+        self.size, self.pos, self.full = size, 0, False
+
+    def __len__(self) -> int:
+        return self.size if self.full else self.pos
+
+    def add(self, t: Transition, next_state: np.ndarray, support: np.ndarray) -> None:
+        i = self.pos
+        self.states[i], self.actions[i], self.rewards[i], self.dones[i] = t.state, t.action, t.reward, t.done
+        self.hits[i] = t.hit
+        self.next_states[i] = next_state
+        self.next_support[i] = 0.0
+        self.next_mask[i] = False
+        self.next_support[i, : len(support)] = support
+        self.next_mask[i, : len(support)] = True
+        self.pos = (i + 1) % self.size
+        self.full = self.full or self.pos == 0
+
+    def sample(self, n: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        """``n`` transitions drawn uniformly with replacement (one ``rng.integers`` draw)."""
+        idx = rng.integers(0, len(self), size=n)
+        return {k: torch.as_tensor(getattr(self, k)[idx]) for k in FIELDS}

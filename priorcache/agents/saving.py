@@ -1,0 +1,125 @@
+"""The on-disk format of a saved agent: a folder with ``agent.json`` and, for agents with tensors,
+``weights.safetensors``. No pickle anywhere, so loading a folder runs no code from it.
+
+``agent.json``::
+
+    {"format": "priorcache-agent", "version": 1, "agent": "dqn-prior", "config": {...}, "seed": 0,
+     "state": {...}, "weights": {"file": "weights.safetensors", "sha256": "...", "tensors": [...]} | null}
+
+The weights are written first and ``agent.json`` last, each atomically, and ``agent.json`` holds the
+weights' sha256: a save cut short or a file changed afterwards is refused on load, never half-read.
+Every refusal is a ConfigError that says what is wrong with which folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
+
+from priorcache.errors import ConfigError
+from priorcache.io import atomic_write_json
+
+FORMAT = "priorcache-agent"
+VERSION = 1
+MANIFEST = "agent.json"
+WEIGHTS = "weights.safetensors"
+
+
+def write_agent(path: Path, doc: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+    """Save ``doc`` (agent, config, seed, state: JSON-able) and ``tensors`` into folder ``path``."""
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"cannot save an agent into {path}: it is a file")
+    if path.is_dir() and any(path.iterdir()) and not (path / MANIFEST).is_file():
+        raise ConfigError(
+            f"cannot save an agent into {path}: the folder holds other files; "
+            "give an empty or new folder, or one an agent was saved into"
+        )
+    path.mkdir(parents=True, exist_ok=True)
+    weights = None
+    if tensors:
+        # safetensors wants contiguous CPU tensors that share no memory with each other.
+        data = save_tensors({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()})
+        _atomic_write_bytes(path / WEIGHTS, data)
+        weights = {"file": WEIGHTS, "sha256": hashlib.sha256(data).hexdigest(), "tensors": sorted(tensors)}
+    else:
+        (path / WEIGHTS).unlink(missing_ok=True)
+    try:
+        atomic_write_json(path / MANIFEST, {"format": FORMAT, "version": VERSION, **doc, "weights": weights})
+    except ValueError as e:  # NaN/inf in the state: refuse rather than write JSON nothing can read
+        raise ConfigError(f"cannot save the agent: its state is not plain JSON ({e})") from None
+
+
+def read_agent(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The checked ``agent.json`` document and the tensors of the agent saved in ``path``."""
+    manifest = path / MANIFEST
+    if not manifest.is_file():
+        raise ConfigError(f"{path} holds no saved agent (no {MANIFEST})")
+    try:
+        doc = json.loads(manifest.read_text(encoding="utf-8"), parse_constant=_no_constants)
+    except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as e:
+        raise ConfigError(f"{manifest} is damaged: {e}") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise ConfigError(f"{manifest} is not a saved priorcache agent (format {_get(doc, 'format')!r})")
+    if doc.get("version") != VERSION:
+        raise ConfigError(f"{manifest} has format version {doc.get('version')!r}; this priorcache reads {VERSION}")
+    expected = {"agent": str, "config": dict, "state": dict, "seed": int}
+    for key, kind in expected.items():
+        value = doc.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise ConfigError(f"{manifest} is damaged: {key!r} must be of type {kind.__name__}, got {value!r:.80}")
+    return doc, _read_weights(path, doc.get("weights"))
+
+
+def _read_weights(path: Path, weights: Any) -> dict[str, torch.Tensor]:
+    if weights is None:
+        return {}
+    if (
+        not isinstance(weights, dict)
+        or weights.get("file") != WEIGHTS
+        or not isinstance(weights.get("sha256"), str)
+        or not isinstance(weights.get("tensors"), list)
+    ):
+        raise ConfigError(f"{path / MANIFEST} is damaged: bad 'weights' entry {weights!r:.120}")
+    file = path / WEIGHTS
+    if not file.is_file():
+        raise ConfigError(f"{path} is damaged: {WEIGHTS} is missing")
+    data = file.read_bytes()
+    if hashlib.sha256(data).hexdigest() != weights["sha256"]:
+        raise ConfigError(f"{file} is damaged or from another save: its sha256 differs from {MANIFEST}'s")
+    try:
+        tensors = load_tensors(data)
+    except (SafetensorError, ValueError, RuntimeError) as e:
+        raise ConfigError(f"{file} is not a readable safetensors file: {e}") from None
+    if sorted(tensors) != sorted(weights["tensors"]):
+        raise ConfigError(f"{file} holds other tensors than {MANIFEST} lists")
+    return tensors
+
+
+def _get(doc: Any, key: str) -> Any:
+    return doc.get(key) if isinstance(doc, dict) else None
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
