@@ -74,32 +74,44 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2000, help="timed steps per environment")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random policy")
     parser.add_argument("--max-episode-steps", type=int, default=50)
-    parser.add_argument("--env", action="append", default=None,
-                        help="environment family (repeatable; default: all of them, every variant)")
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=None,
+        help="environment family (repeatable; default: all of them, every variant)",
+    )
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "envs.json")
     args = parser.parse_args()
 
-    names = [f"{family}:{variant}" if variant else family
-             for family in (args.env or sorted(ENVIRONMENTS))
-             for variant in (ENVIRONMENTS[family].variants or (None,))]
+    names = [
+        f"{family}:{variant}" if variant else family
+        for family in (args.env or sorted(ENVIRONMENTS))
+        for variant in (ENVIRONMENTS[family].variants or (None,))
+    ]
     results = []
     for name in names:
         r = bench_env(name, args.steps, args.seed, args.max_episode_steps)
         results.append(r)
-        print(f"{name:<40} {r['steps_per_s']:>8.1f} steps/s ({r['steps_per_s_including_resets']:.1f} with resets), "
-              f"step p50 {r['step_ms_p50']:.2f} ms p95 {r['step_ms_p95']:.2f} ms, reset {r['reset_ms_p50']:.1f} ms, "
-              f"{r['admissible_actions_mean']} actions, random wins {r['random_policy_win_rate']}", flush=True)
-    atomic_write_json(args.out, {
-        "benchmark": "env_steps_per_second",
-        "policy": "uniform random over admissible actions",
-        "steps_per_env": args.steps,
-        "seed": args.seed,
-        "max_episode_steps": args.max_episode_steps,
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "machine": platform.machine(),
-        "results": results,
-    })
+        print(
+            f"{name:<40} {r['steps_per_s']:>8.1f} steps/s ({r['steps_per_s_including_resets']:.1f} with resets), "
+            f"step p50 {r['step_ms_p50']:.2f} ms p95 {r['step_ms_p95']:.2f} ms, reset {r['reset_ms_p50']:.1f} ms, "
+            f"{r['admissible_actions_mean']} actions, random wins {r['random_policy_win_rate']}",
+            flush=True,
+        )
+    atomic_write_json(
+        args.out,
+        {
+            "benchmark": "env_steps_per_second",
+            "policy": "uniform random over admissible actions",
+            "steps_per_env": args.steps,
+            "seed": args.seed,
+            "max_episode_steps": args.max_episode_steps,
+            "python": platform.python_version(),
+            "cpu_count": os.cpu_count(),
+            "machine": platform.machine(),
+            "results": results,
+        },
+    )
     print(f"wrote {args.out}")
 
 

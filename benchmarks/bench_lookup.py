@@ -137,21 +137,24 @@ def bench_encoder(repeats: int, torch_threads: int) -> dict[str, Any]:
     rooms = ["kitchen", "pantry", "cellar", "attic", "garden", "bedroom", "study", "hallway"]
     things = ["red key", "wooden chest", "apple", "lamp", "old book", "knife", "carrot", "coin"]
     places = ["table", "shelf", "floor", "counter", "bed", "desk"]
-    sentences = [f"You are in the {rooms[i % 8]}. There is a {things[(i // 8) % 8]} on the "
-                 f"{places[(i // 64) % 6]}. Exits lead north and east. Step {i}." for i in range((repeats + 1) * 64)]
+    sentences = [
+        f"You are in the {rooms[i % 8]}. There is a {things[(i // 8) % 8]} on the "
+        f"{places[(i // 64) % 6]}. Exits lead north and east. Step {i}."
+        for i in range((repeats + 1) * 64)
+    ]
     t0 = time.perf_counter()
     encoder = MiniLMEncoder(batch_size=32)
     load_s = time.perf_counter() - t0
     # Every sentence below is new to the memo, so these time the model, not the memo.
     encoder.encode(["warm-up sentence number one", "and a second one"])
     single = []
-    for s in sentences[:repeats * 4]:
+    for s in sentences[: repeats * 4]:
         t = time.perf_counter()
         encoder.encode([s])
         single.append(time.perf_counter() - t)
     batched = []
     for r in range(1, repeats + 1):
-        chunk = sentences[r * 64:(r + 1) * 64]
+        chunk = sentences[r * 64 : (r + 1) * 64]
         t = time.perf_counter()
         encoder.encode(chunk)
         batched.append((time.perf_counter() - t) / len(chunk))
@@ -164,10 +167,17 @@ def bench_encoder(repeats: int, torch_threads: int) -> dict[str, Any]:
         "model": encoder.name,
         "torch_threads": torch.get_num_threads(),
         "load_s": load_s,
-        "single_ms_per_sentence": {"p50": float(np.median(single) * 1e3),
-                                   "p95": float(np.percentile(single, 95) * 1e3), "n": len(single)},
-        "batched_ms_per_sentence": {"p50": float(np.median(batched) * 1e3), "calls": len(batched),
-                                    "texts_per_call": 64, "batch_size": 32},
+        "single_ms_per_sentence": {
+            "p50": float(np.median(single) * 1e3),
+            "p95": float(np.percentile(single, 95) * 1e3),
+            "n": len(single),
+        },
+        "batched_ms_per_sentence": {
+            "p50": float(np.median(batched) * 1e3),
+            "calls": len(batched),
+            "texts_per_call": 64,
+            "batch_size": 32,
+        },
         "memo_hit_ms": {"p50": float(np.median(hits) * 1e3)},
     }
 
@@ -198,8 +208,17 @@ def main() -> None:
     rows = []
 
     def worker(*extra: str) -> dict[str, Any]:
-        cmd = [sys.executable, __file__, *extra, "--queries", str(args.queries), "--seed", str(args.seed),
-               "--encode-repeats", str(args.encode_repeats)]
+        cmd = [
+            sys.executable,
+            __file__,
+            *extra,
+            "--queries",
+            str(args.queries),
+            "--seed",
+            str(args.seed),
+            "--encode-repeats",
+            str(args.encode_repeats),
+        ]
         # A fixed mmap threshold makes glibc map every large block fresh and unmap it on free, so
         # an index cannot silently reuse heap left over from the key generation (RSS would miss it).
         env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072")
@@ -219,11 +238,13 @@ def main() -> None:
                 row = worker("--worker", kind, str(n))
                 measured.setdefault(concrete, row)
             rows.append(row)
-            print(f"{kind:>6} ({row['index_class']:>10}) {n:>7,}: p50 {row['p50_ms']:7.3f} ms  "
-                  f"p95 {row['p95_ms']:7.3f} ms  recall@1 near {row['recall_at_1_near']:.3f} "
-                  f"unrelated {row['recall_at_1_unrelated']:.3f}  memory {row['memory_ratio']:.2f}x raw  "
-                  f"build {row['build_s']:.1f} s" + (f"  (= the {row['same_as']} row)" if "same_as" in row else ""),
-                  flush=True)
+            print(
+                f"{kind:>6} ({row['index_class']:>10}) {n:>7,}: p50 {row['p50_ms']:7.3f} ms  "
+                f"p95 {row['p95_ms']:7.3f} ms  recall@1 near {row['recall_at_1_near']:.3f} "
+                f"unrelated {row['recall_at_1_unrelated']:.3f}  memory {row['memory_ratio']:.2f}x raw  "
+                f"build {row['build_s']:.1f} s" + (f"  (= the {row['same_as']} row)" if "same_as" in row else ""),
+                flush=True,
+            )
 
     # torch's default (one thread per core) and one thread: with another busy process on the
     # same cores, spinning OpenMP threads can make the default many times slower.
@@ -233,17 +254,40 @@ def main() -> None:
     for row in (r for r in rows if r["kind"] == "auto"):
         target = TARGET_P50_MS.get(row["entries"])
         if target is not None:
-            checks.append({"what": f"{row['kind']} p50 at {row['entries']}", "value": row["p50_ms"],
-                           "target": target, "met": row["p50_ms"] <= target})
-        checks.append({"what": f"{row['kind']} memory at {row['entries']}", "value": row["memory_ratio"],
-                       "target": TARGET_MEMORY_RATIO, "met": row["memory_ratio"] <= TARGET_MEMORY_RATIO})
+            checks.append(
+                {
+                    "what": f"{row['kind']} p50 at {row['entries']}",
+                    "value": row["p50_ms"],
+                    "target": target,
+                    "met": row["p50_ms"] <= target,
+                }
+            )
+        checks.append(
+            {
+                "what": f"{row['kind']} memory at {row['entries']}",
+                "value": row["memory_ratio"],
+                "target": TARGET_MEMORY_RATIO,
+                "met": row["memory_ratio"] <= TARGET_MEMORY_RATIO,
+            }
+        )
     result = {
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                    # Other jobs share the cores; the load explains run-to-run differences.
-                    "loadavg_start": load_start, "loadavg_end": list(os.getloadavg())},
-        "settings": {"dim": DIM, "queries": args.queries, "seed": args.seed, "k": 1,
-                     "keys": "uniform random unit vectors", "queries_near_cosine": 0.9,
-                     "memory": "VmRSS growth across building the index, in a fresh process per row"},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            # Other jobs share the cores; the load explains run-to-run differences.
+            "loadavg_start": load_start,
+            "loadavg_end": list(os.getloadavg()),
+        },
+        "settings": {
+            "dim": DIM,
+            "queries": args.queries,
+            "seed": args.seed,
+            "k": 1,
+            "keys": "uniform random unit vectors",
+            "queries_near_cosine": 0.9,
+            "memory": "VmRSS growth across building the index, in a fresh process per row",
+        },
         "lookup": rows,
         "encode": encode,
         "targets": checks,
@@ -251,19 +295,25 @@ def main() -> None:
     atomic_write_json(args.out, result)
 
     print()
-    print(f"{'kind':>6} {'class':>10} {'entries':>8} {'p50 ms':>8} {'p95 ms':>8} {'recall@1':>8} "
-          f"{'mem x raw':>9} {'build s':>8}")
+    print(
+        f"{'kind':>6} {'class':>10} {'entries':>8} {'p50 ms':>8} {'p95 ms':>8} {'recall@1':>8} "
+        f"{'mem x raw':>9} {'build s':>8}"
+    )
     for row in rows:
-        print(f"{row['kind']:>6} {row['index_class']:>10} {row['entries']:>8,} {row['p50_ms']:>8.3f} "
-              f"{row['p95_ms']:>8.3f} {row['recall_at_1_near']:>8.3f} {row['memory_ratio']:>9.2f} "
-              f"{row['build_s']:>8.1f}")
+        print(
+            f"{row['kind']:>6} {row['index_class']:>10} {row['entries']:>8,} {row['p50_ms']:>8.3f} "
+            f"{row['p95_ms']:>8.3f} {row['recall_at_1_near']:>8.3f} {row['memory_ratio']:>9.2f} "
+            f"{row['build_s']:>8.1f}"
+        )
     print()
     for e in encode:
-        print(f"MiniLM ({e['model']}, torch threads {e['torch_threads']}): load {e['load_s']:.1f} s, single "
-              f"{e['single_ms_per_sentence']['p50']:.1f} ms/sentence (p95 "
-              f"{e['single_ms_per_sentence']['p95']:.1f}), batched "
-              f"{e['batched_ms_per_sentence']['p50']:.2f} ms/sentence, memo hit "
-              f"{e['memo_hit_ms']['p50'] * 1e3:.1f} µs")
+        print(
+            f"MiniLM ({e['model']}, torch threads {e['torch_threads']}): load {e['load_s']:.1f} s, single "
+            f"{e['single_ms_per_sentence']['p50']:.1f} ms/sentence (p95 "
+            f"{e['single_ms_per_sentence']['p95']:.1f}), batched "
+            f"{e['batched_ms_per_sentence']['p50']:.2f} ms/sentence, memo hit "
+            f"{e['memo_hit_ms']['p50'] * 1e3:.1f} µs"
+        )
     missed = [c["what"] for c in checks if not c["met"]]
     print(f"\nload average {load_start[0]:.1f} at start, {os.getloadavg()[0]:.1f} at end")
     print("targets (auto) met" if not missed else f"targets (auto) missed: {missed}")

@@ -26,19 +26,19 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
 # Runnable from a checkout without `pip install -e .`: the repository root holds the package.
-
 from priorcache.io import atomic_write_json
 from priorcache.prior.base import Prompt, ScoreResult
 from priorcache.prior.embedded import EmbeddedBackend
-from priorcache.prior.transformers_backend import TransformersBackend
 from priorcache.prior.prompts import text_game_prompt
+from priorcache.prior.transformers_backend import TransformersBackend
 
 RESULTS = Path(__file__).resolve().parent / "results" / "scoring.json"
 
@@ -90,7 +90,7 @@ def _time_interleaved(
     times: dict[str, list[float]] = {name: [] for name in calls}
     names = list(calls)
     for rep in range(reps):
-        for name in names[rep % len(names):] + names[: rep % len(names)]:
+        for name in names[rep % len(names) :] + names[: rep % len(names)]:
             start = time.perf_counter()
             last[name] = calls[name]()
             times[name].append((time.perf_counter() - start) * 1000.0)
@@ -130,7 +130,6 @@ def run(reps: int) -> dict[str, Any]:
         },
         reps,
     )
-    del padded_backend
     (fast, fast_result), (naive, naive_result) = one["fast"], one["naive"]
     (no_f9, no_f9_result), (padded, padded_result) = one["no_f9"], one["padded"]
     max_diff = float(np.abs(fast_result.scores[0] - naive_result.scores[0]).max())
@@ -185,10 +184,13 @@ def _print_table(result: dict[str, Any]) -> None:
     print(f"embedded backend, torch threads {result['torch_threads']}, load {result['load_s']:.2f} s")
     print(f"{'case':<30} {'prompt tok':>10} {'tok run':>8} {'median ms':>10} {'p95 ms':>8} {'reps':>5}")
     for label, tokens, s in rows:
-        print(f"{label:<30} {tokens:>10} {s['prompt_tokens_run']:>8} {s['median_ms']:>10.1f} {s['p95_ms']:>8.1f} {s['reps']:>5}")
+        run, median, p95 = s["prompt_tokens_run"], s["median_ms"], s["p95_ms"]
+        print(f"{label:<30} {tokens:>10} {run:>8} {median:>10.1f} {p95:>8.1f} {s['reps']:>5}")
     print(f"(1) naive / KV reuse: {a['speedup_x']:.2f}x   (max |Δscore| {a['max_abs_score_diff']:.2e})")
-    print(f"(2) without / with prefix cache: {b['speedup_x']:.2f}x   "
-          f"(prefix {b['prompt_tokens']['prefix']} of {b['prompt_tokens']['total']} prompt tokens)")
+    print(
+        f"(2) without / with prefix cache: {b['speedup_x']:.2f}x   "
+        f"(prefix {b['prompt_tokens']['prefix']} of {b['prompt_tokens']['total']} prompt tokens)"
+    )
 
 
 def main() -> None:

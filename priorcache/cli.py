@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -12,15 +11,18 @@ from rich.table import Table
 
 from priorcache.agents import AGENTS
 from priorcache.cache.prior_cache import CacheConfig
-from priorcache.errors import ConfigError, PriorCacheError
-from priorcache.experiments.metrics import compare as compare_summaries
 from priorcache.envs.registry import ENVIRONMENTS
+from priorcache.errors import ConfigError, PriorCacheError
 from priorcache.experiments.bench import METHODS, QUICK, TEXT_ENVS, BenchConfig, run_bench
+from priorcache.experiments.metrics import compare as compare_summaries
 from priorcache.experiments.report import write_report
 from priorcache.experiments.runner import RunConfig, load_summary, run_experiment
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="RL with LLM action priors served through an adaptive semantic cache.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="RL with LLM action priors served through an adaptive semantic cache.",
+)
 console = Console()
 
 
@@ -48,34 +50,56 @@ def summary_table(summary: dict, title: str) -> Table:
         ("success rate (mean ± 95% CI over seeds)", _fmt_ci(summary["success_rate"])),
         ("mean return", _fmt_ci(summary["mean_return"])),
         ("episodes / steps", f"{summary['episodes']} / {summary['steps']}"),
-        ("LLM queries (full + partial)",
-         f"{summary['llm_queries']} ({summary['llm_full_calls']} + {summary['llm_partial_calls']})"),
+        (
+            "LLM queries (full + partial)",
+            f"{summary['llm_queries']} ({summary['llm_full_calls']} + {summary['llm_partial_calls']})",
+        ),
         ("LLM queries per step", f"{summary['llm_queries_per_step']:.3f}"),
         ("cache hit rate", f"{summary['hit_rate']:.3f}"),
         ("decision latency p50 / p95 (ms)", f"{lat['p50']:.1f} / {lat['p95']:.1f}"),
         ("LLM wall time (s)", f"{summary['llm_wall_time_s']:.1f}"),
-        ("audits: mean ε / mean KL (nats)",
-         f"{summary['audit_epsilon']['mean']:.4f} / {summary['audit_kl']['mean']:.4f}" if summary["audits"] else "none"),
+        (
+            "audits: mean ε / mean KL (nats)",
+            f"{summary['audit_epsilon']['mean']:.4f} / {summary['audit_kl']['mean']:.4f}"
+            if summary["audits"]
+            else "none",
+        ),
         ("F5 violations (KL > 2ε)", str(summary["audit_f5_violations"])),
         ("training time / wall time (s)", f"{summary['train_time_s']:.1f} / {summary['wall_time_s']:.1f}"),
     ]
     adaptive = summary.get("cache_mode") in ("adaptive", "kl-budget")
     if adaptive:
-        rows.append(("shadow audits of near-misses (F5 violations)",
-                     f"{summary['shadow_audits']} ({summary['shadow_f5_violations']})"))
+        rows.append(
+            (
+                "shadow audits of near-misses (F5 violations)",
+                f"{summary['shadow_audits']} ({summary['shadow_f5_violations']})",
+            )
+        )
     params = summary.get("cache_params")
     if params:
-        rows.append(("cache K / δ / r at the end",
-                     f"{params['capacity']} / {params['similarity_threshold']:.3f} / {params['refresh_rate']:.3f}"))
+        rows.append(
+            (
+                "cache K / δ / r at the end",
+                f"{params['capacity']} / {params['similarity_threshold']:.3f} / {params['refresh_rate']:.3f}",
+            )
+        )
     if adaptive and summary.get("adaptation_share") is not None:
-        rows.append(("adaptation overhead (share of wall time)",
-                     f"{summary['adaptation_time_s']:.2f} s ({100 * summary['adaptation_share']:.2f} %)"))
+        rows.append(
+            (
+                "adaptation overhead (share of wall time)",
+                f"{summary['adaptation_time_s']:.2f} s ({100 * summary['adaptation_share']:.2f} %)",
+            )
+        )
     budget = (summary.get("cache_stats") or {}).get("kl_budget")
     if budget:
         achieved = budget.get("achieved_kl")
-        rows.append(("KL budget: target / achieved (UCB)",
-                     f"{budget['target_kl']:.3f} / " + ("n/a" if achieved is None else
-                                                        f"{achieved:.4f} ({budget['achieved_kl_ucb']:.4f})")))
+        rows.append(
+            (
+                "KL budget: target / achieved (UCB)",
+                f"{budget['target_kl']:.3f} / "
+                + ("n/a" if achieved is None else f"{achieved:.4f} ({budget['achieved_kl_ucb']:.4f})"),
+            )
+        )
     for name, value in rows:
         table.add_row(name, value)
     return table
@@ -85,46 +109,71 @@ def summary_table(summary: dict, title: str) -> Table:
 def run(
     env: str = typer.Argument(..., help="environment name, e.g. textworld (or textworld:tw-cooking)"),
     agent: str = typer.Option("dqn-prior", help=f"one of {', '.join(AGENTS)}"),
-    cache: str = typer.Option("static", help="cache mode: none (uncached reference), static, adaptive "
-                                             "(meta-optimised K, δ, r) or kl-budget (δ from a target KL)"),
-    variant: Optional[str] = typer.Option(None, help="environment variant (see `priorcache envs`), e.g. "
-                                           "tw-cooking, GoToLocal, pick_heat_then_place; same as ENV:VARIANT"),
+    cache: str = typer.Option(
+        "static",
+        help="cache mode: none (uncached reference), static, adaptive "
+        "(meta-optimised K, δ, r) or kl-budget (δ from a target KL)",
+    ),
+    variant: str | None = typer.Option(
+        None,
+        help="environment variant (see `priorcache envs`), e.g. "
+        "tw-cooking, GoToLocal, pick_heat_then_place; same as ENV:VARIANT",
+    ),
     episodes: int = typer.Option(10, min=1, help="episodes per seed"),
     seeds: str = typer.Option("0", help="seeds, '0,1,2' or '0-2'; each seed is its own game and agent"),
-    max_steps: Optional[int] = typer.Option(None, min=1, help="episode step limit (default: the environment's)"),
+    max_steps: int | None = typer.Option(None, min=1, help="episode step limit (default: the environment's)"),
     backend: str = typer.Option("embedded", help="LLM backend: embedded or transformers"),
-    model_path: Optional[str] = typer.Option(None, help="local model folder for --backend transformers"),
+    model_path: str | None = typer.Option(None, help="local model folder for --backend transformers"),
     device: str = typer.Option("cpu", help="torch device for the LLM backend"),
-    similarity_threshold: Optional[float] = typer.Option(None, help="cache similarity threshold δ in [-1, 1]"),
-    capacity: Optional[int] = typer.Option(None, help="cache capacity K"),
-    refresh_rate: Optional[float] = typer.Option(None, help="cache refresh rate r in [0, 1]"),
-    unknown_candidates: Optional[str] = typer.Option(None, help="F7 fill for unknown actions: partial or floor"),
-    kl_target: Optional[float] = typer.Option(None, help="kl-budget: target expected KL of served priors (nats)"),
-    kl_confidence: Optional[float] = typer.Option(None, help="kl-budget: confidence of the KL upper bound"),
+    similarity_threshold: float | None = typer.Option(None, help="cache similarity threshold δ in [-1, 1]"),
+    capacity: int | None = typer.Option(None, help="cache capacity K"),
+    refresh_rate: float | None = typer.Option(None, help="cache refresh rate r in [0, 1]"),
+    unknown_candidates: str | None = typer.Option(None, help="F7 fill for unknown actions: partial or floor"),
+    kl_target: float | None = typer.Option(None, help="kl-budget: target expected KL of served priors (nats)"),
+    kl_confidence: float | None = typer.Option(None, help="kl-budget: confidence of the KL upper bound"),
     per_entry_thresholds: bool = typer.Option(False, help="kl-budget: each entry earns its own δ from its audits"),
-    meta_update_every: Optional[int] = typer.Option(None, help="adaptive: lookups per meta-optimiser window"),
-    meta_kl_weight: Optional[float] = typer.Option(None, help="adaptive: λ_κ, the price of 1 nat of expected KL per "
-                                                   "decision in LLM queries per decision (default 20)"),
+    meta_update_every: int | None = typer.Option(None, help="adaptive: lookups per meta-optimiser window"),
+    meta_kl_weight: float | None = typer.Option(
+        None,
+        help="adaptive: λ_κ, the price of 1 nat of expected KL per decision in LLM queries per decision (default 20)",
+    ),
     alpha: float = typer.Option(1.0, help="posterior temperature α_0 (F1) when the cache never hits"),
     alpha_min: float = typer.Option(0.25, help="temperature at a 100% hit rate (F2); = --alpha turns F2 off"),
-    cache_path: Optional[Path] = typer.Option(None, help="warm-start from this saved cache; saved back at the end"),
-    out: Optional[Path] = typer.Option(None, help="output folder (default runs/ENV-AGENT-CACHE-TIME)"),
+    cache_path: Path | None = typer.Option(None, help="warm-start from this saved cache; saved back at the end"),
+    out: Path | None = typer.Option(None, help="output folder (default runs/ENV-AGENT-CACHE-TIME)"),
     quiet: bool = typer.Option(False, help="no progress bar"),
 ) -> None:
     """Run an agent on an environment and write metrics.jsonl, summary.json and the cache."""
     try:
-        overrides = {k: v for k, v in {
-            "mode": cache, "similarity_threshold": similarity_threshold, "capacity": capacity,
-            "refresh_rate": refresh_rate, "unknown_candidates": unknown_candidates}.items() if v is not None}
-        kl_budget = {k: v for k, v in {"target_kl": kl_target, "confidence": kl_confidence,
-                                       "per_entry": per_entry_thresholds or None}.items() if v is not None}
+        overrides = {
+            k: v
+            for k, v in {
+                "mode": cache,
+                "similarity_threshold": similarity_threshold,
+                "capacity": capacity,
+                "refresh_rate": refresh_rate,
+                "unknown_candidates": unknown_candidates,
+            }.items()
+            if v is not None
+        }
+        kl_budget = {
+            k: v
+            for k, v in {
+                "target_kl": kl_target,
+                "confidence": kl_confidence,
+                "per_entry": per_entry_thresholds or None,
+            }.items()
+            if v is not None
+        }
         if kl_budget:
             if cache != "kl-budget":
-                raise ConfigError(f"--kl-target, --kl-confidence and --per-entry-thresholds need --cache kl-budget, "
-                                  f"not {cache!r}")
+                raise ConfigError(
+                    f"--kl-target, --kl-confidence and --per-entry-thresholds need --cache kl-budget, not {cache!r}"
+                )
             overrides["kl_budget"] = kl_budget
-        meta = {k: v for k, v in {"update_every": meta_update_every, "kl_weight": meta_kl_weight}.items()
-                if v is not None}
+        meta = {
+            k: v for k, v in {"update_every": meta_update_every, "kl_weight": meta_kl_weight}.items() if v is not None
+        }
         if meta:
             if cache != "adaptive":
                 raise ConfigError(f"--meta-update-every and --meta-kl-weight need --cache adaptive, not {cache!r}")
@@ -134,10 +183,21 @@ def run(
                 raise ConfigError(f"give the variant once: {env!r} already names one, and --variant {variant!r}")
             env = f"{env}:{variant}"
         out = out or Path("runs") / f"{env.replace(':', '-')}-{agent}-{cache}-{time.strftime('%Y%m%d-%H%M%S')}"
-        config = RunConfig(env=env, agent=agent, cache=CacheConfig.from_dict(overrides),
-                           backend=backend, model_path=model_path, device=device, episodes=episodes,
-                           seeds=_parse_seeds(seeds), max_episode_steps=max_steps, out=out, cache_path=cache_path,
-                           alpha_0=alpha, alpha_min=alpha_min)
+        config = RunConfig(
+            env=env,
+            agent=agent,
+            cache=CacheConfig.from_dict(overrides),
+            backend=backend,
+            model_path=model_path,
+            device=device,
+            episodes=episodes,
+            seeds=_parse_seeds(seeds),
+            max_episode_steps=max_steps,
+            out=out,
+            cache_path=cache_path,
+            alpha_0=alpha,
+            alpha_min=alpha_min,
+        )
         # Our own progress bar says what is happening; transformers' per-model "Loading weights" bars
         # would interleave with it.
         from transformers.utils import logging as hf_logging
@@ -170,14 +230,27 @@ def compare(
     table.add_column(str(run_a), justify="right")
     table.add_column(str(run_b), justify="right")
     table.add_column("ratio", justify="right")
-    table.add_row("LLM queries", str(a["llm_queries"]), str(b["llm_queries"]),
-                  f"{result['query_reduction_x']:.2f}× fewer")
-    table.add_row("decision latency p50 (ms)", f"{a['decision_latency_ms']['p50']:.1f}",
-                  f"{b['decision_latency_ms']['p50']:.1f}", f"{result['latency_p50_ratio_x']:.2f}× lower")
-    table.add_row("success rate", _fmt_ci(a["success_rate"]), _fmt_ci(b["success_rate"]),
-                  f"{100 * result['success_retention']:.1f}% retained")
-    table.add_row("mean return", _fmt_ci(a["mean_return"]), _fmt_ci(b["mean_return"]),
-                  f"{100 * result['return_retention']:.1f}% retained")
+    table.add_row(
+        "LLM queries", str(a["llm_queries"]), str(b["llm_queries"]), f"{result['query_reduction_x']:.2f}× fewer"
+    )
+    table.add_row(
+        "decision latency p50 (ms)",
+        f"{a['decision_latency_ms']['p50']:.1f}",
+        f"{b['decision_latency_ms']['p50']:.1f}",
+        f"{result['latency_p50_ratio_x']:.2f}× lower",
+    )
+    table.add_row(
+        "success rate",
+        _fmt_ci(a["success_rate"]),
+        _fmt_ci(b["success_rate"]),
+        f"{100 * result['success_retention']:.1f}% retained",
+    )
+    table.add_row(
+        "mean return",
+        _fmt_ci(a["mean_return"]),
+        _fmt_ci(b["mean_return"]),
+        f"{100 * result['return_retention']:.1f}% retained",
+    )
     console.print(table)
 
 
@@ -194,6 +267,7 @@ def envs() -> None:
     console.print(table)
 
 
+METHOD_HELP = f"method (repeatable): {', '.join(METHODS)}"
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmark suites that write a paper-style table and plots.")
 app.add_typer(bench_app, name="bench")
 
@@ -201,23 +275,30 @@ app.add_typer(bench_app, name="bench")
 @bench_app.command("text")
 def bench_text(
     env: list[str] = typer.Option(list(TEXT_ENVS), "--env", help="environment (repeat the option for several)"),
-    method: list[str] = typer.Option(list(METHODS), "--method", help=f"method (repeatable): {', '.join(METHODS)}"),
+    method: list[str] = typer.Option(list(METHODS), "--method", help=METHOD_HELP),
     seeds: str = typer.Option("0-2", help="seeds, '0,1,2' or '0-2'"),
     episodes: int = typer.Option(10, min=1, help="episodes per seed for learning agents"),
-    max_steps: Optional[int] = typer.Option(None, min=1, help="episode step limit (default: each environment's)"),
-    quick: bool = typer.Option(False, help=f"smoke run: seed 0, {QUICK['episodes']} episodes of at most "
-                                           f"{QUICK['max_episode_steps']} steps (overrides --seeds/--episodes/--max-steps)"),
+    max_steps: int | None = typer.Option(None, min=1, help="episode step limit (default: each environment's)"),
+    quick: bool = typer.Option(
+        False,
+        help=f"smoke run: seed 0, {QUICK['episodes']} episodes of at most "
+        f"{QUICK['max_episode_steps']} steps (overrides --seeds/--episodes/--max-steps)",
+    ),
     backend: str = typer.Option("embedded", help="LLM backend: embedded or transformers"),
-    model_path: Optional[str] = typer.Option(None, help="local model folder for --backend transformers"),
+    model_path: str | None = typer.Option(None, help="local model folder for --backend transformers"),
     device: str = typer.Option("cpu", help="torch device for the LLM backend"),
     out: Path = typer.Option(Path("runs/bench-text"), help="benchmark folder; rerunning it resumes"),
 ) -> None:
     """Every method on every text environment on the same seeds; resumable; writes results.md/.csv and plots."""
     try:
-        settings = dict(QUICK) if quick else {"seeds": _parse_seeds(seeds), "episodes": episodes,
-                                              "max_episode_steps": max_steps}
-        config = BenchConfig(out=out, envs=env, methods=method, backend=backend, model_path=model_path,
-                             device=device, **settings)
+        settings = (
+            dict(QUICK)
+            if quick
+            else {"seeds": _parse_seeds(seeds), "episodes": episodes, "max_episode_steps": max_steps}
+        )
+        config = BenchConfig(
+            out=out, envs=env, methods=method, backend=backend, model_path=model_path, device=device, **settings
+        )
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
@@ -235,7 +316,7 @@ def bench_text(
 @app.command()
 def report(
     run_dir: Path = typer.Argument(..., help="a benchmark folder or any folder holding run folders"),
-    out: Optional[Path] = typer.Option(None, help="where to write the report (default: RUN_DIR)"),
+    out: Path | None = typer.Option(None, help="where to write the report (default: RUN_DIR)"),
 ) -> None:
     """Re-render the results table (markdown, CSV) and plots from the runs saved under RUN_DIR."""
     try:
@@ -250,7 +331,7 @@ def report(
 @app.command("kl-report")
 def kl_report(
     run_dir: Path = typer.Argument(..., help="one run folder (config.json + metrics.jsonl) of a cached run"),
-    out: Optional[Path] = typer.Option(None, help="where to write kl_report.md/.json/.png (default: RUN_DIR)"),
+    out: Path | None = typer.Option(None, help="where to write kl_report.md/.json/.png (default: RUN_DIR)"),
 ) -> None:
     """F5 on every audit, the F6 Lipschitz fit of ε vs similarity, and E_μ[KL] per decision of one run."""
     from priorcache.experiments.kl_report import write_kl_report
@@ -273,14 +354,16 @@ def kl_report(
         table.add_row("F6 ε_stale", fmt(f6["epsilon_stale"]))
         for key in ("least_squares", "envelope"):
             fit = f6[key]
-            table.add_row(f"F6 L, {key.replace('_', ' ')} (share under)",
-                          f"{fmt(fit['L'])} ({100 * fit['share_under']:.1f} %)")
+            table.add_row(
+                f"F6 L, {key.replace('_', ' ')} (share under)", f"{fmt(fit['L'])} ({100 * fit['share_under']:.1f} %)"
+            )
     else:
         table.add_row("F6 fit", "n/a (run predates audit_records)")
     table.add_row("hit share", fmt(vis["hit_share"]))
     if vis["per_decision"] is not None:
-        table.add_row("E_μ[KL] per decision ≤ bound",
-                      f"{fmt(vis['per_decision']['kl'])} ≤ {fmt(vis['per_decision']['kl_bound'])}")
+        table.add_row(
+            "E_μ[KL] per decision ≤ bound", f"{fmt(vis['per_decision']['kl'])} ≤ {fmt(vis['per_decision']['kl_bound'])}"
+        )
     console.print(table)
     console.print("written: " + ", ".join(str(p) for p in result["files"]))
 

@@ -6,8 +6,9 @@ It sits at the package root, below envs/ and cache/, so that every layer uses on
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import fields
-from typing import Any, Mapping, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 

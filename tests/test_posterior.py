@@ -7,8 +7,8 @@ from hypothesis import strategies as st
 
 from priorcache.errors import ConfigError
 from priorcache.posterior import PosteriorSampler, TemperatureSchedule
-from priorcache.prior.divergence import kl_divergence, posterior_log_probs
 from priorcache.prior.action_prior import PriorConfig, log_prior
+from priorcache.prior.divergence import kl_divergence, posterior_log_probs
 
 
 def test_posterior_matches_direct_formula():

@@ -29,7 +29,7 @@ def test_importing_the_package_loads_no_heavy_dependency() -> None:
 
 def _library_example() -> str:
     text = README.read_text()
-    section = text[text.index("## Library"):]
+    section = text[text.index("## Library") :]
     match = re.search(r"```python\n(.*?)```", section, re.S)
     assert match, "README's Library section has no python example"
     return match.group(1)

@@ -141,9 +141,10 @@ class DQNAgent(DQNConfigMixin, Agent):
         behaviour policy (which may update F2's temperature), not a ``predict``."""
         return np.full(len(candidates), -np.log(len(candidates))), None
 
-    def _support_ranking(self, log_prior: np.ndarray, q_values: np.ndarray) -> np.ndarray:
-        """What C(s)'s top-k is taken by: Q, as the uniform prior ranks nothing."""
-        return q_values
+    def _support(self, candidates: list[str], q_values: np.ndarray, lookup: PriorLookup | None) -> list[int]:
+        """C(s), the candidates value targets bootstrap over (by index): the top-k by Q, as the
+        uniform prior ranks nothing."""
+        return np.argsort(-q_values, kind="stable")[: self.config.support_top_k].tolist()
 
     def _on_reward(self, reward: float) -> None:
         """A reward, as it arrives."""
@@ -176,8 +177,7 @@ class DQNAgent(DQNConfigMixin, Agent):
         alpha = self.sampler.schedule.alpha  # the α the prior is looked up with; F2 may move it below
         log_prior, lookup = self._prior(state_text, candidates, q_values, alpha, state_vec, acting=True)
         index, _ = self.sampler.sample(log_prior, q_values)
-        ranking = self._support_ranking(log_prior, q_values)
-        support = action_vecs[np.argsort(-ranking, kind="stable")[: self.config.support_top_k]]
+        support = action_vecs[self._support(candidates, q_values, lookup)]
         self._complete_pending(state_vec, support)
         self._pending = Transition(state_vec, action_vecs[index], hit=lookup is not None and lookup.hit)
         self.step_count += 1

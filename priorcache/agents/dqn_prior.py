@@ -1,4 +1,4 @@
-"""DQN-Prior (SPEC §6) and the direct-LLM baseline: agents that act on the LLM prior p(a|s) served by
+"""DQN-Prior (docs/design.md §4) and the direct-LLM baseline: agents that act on the LLM prior p(a|s) served by
 the prior cache.
 
 - :class:`DQNPriorAgent`: plain DQN (:mod:`priorcache.agents.dqn`) whose prior hook asks the cache,
@@ -70,8 +70,9 @@ class DQNPriorAgent(DQNAgent):
             self.sampler.schedule.update(lookup.hit)  # F2, before the draw: the draw uses the new α
         return lookup.log_prior, lookup
 
-    def _support_ranking(self, log_prior: np.ndarray, q_values: np.ndarray) -> np.ndarray:
-        return log_prior
+    def _support(self, candidates: list[str], q_values: np.ndarray, lookup: PriorLookup | None) -> list[int]:
+        position = {a: i for i, a in enumerate(candidates)}
+        return [position[a] for a in lookup.prior.support(self.config.support_top_k)]  # the prior's top-k
 
     def _on_reward(self, reward: float) -> None:
         if self.prior_cache.learns_from_outcomes:

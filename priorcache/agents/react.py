@@ -1,4 +1,4 @@
-"""ReAct-style baseline (SPEC §6 baselines): the LLM writes a short thought, then an action.
+"""ReAct-style baseline (docs/design.md §4): the LLM writes a short thought, then an action.
 
 Each step the prompt holds the objective, the admissible actions, the episode's last few actions
 and the current state, and ends in ``Thought:``. The backend continues it greedily; a one-shot

@@ -38,7 +38,7 @@ class AgentSpec:
 
 AGENTS: Mapping[str, AgentSpec] = MappingProxyType(
     {
-        DQNPriorAgent.name: AgentSpec(DQNPriorAgent, "DQN with the LLM prior and the F1 posterior (SPEC §6)"),
+        DQNPriorAgent.name: AgentSpec(DQNPriorAgent, "DQN with the LLM prior and the F1 posterior"),
         DQNAgent.name: AgentSpec(DQNAgent, "plain DQN over the admissible actions, prior off (never calls the LLM)"),
         DirectLLMAgent.name: AgentSpec(DirectLLMAgent, "argmax of the LLM prior, no learning"),
         ReActAgent.name: AgentSpec(

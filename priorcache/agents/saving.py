@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +24,7 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
 from priorcache.errors import ConfigError
-from priorcache.io import atomic_write_json
+from priorcache.io import atomic_write_bytes, atomic_write_json
 
 FORMAT = "priorcache-agent"
 VERSION = 1
@@ -48,7 +46,7 @@ def write_agent(path: Path, doc: dict[str, Any], tensors: dict[str, torch.Tensor
     if tensors:
         # safetensors wants contiguous CPU tensors that share no memory with each other.
         data = save_tensors({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()})
-        _atomic_write_bytes(path / WEIGHTS, data)
+        atomic_write_bytes(path / WEIGHTS, data)
         weights = {"file": WEIGHTS, "sha256": hashlib.sha256(data).hexdigest(), "tensors": sorted(tensors)}
     else:
         (path / WEIGHTS).unlink(missing_ok=True)
@@ -110,16 +108,3 @@ def _get(doc: Any, key: str) -> Any:
 
 def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

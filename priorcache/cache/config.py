@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping, Optional
+from typing import Any
 
 from priorcache.cache.eviction import EVICTION_POLICIES
 from priorcache.cache.kl_budget import KLBudgetConfig
@@ -14,6 +15,7 @@ from priorcache.validation import config_from_dict, is_int, is_number
 
 MODES = ("none", "static", "adaptive", "kl-budget")
 UNKNOWN_CANDIDATE_POLICIES = ("partial", "floor")
+
 
 @dataclass(frozen=True)
 class CacheConfig:
@@ -40,7 +42,7 @@ class CacheConfig:
     # "numpy" is exact; an ANN kind ("auto"/"hnsw") is only worth it for K in the tens of thousands.
     index: str = "auto"
     # Seed of the refresh draws, so a run's sequence of audits is reproducible; None: OS entropy.
-    seed: Optional[int] = 0
+    seed: int | None = 0
     # Used by mode "adaptive" only: the meta-optimiser (K, δ, r above are its starting point).
     meta: MetaConfig = field(default_factory=MetaConfig)
     # Used by mode "kl-budget" only: target KL and confidence (δ above is not used; K and r are).
@@ -57,12 +59,16 @@ class CacheConfig:
             raise ConfigError(f"refresh_rate r must be a number in [0, 1], got {self.refresh_rate!r}")
         if self.eviction not in EVICTION_POLICIES:
             raise ConfigError(f"eviction must be one of {list(EVICTION_POLICIES)}, got {self.eviction!r}")
-        if (not is_number(self.utility_half_life) or not math.isfinite(self.utility_half_life)
-                or self.utility_half_life <= 0):
+        if (
+            not is_number(self.utility_half_life)
+            or not math.isfinite(self.utility_half_life)
+            or self.utility_half_life <= 0
+        ):
             raise ConfigError(f"utility_half_life must be a finite number of steps > 0, got {self.utility_half_life!r}")
         if self.unknown_candidates not in UNKNOWN_CANDIDATE_POLICIES:
-            raise ConfigError(f"unknown_candidates must be one of {list(UNKNOWN_CANDIDATE_POLICIES)}, "
-                              f"got {self.unknown_candidates!r}")
+            raise ConfigError(
+                f"unknown_candidates must be one of {list(UNKNOWN_CANDIDATE_POLICIES)}, got {self.unknown_candidates!r}"
+            )
         if not is_number(self.min_coverage) or not 0.0 <= self.min_coverage <= 1.0:
             raise ConfigError(f"min_coverage must be a fraction in [0, 1], got {self.min_coverage!r}")
         if not isinstance(self.index, str) or not self.index:
@@ -78,19 +84,26 @@ class CacheConfig:
         if not isinstance(self.kl_budget, KLBudgetConfig):
             raise ConfigError(f"kl_budget must be a KLBudgetConfig or a mapping, got {type(self.kl_budget).__name__}")
         if self.mode == "adaptive":
-            (k_lo, k_hi), (d_lo, d_hi), (r_lo, r_hi) = (self.meta.capacity_bounds, self.meta.threshold_bounds,
-                                                        self.meta.refresh_bounds)
-            if not (k_lo <= self.capacity <= k_hi and d_lo <= self.similarity_threshold <= d_hi
-                    and r_lo <= self.refresh_rate <= r_hi):
+            (k_lo, k_hi), (d_lo, d_hi), (r_lo, r_hi) = (
+                self.meta.capacity_bounds,
+                self.meta.threshold_bounds,
+                self.meta.refresh_bounds,
+            )
+            if not (
+                k_lo <= self.capacity <= k_hi
+                and d_lo <= self.similarity_threshold <= d_hi
+                and r_lo <= self.refresh_rate <= r_hi
+            ):
                 raise ConfigError(
                     f"adaptive mode starts from K={self.capacity}, δ={self.similarity_threshold}, "
                     f"r={self.refresh_rate}, which must lie inside the meta bounds K {self.meta.capacity_bounds}, "
-                    f"δ {self.meta.threshold_bounds}, r {self.meta.refresh_bounds}")
+                    f"δ {self.meta.threshold_bounds}, r {self.meta.refresh_bounds}"
+                )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "CacheConfig":
+    def from_dict(cls, data: Mapping[str, Any]) -> CacheConfig:
         """Build from a mapping, refusing keys that are not parameters (a typo must not be ignored)."""
         return config_from_dict(cls, data, "cache")

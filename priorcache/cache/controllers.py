@@ -15,7 +15,8 @@ for the miss anyway, so what the nearest entry would have served is measured for
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Callable, Mapping, Optional
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from priorcache.cache.config import CacheConfig
 from priorcache.cache.kl_budget import KLBudgetController
@@ -30,7 +31,7 @@ class CacheController:
     """The ``static`` mode, and the base of the others: fixed K, δ, r; learns nothing."""
 
     #: Misses whose nearest entry lies at or above this cosine get a shadow audit; None: none do.
-    shadow_floor: Optional[float] = None
+    shadow_floor: float | None = None
     #: Whether the agent's rewards and TD errors are used (an agent skips that work otherwise).
     learns_from_outcomes: bool = False
 
@@ -47,8 +48,17 @@ class CacheController:
         """δ a hit on this entry needs."""
         return self._params.similarity_threshold
 
-    def observe_lookup(self, similarity: Optional[float], servable: bool, *, hit: bool, full_call: bool,
-                       partial_call: bool, evictions: int, step: int) -> Optional[dict[str, Any]]:
+    def observe_lookup(
+        self,
+        similarity: float | None,
+        servable: bool,
+        *,
+        hit: bool,
+        full_call: bool,
+        partial_call: bool,
+        evictions: int,
+        step: int,
+    ) -> dict[str, Any] | None:
         """One lookup: the nearest entry's similarity (None: empty partition), whether it covered enough
         candidates to be served, what happened. Returns an update record when the parameters moved."""
         return None
@@ -73,7 +83,7 @@ class CacheController:
         return {"meta_updates": 0, "kl_budget": None}
 
     # --- persistence --------------------------------------------------------------------------
-    def state_dict(self) -> Optional[dict[str, Any]]:
+    def state_dict(self) -> dict[str, Any] | None:
         """What this controller learnt, as plain JSON (None: nothing)."""
         return None
 
@@ -97,8 +107,17 @@ class AdaptiveController(CacheController):
         self.shadow_floor = config.meta.threshold_bounds[0]
         self._log: deque[dict[str, Any]] = deque(maxlen=LOG_SIZE)
 
-    def observe_lookup(self, similarity: Optional[float], servable: bool, *, hit: bool, full_call: bool,
-                       partial_call: bool, evictions: int, step: int) -> Optional[dict[str, Any]]:
+    def observe_lookup(
+        self,
+        similarity: float | None,
+        servable: bool,
+        *,
+        hit: bool,
+        full_call: bool,
+        partial_call: bool,
+        evictions: int,
+        step: int,
+    ) -> dict[str, Any] | None:
         update = self.meta.record_lookup(similarity, servable, hit, full_call, partial_call, evictions=evictions)
         if update is None:
             return None
@@ -135,6 +154,7 @@ class AdaptiveController(CacheController):
         def restore() -> None:
             self.meta.load_theta(theta)
             self._params = self.meta.params
+
         return restore
 
 
@@ -175,6 +195,7 @@ class KLBudgetCacheController(CacheController):
         def restore() -> None:
             self.kl_budget.load_dict(state)
             self._params.similarity_threshold = self.kl_budget.threshold()
+
         return restore
 
 

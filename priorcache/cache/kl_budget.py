@@ -63,14 +63,15 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any
 
 import numpy as np
 from scipy import stats
 
-from priorcache.validation import config_from_dict, is_int, is_number
 from priorcache.errors import ConfigError
+from priorcache.validation import config_from_dict, is_int, is_number
 
 # Bounded evidence. The KL of hits at a given similarity drifts: Q and α change the posteriors,
 # refreshes replace entries, the agent visits other states. The last 4096 audits are several
@@ -128,14 +129,15 @@ class KLBudgetConfig:
             if not is_number(value) or not -1.0 <= value <= 1.0:
                 raise ConfigError(f"{name} must be a cosine in [-1, 1], got {value!r}")
         if not self.min_threshold < self.max_threshold:
-            raise ConfigError(f"min_threshold ({self.min_threshold}) must be below "
-                              f"max_threshold ({self.max_threshold})")
+            raise ConfigError(
+                f"min_threshold ({self.min_threshold}) must be below max_threshold ({self.max_threshold})"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "KLBudgetConfig":
+    def from_dict(cls, data: Mapping[str, Any]) -> KLBudgetConfig:
         """Build from a mapping, refusing keys that are not parameters (a typo must not be ignored)."""
         return config_from_dict(cls, data, "kl-budget")
 
@@ -145,8 +147,9 @@ class KLBudgetConfig:
 # ---------------------------------------------------------------------------------------------
 
 
-def _ucb_from_sums(sw: np.ndarray, sw2: np.ndarray, swx: np.ndarray, swxx: np.ndarray,
-                   confidence: float) -> tuple[np.ndarray, np.ndarray]:
+def _ucb_from_sums(
+    sw: np.ndarray, sw2: np.ndarray, swx: np.ndarray, swxx: np.ndarray, confidence: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Weighted mean and one-sided Student-t UCB from Σw, Σw², Σw·x, Σw·x² (vectorised).
 
     Kish: n_eff = (Σw)²/Σw². Variance with reliability weights, s² = Σw(x−m)² / (Σw − Σw²/Σw),
@@ -174,8 +177,9 @@ def _check_confidence(confidence: Any) -> float:
     return float(confidence)
 
 
-def kl_ucb(kls: Sequence[float] | np.ndarray, weights: Optional[Sequence[float] | np.ndarray] = None,
-           confidence: float = 0.95) -> float:
+def kl_ucb(
+    kls: Sequence[float] | np.ndarray, weights: Sequence[float] | np.ndarray | None = None, confidence: float = 0.95
+) -> float:
     """One-sided upper confidence bound on the (weighted) mean KL: Student-t, Kish n_eff.
 
     Equal weights give the textbook bound mean + t_{conf, n−1}·s/√n. Returns +inf when n_eff < 2
@@ -208,8 +212,9 @@ def kl_ucb(kls: Sequence[float] | np.ndarray, weights: Optional[Sequence[float] 
 # ---------------------------------------------------------------------------------------------
 
 
-def _scan(sims: np.ndarray, kls: np.ndarray, weights: np.ndarray, config: KLBudgetConfig,
-          min_count: int) -> tuple[Optional[float], bool]:
+def _scan(
+    sims: np.ndarray, kls: np.ndarray, weights: np.ndarray, config: KLBudgetConfig, min_count: int
+) -> tuple[float | None, bool]:
     """The module docstring's rule on one body of evidence.
 
     Returns (δ, refuted): δ is None when no candidate had a verdict (the caller falls back), and
@@ -265,15 +270,14 @@ class KLBudgetController:
         self._dirty = True
         self._global = CLOSED_THRESHOLD
         # entry → (own δ or None without a verdict, refuted); recomputed for dirty entries only.
-        self._entry_scan: dict[int, tuple[Optional[float], bool]] = {}
+        self._entry_scan: dict[int, tuple[float | None, bool]] = {}
         self._dirty_entries: set[int] = set()
 
     # -- input -----------------------------------------------------------------------------------
 
     @staticmethod
     def _check_audit(similarity: Any, kl: Any, weight: Any) -> tuple[float, float, float]:
-        if not is_number(similarity) or not math.isfinite(similarity) \
-                or abs(similarity) > 1.0 + _SIM_TOLERANCE:
+        if not is_number(similarity) or not math.isfinite(similarity) or abs(similarity) > 1.0 + _SIM_TOLERANCE:
             raise ConfigError(f"similarity must be a cosine in [-1, 1], got {similarity!r}")
         if not is_number(kl) or not math.isfinite(kl) or kl < -_KL_TOLERANCE:
             raise ConfigError(f"kl must be a finite KL divergence ≥ 0 (nats), got {kl!r}")
@@ -287,7 +291,7 @@ class KLBudgetController:
             raise ConfigError(f"entry_id must be an integer, got {entry_id!r}")
         return int(entry_id)
 
-    def observe(self, similarity: float, kl: float, entry_id: Optional[int] = None, weight: float = 1.0) -> None:
+    def observe(self, similarity: float, kl: float, entry_id: int | None = None, weight: float = 1.0) -> None:
         """Record one audit: the KL a served (or would-be-served) prior had at that similarity.
 
         ``weight`` is 1 / the probability the audit was drawn with: 1/r for refresh audits of hits,
@@ -327,14 +331,14 @@ class KLBudgetController:
             self._dirty = False
         return self._global
 
-    def _entry_result(self, entry: int) -> tuple[Optional[float], bool]:
+    def _entry_result(self, entry: int) -> tuple[float | None, bool]:
         if entry in self._dirty_entries or entry not in self._entry_scan:
             sims, kls, ws = _as_arrays(self._entries.get(entry, ()))
             self._entry_scan[entry] = _scan(sims, kls, ws, self.config, self.config.min_entry_audits)
             self._dirty_entries.discard(entry)
         return self._entry_scan[entry]
 
-    def _own_threshold(self, entry: int, global_threshold: float) -> Optional[float]:
+    def _own_threshold(self, entry: int, global_threshold: float) -> float | None:
         """The entry's own δ (module docstring, "Per entry"), None without enough own audits."""
         if not self.config.per_entry or entry not in self._entries:
             return None
@@ -343,7 +347,7 @@ class KLBudgetController:
             return None
         return own if refuted else min(own, global_threshold)
 
-    def threshold(self, entry_id: Optional[int] = None) -> float:
+    def threshold(self, entry_id: int | None = None) -> float:
         """The global δ, or that entry's own δ when per_entry and it has ≥ min_entry_audits audits."""
         global_threshold = self._global_threshold()
         if entry_id is None:
@@ -379,8 +383,7 @@ class KLBudgetController:
 
     @staticmethod
     def _columns(audits: Sequence[tuple[float, float, float]]) -> dict[str, list[float]]:
-        return {"similarity": [a[0] for a in audits], "kl": [a[1] for a in audits],
-                "weight": [a[2] for a in audits]}
+        return {"similarity": [a[0] for a in audits], "kl": [a[1] for a in audits], "weight": [a[2] for a in audits]}
 
     def to_dict(self) -> dict[str, Any]:
         """The evidence as plain JSON (audits as column lists), so a saved cache keeps it."""
@@ -414,8 +417,9 @@ class KLBudgetController:
             raise ConfigError(f"a kl-budget state must be a mapping, got {type(data).__name__}")
         expected = {"format", "config", "audits", "entries"}
         if set(data) != expected:
-            raise ConfigError(f"a kl-budget state needs exactly the keys {sorted(expected)}, "
-                              f"got {sorted(map(str, data))}")
+            raise ConfigError(
+                f"a kl-budget state needs exactly the keys {sorted(expected)}, got {sorted(map(str, data))}"
+            )
         if data["format"] != STATE_FORMAT:
             raise ConfigError(f"kl-budget state format {data['format']!r} is not {STATE_FORMAT!r}")
         KLBudgetConfig.from_dict(data["config"])

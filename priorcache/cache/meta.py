@@ -31,14 +31,15 @@ current δ at no extra LLM cost, which is what lets δ move down safely.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any
 
 import numpy as np
 
-from priorcache.validation import config_from_dict, is_int, is_number
 from priorcache.errors import ConfigError
 from priorcache.prior.divergence import f6_distance
+from priorcache.validation import config_from_dict, is_int, is_number
 
 
 def _logit(p: float) -> float:
@@ -96,23 +97,28 @@ class MetaConfig:
 
     def _check_bounds(self, name: str, lo: float, hi: float, integer: bool = False) -> None:
         value = getattr(self, name)
-        ok = (isinstance(value, (tuple, list)) and len(value) == 2
-              and all(is_int(v) if integer else is_number(v) for v in value))
+        ok = (
+            isinstance(value, (tuple, list))
+            and len(value) == 2
+            and all(is_int(v) if integer else is_number(v) for v in value)
+        )
         # logit needs the open interval; log K needs K ≥ 1
         if ok:
             a, b = value
             ok = (a >= lo if integer else a > lo) and (b <= hi if integer else b < hi) and a < b
         if not ok:
             kind = "integers" if integer else "numbers"
-            raise ConfigError(f"meta {name} must be two {kind} (low, high) with low < high inside "
-                              f"{'[' if integer else '('}{lo}, {hi}{']' if integer else ')'}, got {value!r}")
+            raise ConfigError(
+                f"meta {name} must be two {kind} (low, high) with low < high inside "
+                f"{'[' if integer else '('}{lo}, {hi}{']' if integer else ')'}, got {value!r}"
+            )
         object.__setattr__(self, name, tuple(value))  # JSON gives lists back
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "MetaConfig":
+    def from_dict(cls, data: Mapping[str, Any]) -> MetaConfig:
         return config_from_dict(cls, data, "meta")
 
 
@@ -128,8 +134,9 @@ class CacheParams:
         return asdict(self)
 
 
-def fit_kl_model(similarities: Sequence[float], kls: Sequence[float], weights: Sequence[float],
-                 prior_slope: float, prior_audits: int) -> tuple[float, float]:
+def fit_kl_model(
+    similarities: Sequence[float], kls: Sequence[float], weights: Sequence[float], prior_slope: float, prior_audits: int
+) -> tuple[float, float]:
     """(a, b) ≥ 0 of k̂(s) = a + b·√(2(1 − s)) by weighted least squares, shrunk towards (0, prior_slope).
 
     The shrinkage adds ``prior_audits`` pseudo-audits on the prior line, spread over the distance
@@ -160,8 +167,11 @@ def fit_kl_model(similarities: Sequence[float], kls: Sequence[float], weights: S
 
 def check_theta(theta: Any) -> np.ndarray:
     """A saved θ = (log K, logit δ, logit r) as an array; ConfigError unless three finite numbers."""
-    if (not isinstance(theta, (list, tuple)) or len(theta) != 3
-            or not all(is_number(t) and math.isfinite(t) for t in theta)):
+    if (
+        not isinstance(theta, (list, tuple))
+        or len(theta) != 3
+        or not all(is_number(t) and math.isfinite(t) for t in theta)
+    ):
         raise ConfigError(f"a saved meta-optimiser θ must be three finite numbers, got {theta!r}")
     return np.asarray(theta, dtype=np.float64)
 
@@ -177,8 +187,8 @@ class _Adam:
         self.t += 1
         self.m = self.beta1 * self.m + (1 - self.beta1) * grad
         self.v = self.beta2 * self.v + (1 - self.beta2) * grad * grad
-        m_hat = self.m / (1 - self.beta1 ** self.t)
-        v_hat = self.v / (1 - self.beta2 ** self.t)
+        m_hat = self.m / (1 - self.beta1**self.t)
+        v_hat = self.v / (1 - self.beta2**self.t)
         return self.lr * m_hat / (np.sqrt(v_hat) + self.eps)
 
 
@@ -189,7 +199,7 @@ class MetaOptimiser:
     ``record_reward`` / ``record_td``. ``record_lookup`` returns the update record when a window
     closed; ``params`` are the (perturbed) parameters the cache must use from then on."""
 
-    def __init__(self, config: MetaConfig, initial: CacheParams, seed: Optional[int] = 0) -> None:
+    def __init__(self, config: MetaConfig, initial: CacheParams, seed: int | None = 0) -> None:
         self.config = config
         lo_k, hi_k = config.capacity_bounds
         lo_d, hi_d = config.threshold_bounds
@@ -197,8 +207,11 @@ class MetaOptimiser:
         # A start outside the bounds is clipped onto them (CacheConfig refuses one for the cache).
         self._lower = np.array([math.log(lo_k), _logit(lo_d), _logit(lo_r)])
         self._upper = np.array([math.log(hi_k), _logit(hi_d), _logit(hi_r)])
-        start = [math.log(max(1, initial.capacity)), _logit(min(max(initial.similarity_threshold, 1e-6), 1 - 1e-6)),
-                 _logit(min(max(initial.refresh_rate, 1e-6), 1 - 1e-6))]
+        start = [
+            math.log(max(1, initial.capacity)),
+            _logit(min(max(initial.similarity_threshold, 1e-6), 1 - 1e-6)),
+            _logit(min(max(initial.refresh_rate, 1e-6), 1 - 1e-6)),
+        ]
         self.theta = np.clip(np.array(start), self._lower, self._upper)
         self._rng = np.random.default_rng(seed)
         self._adam = _Adam(3, config.learning_rate)
@@ -208,7 +221,7 @@ class MetaOptimiser:
         self._pair_objectives: list[float] = []
         self._pair_grads: list[np.ndarray] = []
         self._pair_evicted = False
-        self._return_spread: Optional[float] = None
+        self._return_spread: float | None = None
         self._audit_sims: list[float] = []
         self._audit_kls: list[float] = []
         self._audit_weights: list[float] = []
@@ -230,8 +243,15 @@ class MetaOptimiser:
         self._reward_steps = 0
         self._td: dict[bool, list[float]] = {True: [0.0, 0], False: [0.0, 0]}  # hit → [sum, count]
 
-    def record_lookup(self, similarity: Optional[float], servable: bool, hit: bool, full_call: bool,
-                      partial_call: bool, evictions: int = 0) -> Optional[dict[str, Any]]:
+    def record_lookup(
+        self,
+        similarity: float | None,
+        servable: bool,
+        hit: bool,
+        full_call: bool,
+        partial_call: bool,
+        evictions: int = 0,
+    ) -> dict[str, Any] | None:
         """One lookup: the nearest entry's similarity (None: the partition was empty), whether that
         entry covered enough candidates to be served, what happened, and evictions it caused."""
         self._sims.append(-1.0 if similarity is None else float(similarity))
@@ -279,16 +299,20 @@ class MetaOptimiser:
         return self._params_of(self.theta)
 
     def _applied_theta(self) -> np.ndarray:
-        return np.clip(self.theta + self._sign * self.config.perturbation * self._direction,
-                       self._lower, self._upper)
+        return np.clip(self.theta + self._sign * self.config.perturbation * self._direction, self._lower, self._upper)
 
     def _params_of(self, theta: np.ndarray) -> CacheParams:
         # Clipped again after the transform: sigmoid(logit(b)) can land an ulp outside b.
-        (k_lo, k_hi), (d_lo, d_hi), (r_lo, r_hi) = (self.config.capacity_bounds, self.config.threshold_bounds,
-                                                    self.config.refresh_bounds)
-        return CacheParams(capacity=min(max(int(round(math.exp(theta[0]))), k_lo), k_hi),
-                           similarity_threshold=min(max(float(_sigmoid(theta[1])), d_lo), d_hi),
-                           refresh_rate=min(max(float(_sigmoid(theta[2])), r_lo), r_hi))
+        (k_lo, k_hi), (d_lo, d_hi), (r_lo, r_hi) = (
+            self.config.capacity_bounds,
+            self.config.threshold_bounds,
+            self.config.refresh_bounds,
+        )
+        return CacheParams(
+            capacity=min(max(int(round(math.exp(theta[0]))), k_lo), k_hi),
+            similarity_threshold=min(max(float(_sigmoid(theta[1])), d_lo), d_hi),
+            refresh_rate=min(max(float(_sigmoid(theta[2])), r_lo), r_hi),
+        )
 
     def _start_pair(self) -> None:
         # K is perturbed only while it binds (the last pair evicted); otherwise its coordinate rests.
@@ -314,8 +338,9 @@ class MetaOptimiser:
         n = max(1, sims.size)
         hits_seen = self._hits
         partial_share = self._partial_hits / hits_seen if hits_seen else 0.5
-        a, b = fit_kl_model(self._audit_sims, self._audit_kls, self._audit_weights,
-                            cfg.prior_kl_slope, cfg.prior_audits)
+        a, b = fit_kl_model(
+            self._audit_sims, self._audit_kls, self._audit_weights, cfg.prior_kl_slope, cfg.prior_audits
+        )
         kl_hat = a + b * f6_distance(sims)
         delta, r = similarity_threshold, refresh_rate
         h = _sigmoid((sims - delta) / cfg.soft_hit_temperature) * servable
@@ -329,9 +354,16 @@ class MetaOptimiser:
         dkappa_dr = -float((h * kl_hat).sum()) / n
         # chain rule to θ: dδ/dθ = δ(1 − δ), dr/dθ = r(1 − r)
         jd, jr = delta * (1 - delta), r * (1 - r)
-        return {"query_rate": q, "expected_kl": kappa, "kl_fit_a": a, "kl_fit_b": b,
-                "dq_dtheta_delta": dq_ddelta * jd, "dkappa_dtheta_delta": dkappa_ddelta * jd,
-                "dq_dtheta_r": dq_dr * jr, "dkappa_dtheta_r": dkappa_dr * jr}
+        return {
+            "query_rate": q,
+            "expected_kl": kappa,
+            "kl_fit_a": a,
+            "kl_fit_b": b,
+            "dq_dtheta_delta": dq_ddelta * jd,
+            "dkappa_dtheta_delta": dkappa_ddelta * jd,
+            "dq_dtheta_r": dq_dr * jr,
+            "dkappa_dtheta_r": dkappa_dr * jr,
+        }
 
     def _close_window(self) -> dict[str, Any]:
         cfg = self.config
@@ -358,11 +390,19 @@ class MetaOptimiser:
         self._pair_grads.append(grad)
         self._pair_evicted = self._pair_evicted or self._evictions > 0
         record: dict[str, Any] = {
-            "window": self.updates + 1, "lookups": n, "phase": "+" if self._sign > 0 else "-",
-            **{f"window_{k}": v for k, v in applied.to_dict().items()}, "query_rate": observed_q, "expected_kl": observed_kl,
-            "model_query_rate": surrogate["query_rate"], "model_expected_kl": surrogate["expected_kl"],
-            "kl_fit_a": surrogate["kl_fit_a"], "kl_fit_b": surrogate["kl_fit_b"],
-            "return_rate": return_rate, "td_gap": self.td_gap(), "objective": return_rate + objective,
+            "window": self.updates + 1,
+            "lookups": n,
+            "phase": "+" if self._sign > 0 else "-",
+            **{f"window_{k}": v for k, v in applied.to_dict().items()},
+            "query_rate": observed_q,
+            "expected_kl": observed_kl,
+            "model_query_rate": surrogate["query_rate"],
+            "model_expected_kl": surrogate["expected_kl"],
+            "kl_fit_a": surrogate["kl_fit_a"],
+            "kl_fit_b": surrogate["kl_fit_b"],
+            "return_rate": return_rate,
+            "td_gap": self.td_gap(),
+            "objective": return_rate + objective,
             "stepped": False,
         }
         if self._sign > 0:
@@ -385,11 +425,18 @@ class MetaOptimiser:
         scale = max(self._return_spread, 1e-6)
         # Δ_i ∈ {−1, 0, +1}: 1/Δ_i = Δ_i for the perturbed coordinates, 0 for resting ones.
         spsa_return = (r_plus - r_minus) / (2 * cfg.perturbation * scale) * self._direction
-        spsa_objective = (self._pair_objectives[0] - self._pair_objectives[1]) / (2 * cfg.perturbation) \
-            * self._direction
+        spsa_objective = (
+            (self._pair_objectives[0] - self._pair_objectives[1]) / (2 * cfg.perturbation) * self._direction
+        )
         grad = np.mean(self._pair_grads, axis=0) + cfg.return_weight * spsa_return
         grad[0] = cfg.return_weight * spsa_return[0] + spsa_objective[0]
         self.theta = np.clip(self.theta + self._adam.ascent(grad), self._lower, self._upper)
-        record.update({"stepped": True, "grad_log_capacity": float(grad[0]),
-                       "grad_logit_threshold": float(grad[1]), "grad_logit_refresh": float(grad[2])})
+        record.update(
+            {
+                "stepped": True,
+                "grad_log_capacity": float(grad[0]),
+                "grad_logit_threshold": float(grad[1]),
+                "grad_logit_refresh": float(grad[2]),
+            }
+        )
         self._start_pair()

@@ -35,21 +35,23 @@ import math
 import threading
 import time
 from collections import deque
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from priorcache.cache import store
+from priorcache.cache.calls import ask_backend, check_embedding, check_q, encode_state
 from priorcache.cache.config import CacheConfig
 from priorcache.cache.controllers import make_controller
+from priorcache.cache.entry_table import EntryTable, Match
 from priorcache.cache.eviction import make_eviction
-from priorcache.cache.index import make_index
 from priorcache.cache.records import CacheCounters, CacheEntry, LookupCost, PriorLookup
 from priorcache.cache.state import entry_to_json, validate_state
-from priorcache.errors import BackendError, CacheFormatError, ConfigError
-from priorcache.prior.action_prior import CategoricalPrior, PriorConfig, check_candidates, check_scores
+from priorcache.errors import CacheFormatError, ConfigError
+from priorcache.prior.action_prior import CategoricalPrior, PriorConfig, check_candidates
 from priorcache.prior.base import LLMBackend, Prompt
 from priorcache.prior.divergence import Audit
 from priorcache.prior.interface import Prior
@@ -68,29 +70,14 @@ def prefix_hash(prefix: str) -> str:
 
 
 @dataclass
-class _Match:
-    """A planned hit: the matched entry's prior as it was when planned (priors are immutable)."""
-
-    entry_id: int
-    version: int
-    kind: str  # "exact" | "similar" | "shadow"
-    similarity: float
-    prior: Prior
-    coverage: float
-    refresh: bool
-    epoch: int  # the cache's load generation: ids of an earlier one may name other entries now
-    refresh_rate: float  # r in force when the refresh was drawn: an audit stands for 1/r hits
-
-
-@dataclass
 class _Nearest:
     """What the similarity search found for one lookup."""
 
-    match: Optional[_Match]  # the hit, when sim ≥ δ and the entry covers enough candidates
-    similarity: Optional[float]  # of the nearest same-prompt entry; None when the partition is empty
+    match: Match | None  # the hit, when sim ≥ δ and the entry covers enough candidates
+    similarity: float | None  # of the nearest same-prompt entry; None when the partition is empty
     servable: bool  # that entry covers enough candidates to be served at some δ
     rejected_for_coverage: bool  # sim ≥ δ, but too few candidates known
-    shadow: Optional[_Match]  # a near-miss (floor ≤ sim < δ) to audit for free on the miss's LLM call
+    shadow: Match | None  # a near-miss (floor ≤ sim < δ) to audit for free on the miss's LLM call
 
 
 class PriorCache:
@@ -99,7 +86,7 @@ class PriorCache:
     def __init__(
         self,
         config: CacheConfig | Mapping[str, Any],
-        encoder: "Encoder",
+        encoder: Encoder,
         backend: LLMBackend,
         prior_config: Any = PriorConfig(),
         prior_kind: type[Prior] = CategoricalPrior,
@@ -127,13 +114,7 @@ class PriorCache:
         self._save_lock = threading.Lock()  # one save at a time per cache
         self.controller = make_controller(config)
         self.eviction = make_eviction(config.eviction, config.utility_half_life)
-        self._index = make_index(config.index, self.dim, config.capacity)
-        self._entries: dict[int, CacheEntry] = {}
-        self._exact: dict[tuple[str, str], int] = {}
-        self._partition_size: dict[str, int] = {}
-        self._prefixes: dict[str, str] = {}  # prefix hash → prefix text, kept for saved caches' readers
-        self._next_id = 0
-        self._epoch = 0
+        self._table = EntryTable(config.index, self.dim, config.capacity, self.eviction, self.controller.forget)
         self._clock = 0
         self._rng = np.random.default_rng(config.seed)
         self._counters = CacheCounters()
@@ -142,7 +123,7 @@ class PriorCache:
     # --- public API -------------------------------------------------------------------------
     def __len__(self) -> int:
         with self._lock:
-            return len(self._entries)
+            return len(self._table)
 
     @property
     def encoder_name(self) -> str:
@@ -157,10 +138,10 @@ class PriorCache:
         state_text: str,
         prompt: Prompt,
         candidates: Sequence[str],
-        q_values: Optional[np.ndarray] = None,
+        q_values: np.ndarray | None = None,
         alpha: float = 1.0,
-        embedding: Optional[np.ndarray] = None,
-        step: Optional[int] = None,
+        embedding: np.ndarray | None = None,
+        step: int | None = None,
     ) -> PriorLookup:
         """The prior for ``candidates`` in the state ``state_text`` asked with ``prompt``.
 
@@ -173,8 +154,8 @@ class PriorCache:
         if not isinstance(getattr(prompt, "prefix", None), str):
             raise ConfigError("prompt must be a Prompt with a string prefix")
         cands = check_candidates(candidates)
-        q = self._check_q(q_values, len(cands), alpha)
-        emb = self._check_embedding(embedding) if embedding is not None else None
+        q = check_q(q_values, len(cands), alpha)
+        emb = check_embedding(embedding, self.dim, self.encoder_name) if embedding is not None else None
         if step is not None and (not is_int(step) or step < 0):
             raise ConfigError(f"step must be an integer ≥ 0 or None, got {step!r}")
         cost = LookupCost()
@@ -185,12 +166,12 @@ class PriorCache:
                 self._tick(step)
                 self._counters.uncached += 1
                 self._count(cost, start, llm_calls=1, partial_calls=0)
-            return self._result(cands, fresh, "uncached", False, None, 1, 0, cost, None, emb, start)
+            return self._result(cands, fresh, "uncached", None, cost, start, llm_calls=1, embedding=emb)
 
         p_hash = prefix_hash(prompt.prefix)
         with self._lock:
             now = self._tick(step)
-            evictions_before = self._counters.evictions
+            evictions_before = self._table.evictions
             match = self._plan_exact(p_hash, state_text, cands)
         near = _Nearest(match, 1.0, True, False, None) if match is not None else None
         if near is None:
@@ -207,43 +188,68 @@ class PriorCache:
                 with cost.timed("adaptation_time_s"):
                     shadow_audit = self._would_serve(near.shadow, cands, fresh).divergence(fresh, q, alpha)
             with self._lock:
-                eid = self._upsert(p_hash, prompt.prefix, state_text, emb, fresh, now)
+                eid = self._table.upsert(
+                    p_hash, prompt.prefix, state_text, emb, fresh, now, self.controller.params.capacity
+                )
                 self._counters.misses += 1
                 self._counters.coverage_rejections += int(near.rejected_for_coverage)
                 record = None
                 if shadow_audit is not None:
                     record = self._log_audit(now, near.shadow, shadow_audit, served=False, cost=cost)
-                update = self._adapt(near, cost, evictions_before, now, hit=False, full_call=True,
-                                     partial_call=False)
+                update = self._adapt(near, cost, evictions_before, now, hit=False, full_call=True, partial_call=False)
                 self._count(cost, start, llm_calls=1, partial_calls=0)
-            return self._result(cands, fresh, "miss", False, near.similarity, 1, 0, cost, None, emb, start,
-                                entry_id=eid, audit_record=record, meta_update=update)
+            return self._result(
+                cands,
+                fresh,
+                "miss",
+                near.similarity,
+                cost,
+                start,
+                llm_calls=1,
+                embedding=emb,
+                entry_id=eid,
+                audit_record=record,
+                meta_update=update,
+            )
 
         if match.refresh:
             fresh = self._ask(prompt, cands, cost, partial=False)
             audit = self._would_serve(match, cands, fresh).divergence(fresh, q, alpha)
             with self._lock:
-                self._apply_refresh(match, p_hash, prompt.prefix, state_text, emb, fresh, audit, now)
+                self._table.apply_refresh(
+                    match, p_hash, prompt.prefix, state_text, emb, fresh, audit, now, self.controller.params.capacity
+                )
                 self._counters.refreshes += 1
                 self._counters.add_audit(audit)
                 record = self._log_audit(now, match, audit, served=True, cost=cost)
-                update = self._adapt(near, cost, evictions_before, now, hit=False, full_call=True,
-                                     partial_call=False)
+                update = self._adapt(near, cost, evictions_before, now, hit=False, full_call=True, partial_call=False)
                 self._count(cost, start, llm_calls=1, partial_calls=0)
-            return self._result(cands, fresh, "refresh", False, match.similarity, 1, 0, cost, audit, emb, start,
-                                coverage=match.coverage, entry_id=match.entry_id, audit_record=record,
-                                meta_update=update)
+            return self._result(
+                cands,
+                fresh,
+                "refresh",
+                match.similarity,
+                cost,
+                start,
+                llm_calls=1,
+                audit=audit,
+                embedding=emb,
+                coverage=match.coverage,
+                entry_id=match.entry_id,
+                audit_record=record,
+                meta_update=update,
+            )
 
         # A hit: F7 completion of the candidates the entry does not know.
         known = set(match.prior.actions)
         unknown = [a for a in cands if a not in known]
-        partial: Optional[Prior] = None
+        partial: Prior | None = None
         if unknown and self.config.unknown_candidates == "partial":
             partial = self._ask(prompt, unknown, cost, partial=True)
         served = match.prior.restrict(cands, fill=partial)
         partial_calls = int(partial is not None)
         with self._lock:
-            self._apply_hit(match, partial, now)
+            self._table.apply_hit(match, partial, now)
             c = self._counters
             if match.kind == "exact":
                 c.exact_hits += 1
@@ -252,11 +258,23 @@ class PriorCache:
             n_partial = len(partial.actions) if partial is not None else 0
             c.partial_actions += n_partial
             c.floor_filled += len(unknown) - n_partial
-            update = self._adapt(near, cost, evictions_before, now, hit=True, full_call=False,
-                                 partial_call=bool(partial_calls))
+            update = self._adapt(
+                near, cost, evictions_before, now, hit=True, full_call=False, partial_call=bool(partial_calls)
+            )
             self._count(cost, start, llm_calls=0, partial_calls=partial_calls)
-        return self._result(cands, served, match.kind, True, match.similarity, 0, partial_calls, cost, None, emb,
-                            start, coverage=match.coverage, entry_id=match.entry_id, meta_update=update)
+        return self._result(
+            cands,
+            served,
+            match.kind,
+            match.similarity,
+            cost,
+            start,
+            partial_calls=partial_calls,
+            embedding=emb,
+            coverage=match.coverage,
+            entry_id=match.entry_id,
+            meta_update=update,
+        )
 
     def params(self) -> dict[str, Any]:
         """The live K, δ and r (in ``kl-budget`` mode with per-entry thresholds, δ is the global one)."""
@@ -286,8 +304,9 @@ class PriorCache:
         if not self.controller.learns_from_outcomes or count == 0:
             return
         if not (is_number(td_sum) and math.isfinite(td_sum) and td_sum >= 0) or not is_int(count) or count < 0:
-            raise ConfigError(f"observe_td needs a finite td_sum ≥ 0 and an integer count ≥ 0, got {td_sum!r}, "
-                              f"{count!r}")
+            raise ConfigError(
+                f"observe_td needs a finite td_sum ≥ 0 and an integer count ≥ 0, got {td_sum!r}, {count!r}"
+            )
         with self._lock:
             cost = LookupCost()
             with cost.timed("adaptation_time_s"):
@@ -304,34 +323,15 @@ class PriorCache:
         ``query_rate`` = lookups that asked the LLM anything (full or partial) / lookups;
         ``full_query_rate`` counts full calls only."""
         with self._lock:
-            c = self._counters
-            hits = c.exact_hits + c.similar_hits
-            n = c.lookups
-            out: dict[str, Any] = {"mode": self.config.mode, "lookups": n, "hits": hits}
-            for name in ("exact_hits", "similar_hits", "misses", "refreshes", "uncached", "coverage_rejections",
-                         "llm_calls", "partial_calls", "llm_time_s", "prompt_tokens", "continuation_tokens",
-                         "partial_llm_time_s", "partial_prompt_tokens", "partial_continuation_tokens",
-                         "partial_actions", "floor_filled", "evictions"):
-                out[name] = getattr(c, name)
-            out.update({
-                "size": len(self._entries),
+            return {
+                "mode": self.config.mode,
+                **self._counters.stats(),
+                "evictions": self._table.evictions,
+                "size": len(self._table),
                 "capacity": self.config.capacity,
-                "audits": c.audits,
-                "mean_epsilon": c.epsilon_sum / c.audits if c.audits else None,
-                "max_epsilon": c.epsilon_max if c.audits else None,
-                "mean_kl": c.kl_sum / c.audits if c.audits else None,
-                "max_kl": c.kl_max if c.audits else None,
-                "hit_rate": hits / n if n else 0.0,
-                "query_rate": (c.llm_calls + c.partial_calls) / n if n else 0.0,
-                "full_query_rate": c.llm_calls / n if n else 0.0,
-                "encode_time_s": c.encode_time_s,
-                "lookup_time_s": c.lookup_time_s,
                 "params": self.controller.params.to_dict(),
-                "shadow_audits": c.shadow_audits,
-                "adaptation_time_s": c.adaptation_time_s,
                 **self.controller.summary(),
-            })
-            return out
+            }
 
     def audit_log(self) -> list[dict[str, Any]]:
         """The most recent audits (step, kind, similarity, coverage, ε, KL, bound), oldest first."""
@@ -341,25 +341,31 @@ class PriorCache:
     def entries(self) -> list[CacheEntry]:
         """Copies of the entries, in insertion order."""
         with self._lock:
-            return [e.copy() for e in self._entries.values()]
+            return [e.copy() for e in self._table.entries.values()]
 
     # --- state ----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """The whole cache as plain data (format version 2, see :mod:`priorcache.cache.state`)."""
         with self._lock:
-            entries = list(self._entries.values())
-            keys = (np.stack([e.key for e in entries]).astype(np.float32) if entries
-                    else np.zeros((0, self.dim), dtype=np.float32))
+            entries = list(self._table.entries.values())
+            keys = (
+                np.stack([e.key for e in entries]).astype(np.float32)
+                if entries
+                else np.zeros((0, self.dim), dtype=np.float32)
+            )
             return {
                 "keys": keys,
                 "encoder": {"name": self.encoder_name, "dim": self.dim},
                 "backend": {"name": self.backend_name},
                 "config": self.config.to_dict(),
                 "clock": self._clock,
-                "prefixes": {h: self._prefixes[h] for h in sorted({e.prefix_hash for e in entries})},
+                "prefixes": {h: self._table.prefixes[h] for h in sorted({e.prefix_hash for e in entries})},
                 "entries": [entry_to_json(e) for e in entries],
-                "controller": {"mode": self.config.mode, "params": self.controller.params.to_dict(),
-                               "state": self.controller.state_dict()},
+                "controller": {
+                    "mode": self.config.mode,
+                    "params": self.controller.params.to_dict(),
+                    "state": self.controller.state_dict(),
+                },
             }
 
     def load_state_dict(self, state: Mapping[str, Any], *, check_backend: bool = True) -> None:
@@ -368,27 +374,22 @@ class PriorCache:
 
         ``check_backend``: refuse a state scored by another LLM backend (raw scores of two models
         are not comparable). Entries' steps are rebased onto this cache's clock (ages survive)."""
-        loaded = validate_state(state, encoder_name=self.encoder_name, dim=self.dim,
-                                backend_name=self.backend_name if check_backend else None,
-                                prior_kind=self.prior_kind, prior_config=self.prior_config)
+        loaded = validate_state(
+            state,
+            encoder_name=self.encoder_name,
+            dim=self.dim,
+            backend_name=self.backend_name if check_backend else None,
+            prior_kind=self.prior_kind,
+            prior_config=self.prior_config,
+        )
         try:
             restore = self.controller.check_state(loaded.controller_mode, loaded.controller_state)
         except ConfigError as e:
             raise CacheFormatError(f"damaged 'controller' state: {e}") from None
         with self._lock:
-            for eid in self._entries:  # loaded ids may name other states than the audited ones
-                self.controller.forget(eid)
-            self._index = make_index(self.config.index, self.dim, self.config.capacity)
-            self._entries, self._exact, self._partition_size, self._prefixes = {}, {}, {}, {}
-            self._epoch += 1
-            shift = self._clock - max((e.last_used_step for e in loaded.entries), default=self._clock)
-            for e in loaded.entries:
-                e.created_step += shift
-                e.last_used_step += shift
-                self._insert(e, loaded.prefixes.get(e.prefix_hash))
-                self._next_id = max(self._next_id, e.id + 1)
+            self._table.replace(loaded.entries, loaded.prefixes, self._clock, self.config.capacity)
             restore()
-            self._evict_to_capacity()
+            self._table.evict_to(self.controller.params.capacity, self._clock)
 
     def save(self, directory: str | Path) -> None:
         """Write the cache to ``directory`` atomically (see :mod:`priorcache.cache.store`)."""
@@ -404,7 +405,7 @@ class PriorCache:
             raise CacheFormatError(f"{where}: {e}") from None
 
     # --- planning (under the lock) ------------------------------------------------------------
-    def _tick(self, step: Optional[int]) -> int:
+    def _tick(self, step: int | None) -> int:
         if step is None:
             self._clock += 1
             return self._clock
@@ -416,17 +417,17 @@ class PriorCache:
         n = sum(a in known for a in cands)
         return n, n / len(cands)
 
-    def _make_match(self, entry: CacheEntry, kind: str, similarity: float, coverage: float,
-                    draw_refresh: bool = True) -> _Match:
+    def _make_match(
+        self, entry: CacheEntry, kind: str, similarity: float, coverage: float, draw_refresh: bool = True
+    ) -> Match:
         r = self.controller.params.refresh_rate
         refresh = draw_refresh and r > 0 and bool(self._rng.random() < r)
-        return _Match(entry.id, entry.version, kind, similarity, entry.prior, coverage, refresh, self._epoch, r)
+        return Match(entry.id, entry.version, kind, similarity, entry.prior, coverage, refresh, self._table.epoch, r)
 
-    def _plan_exact(self, p_hash: str, state_text: str, cands: list[str]) -> Optional[_Match]:
-        eid = self._exact.get((p_hash, state_text))
-        if eid is None:
+    def _plan_exact(self, p_hash: str, state_text: str, cands: list[str]) -> Match | None:
+        entry = self._table.by_state(p_hash, state_text)
+        if entry is None:
             return None
-        entry = self._entries[eid]
         known, coverage = self._coverage(entry, cands)
         # The same state under the same prompt: a partial call scores the unknown candidates exactly
         # as a full call would, so coverage only matters when they would get the floor score.
@@ -435,24 +436,8 @@ class PriorCache:
             return None
         return self._make_match(entry, "exact", 1.0, coverage)
 
-    def _nearest_in_partition(self, p_hash: str, emb: np.ndarray) -> Optional[tuple[CacheEntry, float]]:
-        if not self._partition_size.get(p_hash):
-            return None
-        total = len(self._index)
-        k = min(total, 16)
-        while True:
-            ids, sims = self._index.search(emb, k)
-            for i, s in zip(ids.tolist(), sims.tolist()):
-                entry = self._entries.get(int(i))
-                if entry is not None and entry.prefix_hash == p_hash:
-                    return entry, float(min(1.0, max(-1.0, s)))
-            if k >= total:
-                return None
-            # Widen until the best same-prefix entry shows up: exact indexes then find it for sure.
-            k = min(total, 4 * k)
-
     def _plan_similar(self, p_hash: str, emb: np.ndarray, cands: list[str]) -> _Nearest:
-        found = self._nearest_in_partition(p_hash, emb)
+        found = self._table.nearest(p_hash, emb)
         if found is None:
             return _Nearest(None, None, False, False, None)
         entry, sim = found
@@ -468,125 +453,59 @@ class PriorCache:
             return _Nearest(None, sim, False, True, None)
         return _Nearest(self._make_match(entry, "similar", sim, coverage), sim, True, False, None)
 
-    def _would_serve(self, match: _Match, cands: list[str], fresh: Prior) -> Prior:
+    def _would_serve(self, match: Match, cands: list[str], fresh: Prior) -> Prior:
         """The prior a hit on ``match`` would have served. With partial completion its unknown
         candidates would have been scored with this very prompt, i.e. exactly as in the fresh call."""
         return match.prior.restrict(cands, fill=fresh if self.config.unknown_candidates == "partial" else None)
 
-    def _log_audit(self, now: int, match: _Match, audit: Audit, *, served: bool, cost: LookupCost) -> dict[str, Any]:
+    def _log_audit(self, now: int, match: Match, audit: Audit, *, served: bool, cost: LookupCost) -> dict[str, Any]:
         """Keep the audit in the log and hand it to the controller (under the lock)."""
         with cost.timed("adaptation_time_s"):
             # A refresh is drawn with probability r among hits, so it stands for 1/r of them; a shadow
             # audit is taken on every eligible near-miss.
             rate = match.refresh_rate if served else 1.0
-            record = {"step": now, "kind": match.kind, "served": served, "similarity": match.similarity,
-                      "coverage": match.coverage, "entry_id": match.entry_id, **audit.to_dict(),
-                      "refresh_rate": rate, "weight": 1.0 / rate}
+            record = {
+                "step": now,
+                "kind": match.kind,
+                "served": served,
+                "similarity": match.similarity,
+                "coverage": match.coverage,
+                "entry_id": match.entry_id,
+                **audit.to_dict(),
+                "refresh_rate": rate,
+                "weight": 1.0 / rate,
+            }
             self._audit_log.append(record)
             if not served:
                 self._counters.shadow_audits += 1
             self.controller.observe_audit(match.similarity, audit.kl, 1.0 / rate, served, match.entry_id)
         return dict(record)
 
-    def _adapt(self, near: _Nearest, cost: LookupCost, evictions_before: int, now: int, *, hit: bool,
-               full_call: bool, partial_call: bool) -> Optional[dict[str, Any]]:
+    def _adapt(
+        self,
+        near: _Nearest,
+        cost: LookupCost,
+        evictions_before: int,
+        now: int,
+        *,
+        hit: bool,
+        full_call: bool,
+        partial_call: bool,
+    ) -> dict[str, Any] | None:
         """Feed the lookup to the controller and apply a changed K."""
         with cost.timed("adaptation_time_s"):
             update = self.controller.observe_lookup(
-                near.similarity, near.servable, hit=hit, full_call=full_call, partial_call=partial_call,
-                evictions=self._counters.evictions - evictions_before, step=now)
+                near.similarity,
+                near.servable,
+                hit=hit,
+                full_call=full_call,
+                partial_call=partial_call,
+                evictions=self._table.evictions - evictions_before,
+                step=now,
+            )
             if update is not None:
-                self._evict_to_capacity()
+                self._table.evict_to(self.controller.params.capacity, self._clock)
         return update
-
-    # --- state changes (under the lock) ---------------------------------------------------------
-    def _apply_hit(self, match: _Match, partial: Optional[Prior], now: int) -> None:
-        entry = self._entries.get(match.entry_id) if match.epoch == self._epoch else None
-        if entry is None:  # evicted or reloaded meanwhile: the served prior stands, nothing to merge
-            return
-        entry.hit_count += 1
-        entry.last_used_step = max(entry.last_used_step, now)
-        if partial is not None and entry.version == match.version:
-            entry.prior = entry.prior.merge(partial)  # F7: entries are extended by partial results
-            entry.version += 1
-
-    def _apply_refresh(self, match: _Match, p_hash: str, prefix: str, state_text: str,
-                       emb: Optional[np.ndarray], fresh: Prior, audit: Audit, now: int) -> None:
-        entry = self._entries.get(match.entry_id) if match.epoch == self._epoch else None
-        if entry is None or entry.version != match.version:
-            # Changed or gone while the LLM ran: keep the fresh prior as an ordinary insert.
-            if emb is not None:
-                self._upsert(p_hash, prefix, state_text, emb, fresh, now)
-            return
-        if entry.state_text == state_text:
-            # Same state and prompt: values of actions outside today's candidates are still valid.
-            entry.prior = entry.prior.merge(fresh)
-        else:
-            # The entry now stands for the current state: its other values belonged to another one,
-            # and so did its own audits.
-            self.controller.forget(entry.id)
-            other = self._exact.get((p_hash, state_text))
-            if other is not None and other != entry.id:
-                self._remove(other)
-            del self._exact[(entry.prefix_hash, entry.state_text)]
-            entry.state_text = state_text
-            self._exact[(p_hash, state_text)] = entry.id
-            entry.prior = fresh
-            if emb is not None:
-                entry.key = emb.copy()
-                self._index.remove(np.array([entry.id], dtype=np.int64))
-                self._index.add(np.array([entry.id], dtype=np.int64), emb[None, :])
-        entry.hit_count += 1
-        entry.refresh_count += 1
-        entry.last_used_step = max(entry.last_used_step, now)
-        entry.last_audit = audit
-        entry.version += 1
-
-    def _upsert(self, p_hash: str, prefix: str, state_text: str, emb: np.ndarray, prior: Prior, now: int) -> int:
-        eid = self._exact.get((p_hash, state_text))
-        if eid is not None:
-            # The same state and prompt asked again (another thread, or too few candidates known):
-            # extend its prior rather than keep two entries for one state.
-            entry = self._entries[eid]
-            entry.prior = entry.prior.merge(prior)
-            entry.last_used_step = max(entry.last_used_step, now)
-            entry.version += 1
-            return eid
-        while len(self._entries) >= self.controller.params.capacity:
-            self._evict(now)
-        eid = self._next_id
-        self._next_id += 1
-        self._insert(CacheEntry(eid, p_hash, state_text, emb.copy(), prior, now, now), prefix)
-        return eid
-
-    def _insert(self, entry: CacheEntry, prefix: Optional[str]) -> None:
-        self._entries[entry.id] = entry
-        self._exact[(entry.prefix_hash, entry.state_text)] = entry.id
-        self._partition_size[entry.prefix_hash] = self._partition_size.get(entry.prefix_hash, 0) + 1
-        if prefix is not None:
-            self._prefixes.setdefault(entry.prefix_hash, prefix)
-        self._index.add(np.array([entry.id], dtype=np.int64), entry.key[None, :])
-
-    def _remove(self, eid: int) -> None:
-        entry = self._entries.pop(eid)
-        self.controller.forget(eid)
-        del self._exact[(entry.prefix_hash, entry.state_text)]
-        left = self._partition_size[entry.prefix_hash] - 1
-        if left:
-            self._partition_size[entry.prefix_hash] = left
-        else:
-            del self._partition_size[entry.prefix_hash]
-            self._prefixes.pop(entry.prefix_hash, None)
-        self._index.remove(np.array([eid], dtype=np.int64))
-
-    def _evict(self, now: int) -> None:
-        self._remove(self.eviction.victim(self._entries.values(), now))
-        self._counters.evictions += 1
-
-    def _evict_to_capacity(self) -> None:
-        """After K shrank (meta update, warm start, smaller cache loading a bigger save)."""
-        while len(self._entries) > self.controller.params.capacity:
-            self._evict(self._clock)
 
     def _count(self, cost: LookupCost, start: float, *, llm_calls: int, partial_calls: int) -> None:
         c = self._counters
@@ -598,92 +517,27 @@ class PriorCache:
 
     # --- outside calls (never under the lock) ---------------------------------------------------
     def _ask(self, prompt: Prompt, actions: list[str], cost: LookupCost, *, partial: bool) -> Prior:
-        """A fresh prior of ``actions`` from one backend call (F3 scores), its cost booked in ``cost``."""
-        t = time.perf_counter()
-        result = self.backend.score([prompt], [actions], length_normalise=True)
-        wall = time.perf_counter() - t
-        cost.external_wall_s += wall
-        source = f"LLM backend {self.backend_name!r}"
-        got = getattr(result, "scores", None)
-        if got is None or len(got) != 1:
-            raise BackendError(f"{source} returned {0 if got is None else len(got)} score vectors for 1 prompt")
-        scores = check_scores(got[0], actions, source)
-        reported = getattr(result, "wall_time_s", None)
-        # The backend's own timing is the measure; a missing or bogus one falls back to ours.
-        llm_time = float(reported) if is_number(reported) and math.isfinite(reported) and reported >= 0 else wall
-        prefix = "partial_" if partial else ""
-        for name, value in (("llm_time_s", llm_time),
-                            ("prompt_tokens", int(getattr(result, "prompt_tokens", 0) or 0)),
-                            ("continuation_tokens", int(getattr(result, "continuation_tokens", 0) or 0))):
-            setattr(cost, prefix + name, getattr(cost, prefix + name) + value)
+        scores = ask_backend(self.backend, self.backend_name, prompt, actions, cost, partial=partial)
         return self.prior_kind.from_scores(actions, scores, self.prior_config)
 
     def _encode(self, state_text: str, cost: LookupCost) -> np.ndarray:
-        with cost.timed("encode_time_s", "external_wall_s"):
-            out = np.asarray(self.encoder.encode([state_text]), dtype=np.float32)
-        if out.shape != (1, self.dim):
-            raise ConfigError(f"encoder {self.encoder_name!r} returned shape {out.shape} for one text, "
-                              f"expected (1, {self.dim})")
-        return self._unit(out[0], f"encoder {self.encoder_name!r} output")
-
-    def _check_embedding(self, embedding: np.ndarray) -> np.ndarray:
-        arr = np.asarray(embedding, dtype=np.float32)
-        if arr.size != self.dim or arr.ndim > 2 or (arr.ndim == 2 and arr.shape[0] != 1):
-            raise ConfigError(f"embedding has shape {arr.shape}, but encoder {self.encoder_name!r} gives "
-                              f"{self.dim}-dimensional vectors: pass a ({self.dim},) vector")
-        return self._unit(arr.reshape(self.dim), "embedding")
+        return encode_state(self.encoder, self.encoder_name, self.dim, state_text, cost)
 
     @staticmethod
-    def _unit(v: np.ndarray, what: str) -> np.ndarray:
-        if not np.all(np.isfinite(v)):
-            raise ConfigError(f"{what} contains NaN or ±inf")
-        norm = float(np.linalg.norm(v))
-        if norm == 0.0:
-            raise ConfigError(f"{what} is the zero vector; cosine similarity needs a direction")
-        # Cosine = inner product only for unit vectors; renormalising costs nothing and
-        # protects the index from a caller's unnormalised vector.
-        return (v / norm).astype(np.float32)
-
-    @staticmethod
-    def _check_q(q_values: Optional[np.ndarray], n: int, alpha: float) -> Optional[np.ndarray]:
-        if not (is_number(alpha) and math.isfinite(alpha) and alpha > 0):
-            raise ConfigError(f"temperature α must be a finite number > 0, got {alpha!r}")
-        if q_values is None:
-            return None
-        q = np.asarray(q_values, dtype=np.float64)
-        if q.shape != (n,):
-            raise ConfigError(f"q_values has shape {q.shape}, expected ({n},) for {n} candidates")
-        if not np.all(np.isfinite(q)):
-            raise ConfigError("q_values contain NaN or ±inf")
-        return q
-
-    def _result(self, cands: list[str], prior: Prior, kind: str, hit: bool, similarity: Optional[float],
-                llm_calls: int, partial_calls: int, cost: LookupCost, audit: Optional[Audit],
-                emb: Optional[np.ndarray], start: float, *, coverage: Optional[float] = None,
-                entry_id: Optional[int] = None, audit_record: Optional[dict[str, Any]] = None,
-                meta_update: Optional[dict[str, Any]] = None) -> PriorLookup:
-        return PriorLookup(
-            candidates=cands, prior=prior, kind=kind, hit=hit, similarity=similarity,
-            llm_calls=llm_calls, partial_calls=partial_calls,
-            llm_time_s=cost.llm_time_s + cost.partial_llm_time_s,
-            prompt_tokens=cost.prompt_tokens + cost.partial_prompt_tokens,
-            continuation_tokens=cost.continuation_tokens + cost.partial_continuation_tokens,
-            audit=audit, embedding=emb, encode_time_s=cost.encode_time_s,
-            lookup_time_s=max(0.0, time.perf_counter() - start - cost.external_wall_s),
-            coverage=coverage, entry_id=entry_id, audit_record=audit_record, meta_update=meta_update,
-        )
+    def _result(
+        cands: list[str],
+        prior: Prior,
+        kind: str,
+        similarity: float | None,
+        cost: LookupCost,
+        start: float,
+        **fields: Any,
+    ) -> PriorLookup:
+        lookup_time = max(0.0, time.perf_counter() - start - cost.external_wall_s)
+        hit = kind in ("exact", "similar")
+        return PriorLookup(cands, prior, kind, hit, similarity, cost=cost, lookup_time_s=lookup_time, **fields)
 
     def _assert_consistent(self) -> None:
         """Invariants, for tests: size ≤ K, one entry per exact key, index in step with the entries."""
         with self._lock:
-            assert len(self._entries) <= self.controller.params.capacity
-            assert len(self._index) == len(self._entries)
-            assert len(self._exact) == len(self._entries)
-            for key, eid in self._exact.items():
-                e = self._entries[eid]
-                assert (e.prefix_hash, e.state_text) == key
-            counts: dict[str, int] = {}
-            for e in self._entries.values():
-                counts[e.prefix_hash] = counts.get(e.prefix_hash, 0) + 1
-                assert e.prior.actions
-            assert counts == self._partition_size
+            self._table.check(self.controller.params.capacity)

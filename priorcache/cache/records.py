@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
-from typing import Any, Iterator, Optional
+from typing import Any
 
 import numpy as np
 
@@ -27,12 +28,12 @@ class CacheEntry:
     last_used_step: int
     hit_count: int = 0
     refresh_count: int = 0
-    last_audit: Optional[Audit] = None
+    last_audit: Audit | None = None
     # Bumped whenever the prior or the state change, so a partial result computed outside the lock
     # is merged only into the entry it was computed for.
     version: int = 0
 
-    def copy(self) -> "CacheEntry":
+    def copy(self) -> CacheEntry:
         """A copy safe to hand out: the key is copied, the prior is immutable."""
         return replace(self, key=self.key.copy())
 
@@ -82,22 +83,19 @@ class PriorLookup:
     prior: Prior
     kind: str  # "uncached" | "miss" | "exact" | "similar" | "refresh"
     hit: bool
-    similarity: Optional[float]
-    llm_calls: int
-    partial_calls: int
-    llm_time_s: float
-    prompt_tokens: int
-    continuation_tokens: int
-    audit: Optional[Audit]
-    embedding: Optional[np.ndarray]
-    encode_time_s: float
+    similarity: float | None
+    cost: LookupCost
     lookup_time_s: float
-    coverage: Optional[float] = None  # share of the candidates the matched entry knew
-    entry_id: Optional[int] = None
+    llm_calls: int = 0
+    partial_calls: int = 0
+    audit: Audit | None = None
+    embedding: np.ndarray | None = None
+    coverage: float | None = None  # share of the candidates the matched entry knew
+    entry_id: int | None = None
     # The audit this lookup took, as logged (refresh of a hit, or shadow audit of a near-miss).
-    audit_record: Optional[dict[str, Any]] = None
+    audit_record: dict[str, Any] | None = None
     # Set when this lookup closed a meta-optimiser window (adaptive mode): that update's record.
-    meta_update: Optional[dict[str, Any]] = None
+    meta_update: dict[str, Any] | None = None
 
     @property
     def log_prior(self) -> np.ndarray:
@@ -108,6 +106,22 @@ class PriorLookup:
     def scores(self) -> np.ndarray:
         """The served raw F3 scores of a categorical prior, in ``candidates`` order."""
         return self.prior.scores  # type: ignore[attr-defined]
+
+    @property
+    def llm_time_s(self) -> float:
+        return self.cost.llm_time_s + self.cost.partial_llm_time_s
+
+    @property
+    def prompt_tokens(self) -> int:
+        return self.cost.prompt_tokens + self.cost.partial_prompt_tokens
+
+    @property
+    def continuation_tokens(self) -> int:
+        return self.cost.continuation_tokens + self.cost.partial_continuation_tokens
+
+    @property
+    def encode_time_s(self) -> float:
+        return self.cost.encode_time_s
 
 
 @dataclass
@@ -131,7 +145,6 @@ class CacheCounters:
     partial_continuation_tokens: int = 0
     partial_actions: int = 0
     floor_filled: int = 0
-    evictions: int = 0
     audits: int = 0
     epsilon_sum: float = 0.0
     epsilon_max: float = 0.0
@@ -153,3 +166,25 @@ class CacheCounters:
         self.epsilon_max = max(self.epsilon_max, audit.epsilon)
         self.kl_sum += audit.kl
         self.kl_max = max(self.kl_max, audit.kl)
+
+    def stats(self) -> dict[str, Any]:
+        """The counters with the rates and means derived from them (``PriorCache.stats``)."""
+        hits, n = self.exact_hits + self.similar_hits, self.lookups
+        out: dict[str, Any] = {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if f.name not in ("epsilon_sum", "epsilon_max", "kl_sum", "kl_max")
+        }
+        out.update(
+            {
+                "hits": hits,
+                "mean_epsilon": self.epsilon_sum / self.audits if self.audits else None,
+                "max_epsilon": self.epsilon_max if self.audits else None,
+                "mean_kl": self.kl_sum / self.audits if self.audits else None,
+                "max_kl": self.kl_max if self.audits else None,
+                "hit_rate": hits / n if n else 0.0,
+                "query_rate": (self.llm_calls + self.partial_calls) / n if n else 0.0,
+                "full_query_rate": self.llm_calls / n if n else 0.0,
+            }
+        )
+        return out

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from typing import Any
 
 import numpy as np
 
@@ -30,8 +31,19 @@ from priorcache.prior.interface import Prior
 from priorcache.validation import is_json_int, is_json_number
 
 STATE_KEYS = frozenset({"keys", "encoder", "backend", "config", "clock", "prefixes", "entries", "controller"})
-ENTRY_KEYS = frozenset({"id", "state_text", "prefix_hash", "prior", "created_step", "last_used_step", "hit_count",
-                        "refresh_count", "last_audit"})
+ENTRY_KEYS = frozenset(
+    {
+        "id",
+        "state_text",
+        "prefix_hash",
+        "prior",
+        "created_step",
+        "last_used_step",
+        "hit_count",
+        "refresh_count",
+        "last_audit",
+    }
+)
 AUDIT_KEYS = frozenset({"epsilon", "kl", "kl_bound", "log_z_gap"})
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 # Keys are stored unit-norm in float32; anything further off was not written by us.
@@ -58,14 +70,16 @@ class LoadedState:
 
     entries: list[CacheEntry]
     prefixes: dict[str, str]
-    controller_mode: Optional[str]
+    controller_mode: str | None
     controller_state: Any
 
 
 def check_keys(keys: Any) -> np.ndarray:
     if not isinstance(keys, np.ndarray) or keys.dtype != np.float32 or keys.ndim != 2:
-        raise CacheFormatError(f"keys must be a 2-D float32 matrix, got {getattr(keys, 'dtype', type(keys).__name__)} "
-                               f"of shape {getattr(keys, 'shape', '?')}")
+        raise CacheFormatError(
+            f"keys must be a 2-D float32 matrix, got {getattr(keys, 'dtype', type(keys).__name__)} "
+            f"of shape {getattr(keys, 'shape', '?')}"
+        )
     if not np.all(np.isfinite(keys)):
         raise CacheFormatError("keys contain NaN or ±inf key vectors")
     if keys.shape[0] and np.any(np.abs(np.linalg.norm(keys, axis=1) - 1.0) > _NORM_TOLERANCE):
@@ -73,8 +87,9 @@ def check_keys(keys: Any) -> np.ndarray:
     return keys
 
 
-def validate_state(state: Any, *, encoder_name: str, dim: int, backend_name: Optional[str],
-                   prior_kind: type[Prior], prior_config: Any) -> LoadedState:
+def validate_state(
+    state: Any, *, encoder_name: str, dim: int, backend_name: str | None, prior_kind: type[Prior], prior_config: Any
+) -> LoadedState:
     """Check every field of ``state`` (CacheFormatError naming the first problem); change nothing.
 
     ``backend_name`` None skips the backend check (raw scores of two models are not comparable, so
@@ -86,15 +101,19 @@ def validate_state(state: Any, *, encoder_name: str, dim: int, backend_name: Opt
     if not isinstance(enc, Mapping) or not isinstance(enc.get("name"), str) or not is_json_int(enc.get("dim")):
         raise CacheFormatError("'encoder' must be {name: str, dim: int}")
     if enc["name"] != encoder_name or enc["dim"] != dim:
-        raise CacheFormatError(f"saved with encoder {enc['name']!r} (dim {enc['dim']}), but this cache uses "
-                               f"{encoder_name!r} (dim {dim}): its keys are not comparable")
+        raise CacheFormatError(
+            f"saved with encoder {enc['name']!r} (dim {enc['dim']}), but this cache uses "
+            f"{encoder_name!r} (dim {dim}): its keys are not comparable"
+        )
     backend = state["backend"]
     if not isinstance(backend, Mapping) or not isinstance(backend.get("name"), str):
         raise CacheFormatError("'backend' must be {name: str}")
     if backend_name is not None and backend["name"] != backend_name:
-        raise CacheFormatError(f"scored by LLM backend {backend['name']!r}, but this cache uses {backend_name!r}: "
-                               "raw scores of different models are not comparable (load with check_backend=False "
-                               "to force)")
+        raise CacheFormatError(
+            f"scored by LLM backend {backend['name']!r}, but this cache uses {backend_name!r}: "
+            "raw scores of different models are not comparable (load with check_backend=False "
+            "to force)"
+        )
     if not isinstance(state["config"], Mapping):
         raise CacheFormatError("'config' must be an object")
     if not is_json_int(state["clock"]):
@@ -124,8 +143,9 @@ def validate_state(state: Any, *, encoder_name: str, dim: int, backend_name: Opt
     return LoadedState(entries, dict(prefixes), mode, controller_state)
 
 
-def _entry(i: int, item: Any, key: np.ndarray, prefixes: Mapping[str, str], prior_kind: type[Prior],
-           prior_config: Any) -> CacheEntry:
+def _entry(
+    i: int, item: Any, key: np.ndarray, prefixes: Mapping[str, str], prior_kind: type[Prior], prior_config: Any
+) -> CacheEntry:
     def bad(msg: str) -> CacheFormatError:
         return CacheFormatError(f"entry {i}: {msg}")
 
@@ -153,19 +173,34 @@ def _entry(i: int, item: Any, key: np.ndarray, prefixes: Mapping[str, str], prio
         raise bad(f"damaged {prior_kind.kind} prior: {e}") from None
     audit = item["last_audit"]
     if audit is not None:
-        if (not isinstance(audit, Mapping) or set(audit) != AUDIT_KEYS
-                or not all(is_json_number(audit[k]) and audit[k] >= 0 for k in AUDIT_KEYS)):
+        if (
+            not isinstance(audit, Mapping)
+            or set(audit) != AUDIT_KEYS
+            or not all(is_json_number(audit[k]) and audit[k] >= 0 for k in AUDIT_KEYS)
+        ):
             raise bad(f"last_audit must be null or {{{', '.join(sorted(AUDIT_KEYS))}}} of finite numbers ≥ 0")
         audit = Audit(**{k: float(audit[k]) for k in AUDIT_KEYS})
-    return CacheEntry(id=item["id"], prefix_hash=p_hash, state_text=item["state_text"], key=key.copy(),
-                      prior=decoded, created_step=item["created_step"], last_used_step=item["last_used_step"],
-                      hit_count=item["hit_count"], refresh_count=item["refresh_count"], last_audit=audit)
+    return CacheEntry(
+        id=item["id"],
+        prefix_hash=p_hash,
+        state_text=item["state_text"],
+        key=key.copy(),
+        prior=decoded,
+        created_step=item["created_step"],
+        last_used_step=item["last_used_step"],
+        hit_count=item["hit_count"],
+        refresh_count=item["refresh_count"],
+        last_audit=audit,
+    )
 
 
-def _controller(controller: Any) -> tuple[Optional[str], Any]:
+def _controller(controller: Any) -> tuple[str | None, Any]:
     if controller is None:
         return None, None
-    if not isinstance(controller, Mapping) or set(controller) != {"mode", "params", "state"} \
-            or not isinstance(controller["mode"], str):
+    if (
+        not isinstance(controller, Mapping)
+        or set(controller) != {"mode", "params", "state"}
+        or not isinstance(controller["mode"], str)
+    ):
         raise CacheFormatError("damaged 'controller' state: it must be {mode: str, params, state}")
     return controller["mode"], controller["state"]

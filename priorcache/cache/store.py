@@ -30,8 +30,9 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -47,6 +48,7 @@ ENTRIES = "entries.json"
 KEYS = "keys.npy"
 DATA_FILES = (ENTRIES, KEYS)
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
 
 # --- small file helpers (module functions so tests can simulate crashes) ---------------------------
 def _write_file(path: Path, data: bytes) -> None:
@@ -93,8 +95,10 @@ def write_state(directory: str | Path, state: Mapping[str, Any]) -> None:
     manifest = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
-        "files": {name: {"bytes": len(data), "sha256": _sha256(data)}
-                  for name, data in ((ENTRIES, entries_bytes), (KEYS, keys_bytes))},
+        "files": {
+            name: {"bytes": len(data), "sha256": _sha256(data)}
+            for name, data in ((ENTRIES, entries_bytes), (KEYS, keys_bytes))
+        },
     }
     manifest_bytes = json.dumps(manifest, indent=1).encode("utf-8")
 
@@ -126,8 +130,10 @@ def _check_target(directory: Path) -> None:
     except (OSError, ValueError, AttributeError):
         ours = False
     if not ours:
-        raise CacheFormatError(f"refusing to overwrite {directory}: it is not empty and holds no saved prior "
-                               f"cache ({MANIFEST} of format {FORMAT_NAME!r} missing)")
+        raise CacheFormatError(
+            f"refusing to overwrite {directory}: it is not empty and holds no saved prior "
+            f"cache ({MANIFEST} of format {FORMAT_NAME!r} missing)"
+        )
 
 
 def _swap_into_place(tmp: Path, directory: Path) -> None:
@@ -165,11 +171,13 @@ def read_state(directory: str | Path) -> tuple[Path, dict[str, Any]]:
         data = _read(source / name, source)
         meta = manifest["files"][name]
         if len(data) != meta["bytes"]:
-            raise CacheFormatError(f"{source / name} is {len(data)} bytes, the manifest says {meta['bytes']}: "
-                                   "truncated or replaced")
+            raise CacheFormatError(
+                f"{source / name} is {len(data)} bytes, the manifest says {meta['bytes']}: truncated or replaced"
+            )
         if _sha256(data) != meta["sha256"]:
-            raise CacheFormatError(f"{source / name} does not match its sha256 checksum in {MANIFEST}: "
-                                   "damaged or edited")
+            raise CacheFormatError(
+                f"{source / name} does not match its sha256 checksum in {MANIFEST}: damaged or edited"
+            )
         blobs[name] = data
     keys = _parse_keys(blobs[KEYS], source / KEYS)
     where = source / ENTRIES
@@ -198,8 +206,9 @@ def _upgrade_v1(doc: dict[str, Any], where: Path) -> dict[str, Any]:
     controller = None
     if adaptation is not None:
         if not isinstance(adaptation, dict) or set(adaptation) != {"mode", "params", "meta_theta", "kl_budget"}:
-            raise CacheFormatError(f"{where}: damaged 'adaptation' state: it must be "
-                                   "{mode, params, meta_theta, kl_budget}")
+            raise CacheFormatError(
+                f"{where}: damaged 'adaptation' state: it must be {{mode, params, meta_theta, kl_budget}}"
+            )
         theta, kl_state = adaptation["meta_theta"], adaptation["kl_budget"]
         state = {"theta": theta} if theta is not None else kl_state
         controller = {"mode": adaptation["mode"], "params": adaptation["params"], "state": state}
@@ -251,15 +260,22 @@ def _validate_manifest(manifest: Any, source: Path) -> None:
         listed = sorted(files) if isinstance(files, dict) else files
         raise CacheFormatError(f"{where} must list exactly {sorted(DATA_FILES)}, lists {listed}")
     for name, meta in files.items():
-        if (not isinstance(meta, dict) or not is_json_int(meta.get("bytes")) or meta["bytes"] < 0
-                or not isinstance(meta.get("sha256"), str) or not _HEX64.match(meta["sha256"])):
+        if (
+            not isinstance(meta, dict)
+            or not is_json_int(meta.get("bytes"))
+            or meta["bytes"] < 0
+            or not isinstance(meta.get("sha256"), str)
+            or not _HEX64.match(meta["sha256"])
+        ):
             raise CacheFormatError(f"{where}: entry for {name} needs 'bytes' (int ≥ 0) and 'sha256' (64 hex digits)")
 
 
 def _check_version(version: Any, where: Path) -> None:
     if not is_json_int(version) or version not in READABLE_VERSIONS:
-        raise CacheFormatError(f"{where} has format version {version!r}; this priorcache reads versions "
-                               f"{', '.join(map(str, READABLE_VERSIONS))}")
+        raise CacheFormatError(
+            f"{where} has format version {version!r}; this priorcache reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}"
+        )
 
 
 def _parse_keys(data: bytes, path: Path) -> np.ndarray:

@@ -119,9 +119,7 @@ def resolve_level(level: str) -> tuple[str, str]:
     others = [s for s in levels if s not in LEVELS]
     choices = f"choose one of {list(LEVELS)} or any other registered BabyAI level: {others}"
     if not isinstance(level, str) or not level.strip():
-        raise UnknownEnvironmentError(
-            f"BabyAI level must be a non-empty str, got {level!r}; {choices}"
-        )
+        raise UnknownEnvironmentError(f"BabyAI level must be a non-empty str, got {level!r}; {choices}")
     name = level.strip()
     match = _LEVEL_ID.match(name)
     if match and gymnasium.registry.get(name) is not None and match["short"] in levels:
@@ -291,9 +289,7 @@ class BabyAIEnv(TextEnv):
         _quiet_reset(self._engine, game_seed)
         #: BabyAI's own step budget for this level instance (minigrid's ``max_steps``).
         self.level_max_steps: int = int(self._engine.max_steps)
-        self.max_episode_steps: int = (
-            self.level_max_steps if max_episode_steps is None else max_episode_steps
-        )
+        self.max_episode_steps: int = self.level_max_steps if max_episode_steps is None else max_episode_steps
         # The step count the success reward is scaled by; never below max_episode_steps so that
         # minigrid neither truncates first nor pays a success less than 0.1.
         self._reward_horizon = max(self.level_max_steps, self.max_episode_steps)
@@ -334,9 +330,7 @@ class BabyAIEnv(TextEnv):
             "level": self.level,
         }
 
-    def _feedback(
-        self, command: str, front: Any, front_state: tuple, carried: Any, pos: tuple
-    ) -> str:
+    def _feedback(self, command: str, front: Any, front_state: tuple, carried: Any, pos: tuple) -> str:
         """What the agent is told about the effect of ``command``, given the state before it.
 
         ``front`` is the object that was ahead (None for nothing), ``front_state`` a door's
@@ -416,10 +410,7 @@ class BabyAIEnv(TextEnv):
         else:
             _, reward, terminated, _, _ = engine.step(_DONE)
             shown = action if len(action) <= 40 else action[:37] + "..."
-            feedback = (
-                f"Nothing happens: {shown!r} is not an action here "
-                f"(actions: {', '.join(ADMISSIBLE_ACTIONS)})."
-            )
+            feedback = f"Nothing happens: {shown!r} is not an action here (actions: {', '.join(ADMISSIBLE_ACTIONS)})."
         reward = float(reward)
         terminated = bool(terminated)
         self._won = terminated and reward > 0

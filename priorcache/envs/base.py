@@ -91,9 +91,7 @@ class TextEnv(gymnasium.Env):
         if self._closed:
             raise ConfigError(f"this {type(self).__name__} is closed; create a new one")
 
-    def reset(
-        self, *, seed: int | None = None, options: dict[str, Any] | None = None
-    ) -> tuple[str, dict[str, Any]]:
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
         """Start a new episode; ``seed`` seeds ``self.np_random`` only (the game is fixed by the
         environment's own ``game_seed``). Returns (observation, info)."""
         super().reset(seed=seed)
@@ -112,9 +110,7 @@ class TextEnv(gymnasium.Env):
             ConfigError: the environment is closed, or no episode is running (call ``reset()``).
         """
         if not isinstance(action, str):
-            raise TypeError(
-                f"{self.display_name} actions are strings, got {type(action).__name__}: {action!r}"
-            )
+            raise TypeError(f"{self.display_name} actions are strings, got {type(action).__name__}: {action!r}")
         command = self._parse_action(action)
         self._check_open()
         if self._done:

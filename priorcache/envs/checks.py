@@ -12,9 +12,9 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Optional, TypeVar, Union
+from typing import Any, TypeVar
 
 from priorcache.errors import ConfigError, UnknownEnvironmentError
 from priorcache.io import atomic_write_text
@@ -43,12 +43,12 @@ def check_max_episode_steps(max_episode_steps: Any) -> int:
     return int(max_episode_steps)
 
 
-def games_root(games_dir: Union[str, os.PathLike[str], None], default: Callable[[], Path]) -> Path:
+def games_root(games_dir: str | os.PathLike[str] | None, default: Callable[[], Path]) -> Path:
     """The games directory: ``games_dir`` (``~`` expanded) if given, else ``default()``."""
     return Path(games_dir).expanduser() if games_dir is not None else default()
 
 
-def read_meta(folder: Path, cache_format: int, required: Iterable[str] = ()) -> Optional[dict[str, Any]]:
+def read_meta(folder: Path, cache_format: int, required: Iterable[str] = ()) -> dict[str, Any] | None:
     """The ``meta.json`` of a finished game folder, or None when the folder is not one: the file is
     missing or damaged, was written in another ``cache_format``, or a ``required`` file is missing."""
     if not all((folder / name).is_file() for name in (META_FILE, *required)):
@@ -62,9 +62,7 @@ def read_meta(folder: Path, cache_format: int, required: Iterable[str] = ()) -> 
     return meta
 
 
-def build_game_folder(
-    final: Path, read: Callable[[Path], Optional[T]], generate: Callable[[Path], dict[str, Any]]
-) -> T:
+def build_game_folder(final: Path, read: Callable[[Path], T | None], generate: Callable[[Path], dict[str, Any]]) -> T:
     """``read(final)``, generating the game first when ``final`` holds none (see ``build_once``).
 
     ``generate(folder)`` writes the game files into ``folder`` and returns its metadata, which is
@@ -90,7 +88,7 @@ def remove_stale_temps(root: Path) -> None:
             pass
 
 
-def build_once(final: Path, read: Callable[[Path], Optional[T]], build: Callable[[Path], None]) -> T:
+def build_once(final: Path, read: Callable[[Path], T | None], build: Callable[[Path], None]) -> T:
     """``read(final)``, building the folder first when it holds nothing readable.
 
     ``build`` fills a temporary folder beside ``final`` (writing the file ``read`` checks last),

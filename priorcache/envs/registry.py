@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple
 
 import gymnasium
 
@@ -32,7 +32,7 @@ class EnvironmentInfo(NamedTuple):
     entry_point: str
     #: The constructor keyword that selects a variant ("textworld:tw-cooking" -> challenge=...);
     #: None for a family without variants.
-    variant_kwarg: Optional[str]
+    variant_kwarg: str | None
     #: The name of the text-game prompt template (``priorcache.prior.prompts.TEXT_GAME_TEMPLATES``)
     #: that prompts for this family use.
     prompt_template: str
@@ -90,7 +90,7 @@ ENVIRONMENTS: Mapping[str, EnvironmentInfo] = MappingProxyType(
 )
 
 
-def environment_info(name: str) -> Optional[EnvironmentInfo]:
+def environment_info(name: str) -> EnvironmentInfo | None:
     """The registry entry of ``name`` (a family or ``"family:variant"``); None for an unknown family."""
     return ENVIRONMENTS.get(name.partition(":")[0].strip())
 
@@ -126,8 +126,7 @@ def make_env(name: str, **kwargs: Any) -> gymnasium.Env:
         given = kwargs.get(info.variant_kwarg)
         if given is not None and given != variant:
             raise ConfigError(
-                f"{name!r} selects {info.variant_kwarg}={variant!r} but "
-                f"{info.variant_kwarg}={given!r} was also given"
+                f"{name!r} selects {info.variant_kwarg}={variant!r} but {info.variant_kwarg}={given!r} was also given"
             )
         kwargs[info.variant_kwarg] = variant
     module, _, attribute = info.entry_point.partition(":")

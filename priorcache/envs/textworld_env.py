@@ -74,9 +74,7 @@ DEFAULT_SETTINGS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
 # for a yes/no answer (every later command is swallowed), save/script/transcript write files into the
 # working directory and restore reloads a state behind TextWorld's own state tracker. They are
 # answered by the wrapper instead of being passed to the game.
-_META_COMMANDS = frozenset(
-    {"quit", "q", "restart", "save", "restore", "script", "unscript", "noscript", "transcript"}
-)
+_META_COMMANDS = frozenset({"quit", "q", "restart", "save", "restore", "script", "unscript", "noscript", "transcript"})
 
 _GAME_FILE = "game.z8"
 # Bumped when the on-disk layout or the way walkthroughs are chosen changes, so that old cached
@@ -148,13 +146,9 @@ def resolve_settings(challenge: str, settings: Mapping[str, Any] | None = None) 
             ones) or a value of the wrong type / outside the allowed choices.
     """
     if challenge not in CHALLENGES:
-        raise UnknownEnvironmentError(
-            f"unknown TextWorld challenge {challenge!r}; choose one of {sorted(CHALLENGES)}"
-        )
+        raise UnknownEnvironmentError(f"unknown TextWorld challenge {challenge!r}; choose one of {sorted(CHALLENGES)}")
     if settings is not None and not isinstance(settings, Mapping):
-        raise UnknownEnvironmentError(
-            f"settings for {challenge} must be a mapping, got {type(settings).__name__}"
-        )
+        raise UnknownEnvironmentError(f"settings for {challenge} must be a mapping, got {type(settings).__name__}")
     actions = {
         a.dest: a
         for a in _challenge_parser(challenge)._actions  # argparse offers no public accessor
@@ -164,9 +158,7 @@ def resolve_settings(challenge: str, settings: Mapping[str, Any] | None = None) 
     merged.update(DEFAULT_SETTINGS[challenge])
     for key, value in (settings or {}).items():
         if key not in actions:
-            raise UnknownEnvironmentError(
-                f"unknown setting {key!r} for {challenge}; valid settings: {sorted(actions)}"
-            )
+            raise UnknownEnvironmentError(f"unknown setting {key!r} for {challenge}; valid settings: {sorted(actions)}")
         merged[key] = value
     for key, action in actions.items():
         value = merged[key]
@@ -185,9 +177,7 @@ def resolve_settings(challenge: str, settings: Mapping[str, Any] | None = None) 
         if value is None and action.default is None and not action.required:
             ok = True  # an optional setting left unset (tw-cooking's split)
         if not ok:
-            raise UnknownEnvironmentError(
-                f"setting {key!r} of {challenge} must be {expected}, got {value!r}"
-            )
+            raise UnknownEnvironmentError(f"setting {key!r} of {challenge} must be {expected}, got {value!r}")
         if action.choices is not None and value is not None and value not in action.choices:
             raise UnknownEnvironmentError(
                 f"setting {key!r} of {challenge} must be one of {list(action.choices)}, got {value!r}"
@@ -299,9 +289,7 @@ def _winning_walkthrough(game_path: Path, game: Any) -> tuple[list[str], int]:
     )
 
 
-def _generate_game(
-    challenge: str, settings: Mapping[str, Any], seed: int, folder: Path
-) -> dict[str, Any]:
+def _generate_game(challenge: str, settings: Mapping[str, Any], seed: int, folder: Path) -> dict[str, Any]:
     """Generate, compile and certify one game into ``folder``; return its metadata."""
     import textworld
     import textworld.challenges
@@ -318,9 +306,7 @@ def _generate_game(
         # ValueError or assert; surface those as settings errors.
         game = make(dict(settings), options)
     except (ValueError, AssertionError) as exc:
-        raise UnknownEnvironmentError(
-            f"TextWorld rejected settings {dict(settings)} for {challenge}: {exc}"
-        ) from exc
+        raise UnknownEnvironmentError(f"TextWorld rejected settings {dict(settings)} for {challenge}: {exc}") from exc
     compiled = Path(compile_game(game, options))
     if compiled != folder / _GAME_FILE:
         raise UnknownEnvironmentError(f"TextWorld compiled {challenge} to {compiled}, not {folder}")
@@ -351,9 +337,7 @@ def ensure_game(
     """
     resolved = resolve_settings(challenge, settings)
     final = games_root(games_dir, default_games_dir) / game_key(challenge, resolved, seed)
-    return build_game_folder(
-        final, _read_game, lambda folder: _generate_game(challenge, resolved, seed, folder)
-    )
+    return build_game_folder(final, _read_game, lambda folder: _generate_game(challenge, resolved, seed, folder))
 
 
 class TextWorldEnv(TextEnv):
@@ -446,9 +430,7 @@ class TextWorldEnv(TextEnv):
         """
         command = clean_command(action, drop="\\")
         if not command:
-            raise ConfigError(
-                f"empty TextWorld action {action!r}; send a command such as 'look' or 'go north'"
-            )
+            raise ConfigError(f"empty TextWorld action {action!r}; send a command such as 'look' or 'go north'")
         return command
 
     def _step(self, command: str) -> tuple[str, float, bool, dict[str, Any]]:

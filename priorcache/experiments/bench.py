@@ -1,4 +1,4 @@
-"""``priorcache bench text``: every method on every text environment, on the same seeds (SPEC §1, §8).
+"""``priorcache bench text``: every method on every text environment, on the same seeds (docs/design.md §1).
 
 Methods: direct LLM, ReAct, plain DQN, uncached DQN-Prior (the 100 % reference) and DQN-Prior with
 every cache mode the code implements: ``static``, ``adaptive``, and ``kl-budget`` at the targets of
@@ -15,9 +15,10 @@ fixed game, so they run one episode per seed.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 from tqdm.auto import tqdm
 
@@ -38,7 +39,11 @@ def _prior_methods() -> dict[str, tuple[str, str, dict[str, Any]]]:
     for mode in MODES:  # the cache modes come from the cache itself, so new ones join here
         if mode == "kl-budget":
             for target in KL_TARGETS:
-                methods[method_label("dqn-prior", mode, target)] = ("dqn-prior", mode, {"kl_budget": {"target_kl": target}})
+                methods[method_label("dqn-prior", mode, target)] = (
+                    "dqn-prior",
+                    mode,
+                    {"kl_budget": {"target_kl": target}},
+                )
         else:
             methods[method_label("dqn-prior", mode)] = ("dqn-prior", mode, {})
     return methods
@@ -63,9 +68,9 @@ class BenchConfig:
     methods: list[str] = field(default_factory=lambda: list(METHODS))
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     episodes: int = 10
-    max_episode_steps: Optional[int] = None  # None: each environment's default
+    max_episode_steps: int | None = None  # None: each environment's default
     backend: str = "embedded"
-    model_path: Optional[str] = None
+    model_path: str | None = None
     device: str = "cpu"
 
     def __post_init__(self) -> None:
@@ -83,9 +88,16 @@ class BenchConfig:
     def run_config(self, env: str, method: str, seed: int) -> RunConfig:
         agent, mode, cache_settings = METHODS[method]
         return RunConfig(
-            env=env, agent=agent, cache=CacheConfig.from_dict({"mode": mode, **cache_settings}), backend=self.backend, model_path=self.model_path,
-            device=self.device, episodes=1 if agent in DETERMINISTIC_AGENTS else self.episodes, seeds=[seed],
-            max_episode_steps=self.max_episode_steps, out=self.run_dir(env, method, seed),
+            env=env,
+            agent=agent,
+            cache=CacheConfig.from_dict({"mode": mode, **cache_settings}),
+            backend=self.backend,
+            model_path=self.model_path,
+            device=self.device,
+            episodes=1 if agent in DETERMINISTIC_AGENTS else self.episodes,
+            seeds=[seed],
+            max_episode_steps=self.max_episode_steps,
+            out=self.run_dir(env, method, seed),
         )
 
     def run_dir(self, env: str, method: str, seed: int) -> Path:
@@ -105,8 +117,10 @@ def run_status(config: RunConfig) -> str:
     wanted = json.loads(json.dumps(config.to_json()))  # as it reads back from disk
     differing = sorted(k for k in wanted if k != "out" and k in saved and not _same_settings(saved[k], wanted[k]))
     if differing:
-        raise ConfigError(f"{out} holds a finished run with other settings ({', '.join(differing)}); "
-                          "give another --out, or remove that folder to run it again")
+        raise ConfigError(
+            f"{out} holds a finished run with other settings ({', '.join(differing)}); "
+            "give another --out, or remove that folder to run it again"
+        )
     return "finished"
 
 
@@ -124,11 +138,15 @@ def run_bench(
     backend: Any = None,
     encoder: Any = None,
     progress: bool = True,
-    on_run: Optional[Callable[[RunConfig, dict[str, Any]], None]] = None,
+    on_run: Callable[[RunConfig, dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Run every missing (environment, method, seed) cell, then write the report; returns the report."""
-    cells = [config.run_config(env, method, seed)
-             for env in config.envs for method in config.methods for seed in config.seeds]
+    cells = [
+        config.run_config(env, method, seed)
+        for env in config.envs
+        for method in config.methods
+        for seed in config.seeds
+    ]
     todo = [cell for cell in cells if run_status(cell) == "todo"]  # also refuses mismatched finished runs
     bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc="bench text", unit="run", disable=not progress)
     try:
@@ -136,8 +154,10 @@ def run_bench(
             if run_status(cell) == "finished":  # another bench process on the same folder did it meanwhile
                 bar.update(1)
                 continue
-            bar.set_postfix_str(f"{cell.env} {method_label(cell.agent, cell.cache.mode, cell.cache.kl_budget.target_kl)}"
-                                f" seed {cell.seeds[0]}")
+            bar.set_postfix_str(
+                f"{cell.env} {method_label(cell.agent, cell.cache.mode, cell.cache.kl_budget.target_kl)}"
+                f" seed {cell.seeds[0]}"
+            )
             if cell.agent != "dqn" and backend is None:
                 from priorcache.prior.registry import make_backend
 
@@ -146,8 +166,9 @@ def run_bench(
                 from priorcache.cache.encoder import MiniLMEncoder
 
                 encoder = MiniLMEncoder()
-            summary = run_experiment(cell, backend=backend if cell.agent != "dqn" else None, encoder=encoder,
-                                     progress=False)
+            summary = run_experiment(
+                cell, backend=backend if cell.agent != "dqn" else None, encoder=encoder, progress=False
+            )
             if on_run is not None:
                 on_run(cell, summary)
             write_report(Path(config.out))

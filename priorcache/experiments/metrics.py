@@ -1,4 +1,4 @@
-"""Per-episode records and the run summary of SPEC §8 (mean and 95 % CI over seeds, latency percentiles)."""
+"""Per-episode records and the run summary of docs/design.md §1 (mean and 95 % CI over seeds, latency percentiles)."""
 
 from __future__ import annotations
 
@@ -91,7 +91,7 @@ def mean_ci95(values: list[float]) -> dict[str, float]:
 
 
 def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """The run summary from metrics.jsonl lines (SPEC §8)."""
+    """The run summary from metrics.jsonl lines (docs/design.md §1)."""
     if not records:
         raise ValueError("no episodes to summarise")
     seeds = sorted({r["seed"] for r in records})

@@ -21,7 +21,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -32,12 +32,21 @@ from priorcache.io import atomic_path, atomic_write_json, atomic_write_text
 
 #: Method label of (agent, cache mode); the uncached DQN-Prior is the 100 % reference.
 REFERENCE_METHOD = "dqn-prior-uncached"
-_METHOD_ORDER = ["direct-llm", "react", "dqn", REFERENCE_METHOD, "dqn-prior-static", "dqn-prior-adaptive",
-                 "dqn-prior-kl-budget-0.01", "dqn-prior-kl-budget-0.05", "dqn-prior-kl-budget-0.2"]
+_METHOD_ORDER = [
+    "direct-llm",
+    "react",
+    "dqn",
+    REFERENCE_METHOD,
+    "dqn-prior-static",
+    "dqn-prior-adaptive",
+    "dqn-prior-kl-budget-0.01",
+    "dqn-prior-kl-budget-0.05",
+    "dqn-prior-kl-budget-0.2",
+]
 
 
-def method_label(agent: str, cache_mode: str, kl_target: Optional[float] = None) -> str:
-    """"dqn-prior-static", "dqn-prior-kl-budget-0.05" (its target is part of the method), "react", …"""
+def method_label(agent: str, cache_mode: str, kl_target: float | None = None) -> str:
+    """ "dqn-prior-static", "dqn-prior-kl-budget-0.05" (its target is part of the method), "react", …"""
     if agent != "dqn-prior":
         return agent
     if cache_mode == "kl-budget" and kl_target is not None:
@@ -51,7 +60,7 @@ class RunFolder:
     config: dict[str, Any]
     records: list[dict[str, Any]]
     finished: bool
-    env_source: Optional[str]
+    env_source: str | None
 
     @property
     def env_label(self) -> str:
@@ -110,8 +119,10 @@ def aggregate(runs: list[RunFolder]) -> list[dict[str, Any]]:
         for run in members:
             for seed in {r["seed"] for r in run.records}:
                 if seed in seen:
-                    raise ConfigError(f"two runs of {env} / {method} cover seed {seed}: {seen[seed]} and {run.path}; "
-                                      "report them from separate folders")
+                    raise ConfigError(
+                        f"two runs of {env} / {method} cover seed {seed}: {seen[seed]} and {run.path}; "
+                        "report them from separate folders"
+                    )
                 seen[seed] = run.path
         records = [r for run in members for r in run.records]
         summary = summarise(records)
@@ -130,7 +141,9 @@ def aggregate(runs: list[RunFolder]) -> list[dict[str, Any]]:
             "llm_queries_per_episode": summary["llm_queries"] / summary["episodes"],
             "decision_p50_ms": summary["decision_latency_ms"]["p50"],
             "decision_p95_ms": summary["decision_latency_ms"]["p95"],
-            "hit_rate": summary["hit_rate"] if members[0].config["cache"]["mode"] != "none" and summary["lookups"] else None,
+            "hit_rate": summary["hit_rate"]
+            if members[0].config["cache"]["mode"] != "none" and summary["lookups"]
+            else None,
             "audits": summary["audits"],
             "f5_violations": summary["audit_f5_violations"],
             "shadow_audits": summary["shadow_audits"],
@@ -141,17 +154,21 @@ def aggregate(runs: list[RunFolder]) -> list[dict[str, Any]]:
             "final_threshold": _mean_final(members, "similarity_threshold"),
             "final_refresh_rate": _mean_final(members, "refresh_rate"),
             # docs/design.md §3: the adaptive modes' own work (meta-optimiser, KL budget, shadow audits)
-            "adaptation_share": (summary["adaptation_time_s"] / summary["wall_time_s"]
-                                 if members[0].config["cache"]["mode"] in ("adaptive", "kl-budget")
-                                 and summary["wall_time_s"] > 0 else None),
+            "adaptation_share": (
+                summary["adaptation_time_s"] / summary["wall_time_s"]
+                if members[0].config["cache"]["mode"] in ("adaptive", "kl-budget") and summary["wall_time_s"] > 0
+                else None
+            ),
             "train_time_s": summary["train_time_s"],
             "wall_time_s": summary["wall_time_s"],
             "runs": [str(run.path) for run in members],
             "learning_curve": _learning_curve(records),
         }
-    for (env, method), row in rows.items():
+    for (env, _method), row in rows.items():
         ref = rows.get((env, REFERENCE_METHOD))
-        row["query_reduction_x"] = _ratio(ref["llm_queries_per_episode"], row["llm_queries_per_episode"]) if ref else None
+        row["query_reduction_x"] = (
+            _ratio(ref["llm_queries_per_episode"], row["llm_queries_per_episode"]) if ref else None
+        )
         row["latency_p50_ratio_x"] = _ratio(ref["decision_p50_ms"], row["decision_p50_ms"]) if ref else None
         row["success_retention"] = _ratio(row["success"], ref["success"]) if ref else None
         row["return_retention"] = _ratio(row["return"], ref["return"]) if ref else None
@@ -159,7 +176,7 @@ def aggregate(runs: list[RunFolder]) -> list[dict[str, Any]]:
     return sorted(rows.values(), key=lambda r: (r["env"], order.get(r["method"], len(order)), r["method"]))
 
 
-def _mean_final(runs: list[RunFolder], key: str) -> Optional[float]:
+def _mean_final(runs: list[RunFolder], key: str) -> float | None:
     """Mean over runs of a cache parameter at the end of each seed's last episode (None without a cache)."""
     values = []
     for run in runs:
@@ -171,7 +188,7 @@ def _mean_final(runs: list[RunFolder], key: str) -> Optional[float]:
     return float(np.mean(values)) if values else None
 
 
-def _ratio(num: float, den: float) -> Optional[float]:
+def _ratio(num: float, den: float) -> float | None:
     if den == 0:
         return None if num == 0 else math.inf
     return num / den
@@ -254,11 +271,37 @@ def render_markdown(rows: list[dict[str, Any]], incomplete: list[str]) -> str:
 
 
 def render_csv(rows: list[dict[str, Any]]) -> str:
-    keys = ["env", "env_source", "method", "seeds", "episodes", "success", "success_ci95", "return", "return_ci95",
-            "llm_queries", "llm_queries_per_episode", "query_reduction_x", "decision_p50_ms", "decision_p95_ms",
-            "latency_p50_ratio_x", "hit_rate", "success_retention", "return_retention", "audits", "f5_violations",
-            "shadow_audits", "shadow_f5_violations", "audit_kl_mean", "audit_kl_max", "final_threshold",
-            "final_refresh_rate", "adaptation_share", "train_time_s", "wall_time_s"]
+    keys = [
+        "env",
+        "env_source",
+        "method",
+        "seeds",
+        "episodes",
+        "success",
+        "success_ci95",
+        "return",
+        "return_ci95",
+        "llm_queries",
+        "llm_queries_per_episode",
+        "query_reduction_x",
+        "decision_p50_ms",
+        "decision_p95_ms",
+        "latency_p50_ratio_x",
+        "hit_rate",
+        "success_retention",
+        "return_retention",
+        "audits",
+        "f5_violations",
+        "shadow_audits",
+        "shadow_f5_violations",
+        "audit_kl_mean",
+        "audit_kl_max",
+        "final_threshold",
+        "final_refresh_rate",
+        "adaptation_share",
+        "train_time_s",
+        "wall_time_s",
+    ]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=keys, extrasaction="ignore")
     writer.writeheader()
@@ -290,8 +333,15 @@ def plot(rows: list[dict[str, Any]], out: Path) -> list[Path]:
     fig, axes = plt.subplots(1, len(envs), figsize=(4.2 * len(envs), 3.6), squeeze=False)
     for ax, env in zip(axes[0], envs):
         for row in (r for r in rows if r["env"] == env):
-            ax.errorbar(row["llm_queries_per_episode"], row["success"], yerr=row["success_ci95"], fmt="o",
-                        color=colours[row["method"]], label=row["method"], capsize=3)
+            ax.errorbar(
+                row["llm_queries_per_episode"],
+                row["success"],
+                yerr=row["success_ci95"],
+                fmt="o",
+                color=colours[row["method"]],
+                label=row["method"],
+                capsize=3,
+            )
         ax.set_xscale("symlog", linthresh=1.0)
         ax.set_xlabel("LLM queries per episode")
         ax.set_ylabel("success rate")
@@ -311,8 +361,9 @@ def plot(rows: list[dict[str, Any]], out: Path) -> list[Path]:
         for row in env_rows:
             curve = row["learning_curve"]
             if len(curve["episode"]) == 1:  # a deterministic baseline: the same episode every time
-                ax.hlines(curve["return"][0], 0, last, colors=[colours[row["method"]]], linestyles="--",
-                          label=row["method"])
+                ax.hlines(
+                    curve["return"][0], 0, last, colors=[colours[row["method"]]], linestyles="--", label=row["method"]
+                )
             else:
                 ax.plot(curve["episode"], curve["return"], color=colours[row["method"]], label=row["method"])
         ax.set_xlabel("episode")
@@ -328,8 +379,11 @@ def plot(rows: list[dict[str, Any]], out: Path) -> list[Path]:
 
 
 #: The cache parameters of docs/design.md §3 as (key in cache_params / meta_updates, axis label).
-_CACHE_PARAMS = [("capacity", "capacity K"), ("similarity_threshold", "similarity threshold δ"),
-                 ("refresh_rate", "refresh rate r")]
+_CACHE_PARAMS = [
+    ("capacity", "capacity K"),
+    ("similarity_threshold", "similarity threshold δ"),
+    ("refresh_rate", "refresh rate r"),
+]
 
 
 def cache_param_trajectories(run: RunFolder) -> dict[int, dict[str, list[float]]]:
@@ -353,12 +407,11 @@ def cache_param_trajectories(run: RunFolder) -> dict[int, dict[str, list[float]]
             if r.get("cache_params"):
                 points.append((float(step), r["cache_params"]))
         points.sort(key=lambda p: p[0])  # stable: an episode end after the updates it contains
-        out[seed] = {"step": [p[0] for p in points],
-                     **{k: [float(p[1][k]) for p in points] for k, _ in _CACHE_PARAMS}}
+        out[seed] = {"step": [p[0] for p in points], **{k: [float(p[1][k]) for p in points] for k, _ in _CACHE_PARAMS}}
     return out
 
 
-def plot_cache_params(runs: list[RunFolder], out: Path) -> Optional[Path]:
+def plot_cache_params(runs: list[RunFolder], out: Path) -> Path | None:
     """cache_params.png: K, δ and r (rows) against the cumulative step, one column per environment and one
     line per (method, seed); None (nothing written) when no run recorded cache parameters."""
     by_env: dict[str, list[tuple[str, dict[str, list[float]]]]] = {}
@@ -375,16 +428,16 @@ def plot_cache_params(runs: list[RunFolder], out: Path) -> Optional[Path]:
     envs = sorted(by_env)
     methods = sorted({label.split(" · ")[0] for lines in by_env.values() for label, _ in lines})
     colours = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
-    fig, axes = plt.subplots(len(_CACHE_PARAMS), len(envs), figsize=(4.2 * len(envs) + 1.5, 7.5),
-                             sharex="col", squeeze=False)
+    fig, axes = plt.subplots(
+        len(_CACHE_PARAMS), len(envs), figsize=(4.2 * len(envs) + 1.5, 7.5), sharex="col", squeeze=False
+    )
     for col, env in enumerate(envs):
         for label, curve in by_env[env]:
             method = label.split(" · ")[0]
             for row, (key, _) in enumerate(_CACHE_PARAMS):
                 # A step plot: a parameter holds its value until the next update. Seeds share their
                 # method's colour; the legend names methods.
-                axes[row][col].step(curve["step"], curve[key], where="post", color=colours[method], lw=1.0,
-                                    alpha=0.8)
+                axes[row][col].step(curve["step"], curve[key], where="post", color=colours[method], lw=1.0, alpha=0.8)
         axes[0][col].set_title(env, fontsize=9)
         axes[-1][col].set_xlabel("step (per seed)")
         axes[0][col].set_yscale("log")  # K moves multiplicatively (the meta-optimiser steps log K)
@@ -402,7 +455,7 @@ def plot_cache_params(runs: list[RunFolder], out: Path) -> Optional[Path]:
     return path
 
 
-def write_report(runs_root: Path, out: Optional[Path] = None) -> dict[str, Any]:
+def write_report(runs_root: Path, out: Path | None = None) -> dict[str, Any]:
     """Find the runs under ``runs_root``, write the table and plots into ``out`` (default: ``runs_root``)."""
     runs = find_runs(runs_root)
     if not runs:
@@ -420,5 +473,8 @@ def write_report(runs_root: Path, out: Optional[Path] = None) -> dict[str, Any]:
     params_figure = plot_cache_params(runs, out)
     if params_figure is not None:
         figures.append(params_figure)
-    return {"rows": rows, "incomplete": incomplete,
-            "files": [out / "results.md", out / "results.csv", out / "results.json", *figures]}
+    return {
+        "rows": rows,
+        "incomplete": incomplete,
+        "files": [out / "results.md", out / "results.csv", out / "results.json", *figures],
+    }

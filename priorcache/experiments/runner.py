@@ -1,4 +1,4 @@
-"""Experiments (SPEC §2): any registered agent on an environment, over episodes and seeds.
+"""Experiments (docs/design.md §1): any registered agent on an environment, over episodes and seeds.
 
 The episode loop itself is the agent's (``Agent.run_episode``); this module builds the environment,
 encoder, backend and prior cache the agent takes, runs its episodes and records them.
@@ -6,7 +6,7 @@ encoder, backend and prior cache the agent takes, runs its episodes and records 
 A run writes into its output folder, each file atomically and after every episode, so an
 interrupted run leaves the episodes it finished readable:
 - ``config.json``   what was run;
-- ``metrics.jsonl`` one line per episode (SPEC §8);
+- ``metrics.jsonl`` one line per episode (docs/design.md §1);
 - ``summary.json``  the aggregate over seeds;
 - ``cache/``        the prior cache at the end of the run (and ``--cache-path`` is written back).
 """
@@ -174,7 +174,8 @@ def run_experiment(
         }
     )
     if cache is not None:
-        # SPEC §4 "overhead is measured": the adaptive modes' own work against the run's wall time.
+        # The adaptation overhead is measured (docs/design.md §3): the adaptive modes' own work
+        # against the run's wall time.
         summary["adaptation_share"] = (
             summary["adaptation_time_s"] / summary["wall_time_s"] if summary["wall_time_s"] > 0 else None
         )

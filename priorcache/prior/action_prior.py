@@ -10,9 +10,10 @@ score) and extended by later scores; F3 normalises over whatever set is served.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 import math
-from typing import Any, Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -121,8 +122,9 @@ class CategoricalPrior(Prior):
         return self.actions[int(rng.choice(probs.size, p=probs / probs.sum()))]
 
     @classmethod
-    def from_scores(cls, actions: Sequence[str], scores: np.ndarray, config: PriorConfig = PriorConfig()
-                    ) -> "CategoricalPrior":
+    def from_scores(
+        cls, actions: Sequence[str], scores: np.ndarray, config: PriorConfig = PriorConfig()
+    ) -> CategoricalPrior:
         arr = np.asarray(scores, dtype=np.float64)
         if arr.shape != (len(actions),) or not np.all(np.isfinite(arr)):
             raise ConfigError(f"need one finite score per action ({len(actions)}), got {arr!r}")
@@ -132,14 +134,13 @@ class CategoricalPrior(Prior):
         """How many of ``candidates`` this prior has a score for."""
         return sum(a in self._scores for a in candidates)
 
-    def restrict(self, candidates: Sequence[str], fill: Optional[Prior] = None) -> "CategoricalPrior":
+    def restrict(self, candidates: Sequence[str], fill: Prior | None = None) -> CategoricalPrior:
         fill_map = fill.score_map if isinstance(fill, CategoricalPrior) else {}
         floor = self.floor_score
         own = self._scores
-        return CategoricalPrior({a: own[a] if a in own else fill_map.get(a, floor) for a in candidates},
-                                self.config)
+        return CategoricalPrior({a: own[a] if a in own else fill_map.get(a, floor) for a in candidates}, self.config)
 
-    def merge(self, newer: Prior) -> "CategoricalPrior":
+    def merge(self, newer: Prior) -> CategoricalPrior:
         if not isinstance(newer, CategoricalPrior):
             raise ConfigError(f"cannot merge a {newer.kind} prior into a categorical one")
         return CategoricalPrior({**self._scores, **newer._scores}, self.config)
@@ -148,14 +149,17 @@ class CategoricalPrior(Prior):
         return {"scores": {a: float(s) for a, s in self._scores.items()}}
 
     @classmethod
-    def from_payload(cls, payload: Mapping[str, Any], config: PriorConfig = PriorConfig()) -> "CategoricalPrior":
+    def from_payload(cls, payload: Mapping[str, Any], config: PriorConfig = PriorConfig()) -> CategoricalPrior:
         if not isinstance(payload, Mapping) or set(payload) != {"scores"}:
             raise ConfigError("a categorical prior payload must be {scores: {action: score}}")
         scores = payload["scores"]
         if not isinstance(scores, Mapping) or not scores:
             raise ConfigError("scores must be a non-empty map action → score")
-        bad = [a for a, s in scores.items() if not isinstance(a, str) or isinstance(s, bool)
-               or not isinstance(s, (int, float)) or not math.isfinite(s)]
+        bad = [
+            a
+            for a, s in scores.items()
+            if not isinstance(a, str) or isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s)
+        ]
         if bad:
             raise ConfigError(f"non-finite or non-numeric scores for actions {bad[:5]}")
         return cls({a: float(s) for a, s in scores.items()}, config)

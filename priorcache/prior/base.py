@@ -1,4 +1,4 @@
-"""The one interface every LLM backend implements: score candidate actions for prompts (SPEC F3).
+"""The one interface every LLM backend implements: score candidate actions for prompts (F3, docs/design.md §2).
 
 Backends that can also write text (for the ReAct baseline) add ``generate``; see
 :class:`GenerationResult`."""

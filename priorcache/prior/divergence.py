@@ -16,7 +16,6 @@ L-Lipschitz log-prior gives ε(s) ≤ L·√(2(1−δ)) + ε_stale.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 
@@ -83,7 +82,7 @@ def _as_log_probs(values: np.ndarray, name: str) -> np.ndarray:
 def f5_audit(
     served_log_prior: np.ndarray,
     fresh_log_prior: np.ndarray,
-    q_values: Optional[np.ndarray] = None,
+    q_values: np.ndarray | None = None,
     alpha: float = 1.0,
 ) -> Audit:
     """F5 between a served and a fresh prior, given as log-probabilities on the same actions.

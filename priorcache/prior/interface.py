@@ -12,7 +12,8 @@ prior of an entry without copying it and without a lock.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar, Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -44,23 +45,23 @@ class Prior(ABC):
         order = np.argsort(-self.log_prob(self.actions), kind="stable")
         return [self.actions[i] for i in order[:k]]
 
-    def divergence(self, fresh: "Prior", q_values: Optional[np.ndarray] = None, alpha: float = 1.0) -> Audit:
+    def divergence(self, fresh: Prior, q_values: np.ndarray | None = None, alpha: float = 1.0) -> Audit:
         """F5 between this (served) prior and a ``fresh`` one on this prior's actions, under the same Q and α."""
         return f5_audit(self.log_prob(self.actions), fresh.log_prob(self.actions), q_values, alpha)
 
     # --- what the cache needs (F7: candidate sets change between visits) ----------------------
     @classmethod
     @abstractmethod
-    def from_scores(cls, actions: Sequence[str], scores: np.ndarray, config: Any) -> "Prior":
+    def from_scores(cls, actions: Sequence[str], scores: np.ndarray, config: Any) -> Prior:
         """The prior a backend's raw F3 scores ℓ of ``actions`` give; ``config`` is the kind's settings."""
 
-    def restrict(self, candidates: Sequence[str], fill: Optional["Prior"] = None) -> "Prior":
+    def restrict(self, candidates: Sequence[str], fill: Prior | None = None) -> Prior:
         """The prior to serve for ``candidates``. Candidates this prior lacks take their value from
         ``fill`` (a fresh prior of just those), or a kind-specific stand-in when ``fill`` is None.
         The default suits kinds whose actions never change (a fixed skill vocabulary)."""
         return self
 
-    def merge(self, newer: "Prior") -> "Prior":
+    def merge(self, newer: Prior) -> Prior:
         """This prior extended (and overridden) by ``newer``'s values for the same state and prompt."""
         return newer
 
@@ -71,5 +72,5 @@ class Prior(ABC):
 
     @classmethod
     @abstractmethod
-    def from_payload(cls, payload: Mapping[str, Any], config: Any) -> "Prior":
+    def from_payload(cls, payload: Mapping[str, Any], config: Any) -> Prior:
         """Rebuild from ``to_payload``'s output; ConfigError naming what is wrong if it is damaged."""

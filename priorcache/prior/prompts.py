@@ -13,9 +13,9 @@ would make one cached prior stand for different prompts.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Callable, Mapping, Sequence
 
 from priorcache.envs.registry import environment_info
 from priorcache.errors import ConfigError
@@ -55,8 +55,7 @@ _CHAT = TextGameTemplate(
 # One template per other environment family, in the style of "plain" (which did best on TextWorld).
 _ALFWORLD = TextGameTemplate(
     prefix=(
-        "You are a household robot. Type the command that makes progress toward the task.\n"
-        "{objective}\n\n{examples}"
+        "You are a household robot. Type the command that makes progress toward the task.\n{objective}\n\n{examples}"
     ),
     state="Observation: {state}\nCommand:",
     example="Observation: {state}\nCommand: {action}\n\n",

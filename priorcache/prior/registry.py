@@ -1,4 +1,4 @@
-"""Backends by name, for the CLI and run configs (SPEC §5)."""
+"""Backends by name, for the CLI and run configs (docs/design.md §2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""A local causal LM that scores candidate actions (SPEC F3) and keeps prompt-prefix KV caches (F9).
+"""A local causal LM that scores candidate actions (F3, docs/design.md §2) and keeps prompt-prefix KV caches (F9).
 
 For each prompt the context is run once and its KV cache is reused by all candidates, which are
 scored together. Two layouts give the same scores:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 import threading
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -49,7 +49,7 @@ def hashed_score(prompt: Prompt, action: str) -> float:
 class FakeBackend:
     """Scores with ``fn(prompt, action)``; records every call (thread-safe)."""
 
-    def __init__(self, fn: Optional[Callable[[Prompt, str], float]] = None, name: str = "fake-llm") -> None:
+    def __init__(self, fn: Callable[[Prompt, str], float] | None = None, name: str = "fake-llm") -> None:
         self.fn = fn or hashed_score
         self.name = name
         self.calls: list[tuple[Prompt, list[str]]] = []
@@ -60,8 +60,9 @@ class FakeBackend:
         with self._lock:
             return len(self.calls)
 
-    def score(self, prompts: Sequence[Prompt], candidates: Sequence[Sequence[str]],
-              length_normalise: bool = True) -> ScoreResult:
+    def score(
+        self, prompts: Sequence[Prompt], candidates: Sequence[Sequence[str]], length_normalise: bool = True
+    ) -> ScoreResult:
         assert length_normalise, "the cache must ask for length-normalised scores (F3)"
         with self._lock:
             for p, c in zip(prompts, candidates):
@@ -87,10 +88,16 @@ def at_cosine(c: float, dim: int = 64) -> np.ndarray:
     return unit([c, float(np.sqrt(max(0.0, 1.0 - c * c)))], dim)
 
 
-def audit_prior(served_scores: Sequence[float], fresh_scores: Sequence[float], q_values: Optional[np.ndarray] = None,
-                alpha: float = 1.0, prior_config: PriorConfig = PriorConfig()) -> Audit:
+def audit_prior(
+    served_scores: Sequence[float],
+    fresh_scores: Sequence[float],
+    q_values: np.ndarray | None = None,
+    alpha: float = 1.0,
+    prior_config: PriorConfig = PriorConfig(),
+) -> Audit:
     """F5 between two raw score vectors on the same actions, through the categorical prior kind as the cache
     audits it."""
+
     def prior(scores: Sequence[float]) -> CategoricalPrior:
         return CategoricalPrior.from_scores([f"a{i}" for i in range(len(scores))], np.asarray(scores), prior_config)
 

@@ -46,11 +46,13 @@ def test_non_str_input_is_refused(encoder: MiniLMEncoder) -> None:
 
 
 def test_similar_sentences_are_closer_than_unrelated(encoder: MiniLMEncoder) -> None:
-    a, b, c = encoder.encode([
-        "You are in a kitchen. There is a red apple on the counter.",
-        "You stand in the kitchen; a red apple lies on the counter.",
-        "The stock market closed lower after the central bank raised interest rates.",
-    ])
+    a, b, c = encoder.encode(
+        [
+            "You are in a kitchen. There is a red apple on the counter.",
+            "You stand in the kitchen; a red apple lies on the counter.",
+            "The stock market closed lower after the central bank raised interest rates.",
+        ]
+    )
     assert a @ b > a @ c + 0.3
     assert a @ b > 0.8
 
@@ -127,7 +129,8 @@ def test_loads_and_encodes_with_the_network_blocked() -> None:
     """)
     # Without the hub's offline switches, so that only our local-path loading keeps it offline.
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
-                          cwd=REPO_ROOT, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=120
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().endswith("ok")

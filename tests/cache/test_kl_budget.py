@@ -230,8 +230,9 @@ def test_no_lucky_dip_below_a_bad_band() -> None:
 
 def _reference_threshold(sims: np.ndarray, kls: np.ndarray, w: np.ndarray, cfg: KLBudgetConfig) -> float:
     """The module docstring's rule, written as plainly as possible."""
-    cands = sorted({*sims[(sims >= cfg.min_threshold) & (sims <= cfg.max_threshold)].tolist(), cfg.max_threshold},
-                   reverse=True)
+    cands = sorted(
+        {*sims[(sims >= cfg.min_threshold) & (sims <= cfg.max_threshold)].tolist(), cfg.max_threshold}, reverse=True
+    )
     chosen = None
     for c in cands:
         at = sims >= c
@@ -247,8 +248,11 @@ def _reference_threshold(sims: np.ndarray, kls: np.ndarray, w: np.ndarray, cfg: 
 def test_vectorised_scan_matches_the_plain_rule(seed: int) -> None:
     rng = np.random.default_rng(seed)
     n = int(rng.integers(1, 150))
-    cfg = KLBudgetConfig(target_kl=float(rng.choice([0.02, 0.1, 0.3])), min_audits=int(rng.integers(2, 15)),
-                         confidence=float(rng.choice([0.8, 0.95])))
+    cfg = KLBudgetConfig(
+        target_kl=float(rng.choice([0.02, 0.1, 0.3])),
+        min_audits=int(rng.integers(2, 15)),
+        confidence=float(rng.choice([0.8, 0.95])),
+    )
     sims = np.round(rng.uniform(0.3, 1.0, n), 2)  # rounding makes ties, which must be handled as ≥
     kls = rng.exponential(0.3 * (1.0 - sims) + 0.001)
     w = rng.choice([1.0, 5.0, 20.0], n)
@@ -315,9 +319,18 @@ def test_per_entry_off_uses_the_global_threshold() -> None:
 @pytest.mark.parametrize(
     "args",
     [
-        (1.5, 0.1), (float("nan"), 0.1), (True, 0.1), (0.9, -0.1), (0.9, float("inf")), (0.9, "0.1"),
-        (0.9, 0.1, None, 0.0), (0.9, 0.1, None, -2.0), (0.9, 0.1, None, float("inf")),
-        (0.9, 0.1, "a"), (0.9, 0.1, True), (0.9, 0.1, 1.5),
+        (1.5, 0.1),
+        (float("nan"), 0.1),
+        (True, 0.1),
+        (0.9, -0.1),
+        (0.9, float("inf")),
+        (0.9, "0.1"),
+        (0.9, 0.1, None, 0.0),
+        (0.9, 0.1, None, -2.0),
+        (0.9, 0.1, None, float("inf")),
+        (0.9, 0.1, "a"),
+        (0.9, 0.1, True),
+        (0.9, 0.1, 1.5),
     ],
 )
 def test_observe_refuses_bad_audits(args: tuple) -> None:

@@ -12,7 +12,6 @@ from priorcache.cache.meta import CacheParams, MetaConfig, MetaOptimiser, fit_kl
 from priorcache.cache.prior_cache import CacheConfig, PriorCache
 from priorcache.errors import ConfigError
 from priorcache.prior.base import Prompt
-
 from tests.cache._fakes import FakeBackend, HashEncoder, at_cosine
 
 
@@ -99,12 +98,19 @@ def test_a_riskier_similarity_profile_gives_a_higher_threshold():
 
 @pytest.mark.parametrize("kl_weight", [0.0, 1e6])
 def test_parameters_stay_inside_their_bounds(kl_weight):
-    config = MetaConfig(update_every=20, kl_weight=kl_weight, learning_rate=0.5, perturbation=0.5,
-                        threshold_bounds=(0.85, 0.95), refresh_bounds=(0.03, 0.2), capacity_bounds=(8, 64))
+    config = MetaConfig(
+        update_every=20,
+        kl_weight=kl_weight,
+        learning_rate=0.5,
+        perturbation=0.5,
+        threshold_bounds=(0.85, 0.95),
+        refresh_bounds=(0.03, 0.2),
+        capacity_bounds=(8, 64),
+    )
     meta = MetaOptimiser(config, CacheParams(32, 0.9, 0.1), seed=0)
     rng = np.random.default_rng(0)
     seen = []
-    for i in range(4000):
+    for _ in range(4000):
         s = float(rng.uniform(0.7, 1.0))
         meta.record_audit(s, 0.3 * (1 - s), weight=1.0, served=False)
         meta.record_reward(float(rng.normal()))
@@ -151,12 +157,19 @@ def test_td_gap_prices_kl_when_cached_priors_train_worse():
     assert meta.td_gap() == 2.0  # capped
 
 
-@pytest.mark.parametrize(("kwargs", "named"), [
-    (dict(update_every=1), "update_every"), (dict(kl_weight=-1), "kl_weight"),
-    (dict(learning_rate=0), "learning_rate"), (dict(threshold_bounds=(0.9, 0.8)), "threshold_bounds"),
-    (dict(threshold_bounds=(0.5, 1.0)), "threshold_bounds"), (dict(capacity_bounds=(0, 10)), "capacity_bounds"),
-    (dict(refresh_bounds=(0.1,)), "refresh_bounds"), (dict(soft_hit_temperature=float("nan")), "soft_hit"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "named"),
+    [
+        (dict(update_every=1), "update_every"),
+        (dict(kl_weight=-1), "kl_weight"),
+        (dict(learning_rate=0), "learning_rate"),
+        (dict(threshold_bounds=(0.9, 0.8)), "threshold_bounds"),
+        (dict(threshold_bounds=(0.5, 1.0)), "threshold_bounds"),
+        (dict(capacity_bounds=(0, 10)), "capacity_bounds"),
+        (dict(refresh_bounds=(0.1,)), "refresh_bounds"),
+        (dict(soft_hit_temperature=float("nan")), "soft_hit"),
+    ],
+)
 def test_bad_meta_config_is_refused(kwargs, named):
     with pytest.raises(ConfigError, match=named):
         MetaConfig(**kwargs)
@@ -174,16 +187,22 @@ ACTIONS = ["go north", "take key", "take apple", "look"]
 
 
 def test_adaptive_cache_updates_its_parameters_and_keeps_its_invariants():
-    config = CacheConfig(mode="adaptive", capacity=16, similarity_threshold=0.9, refresh_rate=0.1,
-                         meta={"update_every": 10, "capacity_bounds": (4, 16), "learning_rate": 0.3})
+    config = CacheConfig(
+        mode="adaptive",
+        capacity=16,
+        similarity_threshold=0.9,
+        refresh_rate=0.1,
+        meta={"update_every": 10, "capacity_bounds": (4, 16), "learning_rate": 0.3},
+    )
     cache = PriorCache(config, HashEncoder(), FakeBackend())
     rng = np.random.default_rng(0)
     updates, audits = [], []
     for i in range(400):
         state = f"room {int(rng.integers(0, 40))}"
         emb = at_cosine(float(rng.uniform(0.75, 1.0)))
-        out = cache.lookup(state, Prompt(GOAL.prefix, state), ACTIONS, embedding=emb, step=i,
-                           q_values=rng.normal(size=len(ACTIONS)))
+        out = cache.lookup(
+            state, Prompt(GOAL.prefix, state), ACTIONS, embedding=emb, step=i, q_values=rng.normal(size=len(ACTIONS))
+        )
         cache.observe_reward(float(rng.random() < 0.1))
         if out.meta_update is not None:
             updates.append(out.meta_update)
@@ -194,8 +213,15 @@ def test_adaptive_cache_updates_its_parameters_and_keeps_its_invariants():
         assert 4 <= p["capacity"] <= 16 and 0.8 <= p["similarity_threshold"] <= 0.99
         assert 0.02 <= p["refresh_rate"] <= 0.25
     assert len(updates) == 40 and len(cache.meta_log()) == 40
-    assert {"capacity", "similarity_threshold", "refresh_rate", "query_rate", "expected_kl", "objective",
-            "return_rate"} <= set(updates[0])
+    assert {
+        "capacity",
+        "similarity_threshold",
+        "refresh_rate",
+        "query_rate",
+        "expected_kl",
+        "objective",
+        "return_rate",
+    } <= set(updates[0])
     shadows = [a for a in audits if a["kind"] == "shadow"]
     served = [a for a in audits if a["served"]]
     assert shadows and served
@@ -211,8 +237,9 @@ def test_static_mode_takes_no_shadow_audits_and_never_moves():
     cache = PriorCache(CacheConfig(mode="static", refresh_rate=0.0), HashEncoder(), FakeBackend())
     rng = np.random.default_rng(0)
     for i in range(100):
-        out = cache.lookup(f"room {i}", Prompt(GOAL.prefix, f"room {i}"), ACTIONS,
-                           embedding=at_cosine(float(rng.uniform(0.8, 1.0))))
+        out = cache.lookup(
+            f"room {i}", Prompt(GOAL.prefix, f"room {i}"), ACTIONS, embedding=at_cosine(float(rng.uniform(0.8, 1.0)))
+        )
         assert out.audit_record is None and out.meta_update is None
     assert cache.params() == {"capacity": 2048, "similarity_threshold": 0.92, "refresh_rate": 0.0}
     assert cache.stats()["shadow_audits"] == 0

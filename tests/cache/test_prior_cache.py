@@ -12,14 +12,15 @@ from priorcache.cache.prior_cache import CacheConfig, PriorCache
 from priorcache.errors import BackendError, ConfigError
 from priorcache.prior.action_prior import PriorConfig, log_prior
 from priorcache.prior.base import Prompt
-
-from tests.cache._fakes import audit_prior, FakeBackend, HashEncoder, at_cosine, unit
+from tests.cache._fakes import FakeBackend, HashEncoder, at_cosine, audit_prior, unit
 
 GOAL = Prompt("Goal: find the key.\n", "")
 OTHER_GOAL = Prompt("Goal: eat the apple.\n", "")
 
-ROOM = ("You are in the kitchen. There is a wooden table with a red apple and a silver key on it. "
-        "A door leads north to the hallway and a window looks out over the garden")
+ROOM = (
+    "You are in the kitchen. There is a wooden table with a red apple and a silver key on it. "
+    "A door leads north to the hallway and a window looks out over the garden"
+)
 ROOM_NEAR = ROOM.replace("red apple", "green apple")
 ELSEWHERE = "Cellar: dark, damp stone walls, a barrel of wine, stairs going up toward daylight"
 ACTIONS = ["go north", "take key", "take apple", "look"]
@@ -464,10 +465,12 @@ def test_concurrent_lookups_keep_the_invariants() -> None:
 def _arc_backend() -> FakeBackend:
     """Scores that turn smoothly with the state's angle, so a prior served from an entry at cosine s
     is off by an amount that grows with the angle between them (a known error profile)."""
+
     def score(p: Prompt, action: str) -> float:
         angle = float(p.state.split()[1])
         j = ACTIONS.index(action)
         return 3.0 * math.cos(3.0 * angle * (j + 1) + j)
+
     return FakeBackend(score)
 
 
@@ -479,8 +482,14 @@ def _arc_lookups(cache: PriorCache, n: int, seed: int) -> tuple[list[float], int
         angle = float(rng.uniform(0.0, 0.8))
         state = f"angle {angle:.6f}"
         q = rng.normal(size=len(ACTIONS))
-        out = cache.lookup(state, Prompt(GOAL.prefix, state), ACTIONS, q_values=q,
-                           embedding=unit([math.cos(angle), math.sin(angle)]), step=i)
+        out = cache.lookup(
+            state,
+            Prompt(GOAL.prefix, state),
+            ACTIONS,
+            q_values=q,
+            embedding=unit([math.cos(angle), math.sin(angle)]),
+            step=i,
+        )
         if out.hit:
             fresh = oracle.score([Prompt(GOAL.prefix, state)], [ACTIONS]).scores[0]
             truth.append(audit_prior(out.scores, fresh, q, 1.0).kl)
@@ -504,8 +513,11 @@ def test_kl_budget_meets_its_target_on_a_stream_with_known_error(target):
 def test_a_looser_kl_budget_costs_fewer_queries():
     queries = {}
     for target in (0.01, 0.2):
-        cache = PriorCache(CacheConfig(mode="kl-budget", refresh_rate=0.05, kl_budget={"target_kl": target}),
-                           HashEncoder(), _arc_backend())
+        cache = PriorCache(
+            CacheConfig(mode="kl-budget", refresh_rate=0.05, kl_budget={"target_kl": target}),
+            HashEncoder(),
+            _arc_backend(),
+        )
         queries[target] = _arc_lookups(cache, 1000, seed=1)[1]
     assert queries[0.2] < 0.8 * queries[0.01]
 

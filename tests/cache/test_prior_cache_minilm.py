@@ -11,14 +11,17 @@ import pytest
 from priorcache.cache.encoder import MiniLMEncoder
 from priorcache.cache.prior_cache import CacheConfig, PriorCache
 from priorcache.prior.base import Prompt
-
 from tests.cache._fakes import FakeBackend
 
 GOAL = "Your task: find the silver key and unlock the chest.\n"
-KITCHEN = ("-= Kitchen =-\nYou are in a kitchen. You see a closed fridge and a table. On the table is a red "
-           "apple and a silver key. There is an exit to the north.")
+KITCHEN = (
+    "-= Kitchen =-\nYou are in a kitchen. You see a closed fridge and a table. On the table is a red "
+    "apple and a silver key. There is an exit to the north."
+)
 KITCHEN_KEY_TAKEN = KITCHEN.replace(" and a silver key", "")
-HALLWAY = "-= Hallway =-\nYou are in a hallway. You see a coat rack. There is an exit to the south and a door to the east."
+HALLWAY = (
+    "-= Hallway =-\nYou are in a hallway. You see a coat rack. There is an exit to the south and a door to the east."
+)
 ACTIONS = ["go north", "open fridge", "take red apple", "take silver key", "look"]
 
 

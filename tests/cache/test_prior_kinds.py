@@ -21,8 +21,13 @@ GOAL = Prompt("Goal: run forward.\n", "")
 
 def skill_cache(**cfg) -> PriorCache:
     cfg.setdefault("refresh_rate", 0.0)
-    return PriorCache(CacheConfig(similarity_threshold=0.9, **cfg), HashEncoder(), FakeBackend(),
-                      prior_config=GAUSSIANS, prior_kind=SkillGaussianPrior)
+    return PriorCache(
+        CacheConfig(similarity_threshold=0.9, **cfg),
+        HashEncoder(),
+        FakeBackend(),
+        prior_config=GAUSSIANS,
+        prior_kind=SkillGaussianPrior,
+    )
 
 
 def look(cache: PriorCache, state: str, cosine: float):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
@@ -16,7 +16,6 @@ from priorcache.cache.prior_cache import CacheConfig, CacheEntry, PriorCache
 from priorcache.errors import CacheFormatError
 from priorcache.prior.action_prior import CategoricalPrior
 from priorcache.prior.base import Prompt
-
 from tests.cache._fakes import FakeBackend, HashEncoder
 
 GOALS = [Prompt("Goal: find the key.\n", ""), Prompt("Goal: eat the apple.\n", "")]
@@ -53,15 +52,24 @@ def populated(**cfg) -> PriorCache:
     assert audited.last_audit is not None
     # Graft the audited entry's bookkeeping on: the save must carry last_audit and refresh_count.
     with cache._lock:
-        e = cache._entries[cache._exact[(audited.prefix_hash, audited.state_text)]]
+        e = cache._table.by_state(audited.prefix_hash, audited.state_text)
         e.last_audit, e.refresh_count = audited.last_audit, audited.refresh_count
     return cache
 
 
 def as_records(cache: PriorCache) -> list[tuple]:
     return sorted(
-        (e.id, e.prefix_hash, e.state_text, tuple(sorted(e.scores.items())), e.hit_count, e.refresh_count,
-         e.last_audit, e.last_used_step - e.created_step, tuple(np.round(e.key, 6)))
+        (
+            e.id,
+            e.prefix_hash,
+            e.state_text,
+            tuple(sorted(e.scores.items())),
+            e.hit_count,
+            e.refresh_count,
+            e.last_audit,
+            e.last_used_step - e.created_step,
+            tuple(np.round(e.key, 6)),
+        )
         for e in cache.entries()
     )
 
@@ -169,6 +177,7 @@ def _edit_json(name: str, edit: Callable[[dict], None], fix_manifest: bool = Tru
         (d / name).write_text(json.dumps(doc))
         if fix_manifest and name != "manifest.json":
             _rewrite_manifest(d)
+
     return apply
 
 
@@ -178,6 +187,7 @@ def _truncate_keys(fix_manifest: bool) -> Callable[[Path], None]:
         (d / "keys.npy").write_bytes(data[: len(data) // 2])
         if fix_manifest:
             _rewrite_manifest(d)
+
     return apply
 
 
@@ -187,6 +197,7 @@ def _replace_keys(keys: np.ndarray, allow_pickle: bool = False) -> Callable[[Pat
         np.save(buf, keys, allow_pickle=allow_pickle)
         (d / "keys.npy").write_bytes(buf.getvalue())
         _rewrite_manifest(d)
+
     return apply
 
 
@@ -194,6 +205,7 @@ def _set_score(value) -> Callable[[dict], None]:
     def edit(doc: dict) -> None:
         first = doc["entries"][0]["prior"]["payload"]["scores"]
         first[next(iter(first))] = value
+
     return edit
 
 
@@ -218,8 +230,10 @@ DAMAGE = {
     "truncated keys.npy, manifest recomputed": (_truncate_keys(fix_manifest=True), "npy"),
     "edited JSON": (_edit_hit_count, "checksum"),
     "reformatted JSON": (_edit_json("entries.json", lambda d: None, fix_manifest=False), "bytes"),
-    "checksum mismatch": (_edit_json("manifest.json", lambda m: m["files"]["keys.npy"].update(sha256="0" * 64)),
-                          "checksum"),
+    "checksum mismatch": (
+        _edit_json("manifest.json", lambda m: m["files"]["keys.npy"].update(sha256="0" * 64)),
+        "checksum",
+    ),
     "wrong version in manifest": (_edit_json("manifest.json", lambda m: m.update(format_version=3)), "version 3"),
     "wrong version in entries": (_edit_json("entries.json", lambda m: m.update(format_version=99)), "version 99"),
     "foreign manifest": (_edit_json("manifest.json", lambda m: m.update(format="something-else")), "not a priorcache"),
@@ -227,13 +241,16 @@ DAMAGE = {
     "string score": (_edit_json("entries.json", _set_score("high")), "non-numeric"),
     "missing entry key": (_edit_json("entries.json", lambda d: d["entries"][0].pop("hit_count")), "keys"),
     "negative hit count": (_edit_json("entries.json", lambda d: d["entries"][0].update(hit_count=-1)), "≥ 0"),
-    "duplicate id": (_edit_json("entries.json", lambda d: d["entries"][1].update(id=d["entries"][0]["id"])),
-                     "duplicate id"),
-    "unknown prefix": (_edit_json("entries.json", lambda d: d["entries"][0].update(prefix_hash="a" * 64)),
-                       "prefix_hash"),
+    "duplicate id": (
+        _edit_json("entries.json", lambda d: d["entries"][1].update(id=d["entries"][0]["id"])),
+        "duplicate id",
+    ),
+    "unknown prefix": (
+        _edit_json("entries.json", lambda d: d["entries"][0].update(prefix_hash="a" * 64)),
+        "prefix_hash",
+    ),
     "entries list too short": (_edit_json("entries.json", lambda d: d["entries"].pop()), "shape"),
-    "other encoder": (_edit_json("entries.json", lambda d: d["encoder"].update(name="other-encoder")),
-                      "other-encoder"),
+    "other encoder": (_edit_json("entries.json", lambda d: d["encoder"].update(name="other-encoder")), "other-encoder"),
     "other dimension": (_edit_json("entries.json", lambda d: d["encoder"].update(dim=32)), "dim 32"),
     "other backend": (_edit_json("entries.json", lambda d: d["backend"].update(name="gpt-9")), "gpt-9"),
     "NaN key": (lambda d: _replace_keys(np.full((8, 64), np.nan, np.float32))(d), "NaN"),
@@ -308,8 +325,7 @@ def test_a_crash_while_writing_keeps_the_previous_save(tmp_path: Path, monkeypat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]  # the temp directory is gone
 
 
-def test_a_crash_between_the_renames_keeps_the_previous_save(tmp_path: Path,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_crash_between_the_renames_keeps_the_previous_save(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     first = populated()
     first.save(tmp_path / "c")
     second = make()
@@ -348,12 +364,22 @@ def test_entries_are_plain_data(tmp_path: Path) -> None:
     doc = json.loads((tmp_path / "c" / "entries.json").read_text())
     keys = np.load(tmp_path / "c" / "keys.npy", allow_pickle=False)
     first = cache.entries()[0]
-    rebuilt = CacheEntry(doc["entries"][0]["id"], doc["entries"][0]["prefix_hash"], doc["entries"][0]["state_text"],
-                         keys[0], CategoricalPrior.from_payload(doc["entries"][0]["prior"]["payload"]),
-                             doc["entries"][0]["created_step"],
-                         doc["entries"][0]["last_used_step"], doc["entries"][0]["hit_count"])
+    rebuilt = CacheEntry(
+        doc["entries"][0]["id"],
+        doc["entries"][0]["prefix_hash"],
+        doc["entries"][0]["state_text"],
+        keys[0],
+        CategoricalPrior.from_payload(doc["entries"][0]["prior"]["payload"]),
+        doc["entries"][0]["created_step"],
+        doc["entries"][0]["last_used_step"],
+        doc["entries"][0]["hit_count"],
+    )
     assert (rebuilt.id, rebuilt.state_text, rebuilt.scores, rebuilt.hit_count) == (
-        first.id, first.state_text, first.scores, first.hit_count)
+        first.id,
+        first.state_text,
+        first.scores,
+        first.hit_count,
+    )
     np.testing.assert_array_equal(rebuilt.key, first.key)
 
 
@@ -390,8 +416,12 @@ def test_loads_racing_lookups_keep_the_invariants(tmp_path: Path) -> None:
         rng = np.random.default_rng(seed)
         try:
             for _ in range(100):
-                look(cache, STATES[int(rng.integers(4))] + " " + "x" * int(rng.integers(3)),
-                     GOALS[int(rng.integers(2))], actions=("go north", "take key", f"a{int(rng.integers(5))}"))
+                look(
+                    cache,
+                    STATES[int(rng.integers(4))] + " " + "x" * int(rng.integers(3)),
+                    GOALS[int(rng.integers(2))],
+                    actions=("go north", "take key", f"a{int(rng.integers(5))}"),
+                )
         except BaseException as e:  # noqa: BLE001 - reported below
             errors.append(e)
 
@@ -416,6 +446,7 @@ def _adaptive_modes_cache(mode: str):
     settings = {"mode": mode, "refresh_rate": 0.2}
     if mode == "adaptive":
         settings.update(similarity_threshold=0.9, meta={"update_every": 10})
+
     def backend():  # the same prior everywhere (KL 0): the KL budget opens, so there is state to keep
         return FakeBackend(lambda prompt, action: -float(len(action)))
 
@@ -423,8 +454,13 @@ def _adaptive_modes_cache(mode: str):
     rng = np.random.default_rng(0)
     for i in range(300):
         state = f"room {int(rng.integers(0, 60))}"
-        cache.lookup(state, Prompt("Goal: x\n", state), ["go", "take", "open"],
-                     embedding=at_cosine(float(rng.uniform(0.6, 1))), step=i)
+        cache.lookup(
+            state,
+            Prompt("Goal: x\n", state),
+            ["go", "take", "open"],
+            embedding=at_cosine(float(rng.uniform(0.6, 1))),
+            step=i,
+        )
         cache.observe_reward(float(rng.random()))
     return cache, (lambda: PriorCache(CacheConfig.from_dict(settings), HashEncoder(), backend()))
 
@@ -443,6 +479,7 @@ def test_adaptive_modes_warm_start_from_a_saved_cache(tmp_path, mode):
         assert again.stats()["kl_budget"]["audits"] == cache.stats()["kl_budget"]["audits"] > 0
     # a static cache loading the same save keeps its own parameters
     from tests.cache._fakes import FakeBackend, HashEncoder
+
     static = PriorCache(CacheConfig(), HashEncoder(), FakeBackend())
     static.load(tmp_path / "c")
     assert static.params()["similarity_threshold"] == 0.92 and len(static) == len(cache)
@@ -452,7 +489,8 @@ def test_a_damaged_controller_state_is_refused_and_changes_nothing(tmp_path):
     cache, fresh = _adaptive_modes_cache("kl-budget")
     cache.save(tmp_path / "c")
     _edit_json("entries.json", lambda doc: doc["controller"]["state"]["audits"]["kl"].__setitem__(0, -5.0))(
-        tmp_path / "c")
+        tmp_path / "c"
+    )
     again = fresh()
     with pytest.raises(CacheFormatError, match="controller"):
         again.load(tmp_path / "c")

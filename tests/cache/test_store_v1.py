@@ -31,8 +31,11 @@ def test_a_version_1_save_loads_with_every_entry_and_serves_its_scores(tmp_path:
     for item in doc["entries"]:
         entry = loaded[(item["prefix_hash"], item["state_text"])]
         assert entry.scores == item["scores"]
-        assert (entry.id, entry.hit_count, entry.refresh_count) == (item["id"], item["hit_count"],
-                                                                    item["refresh_count"])
+        assert (entry.id, entry.hit_count, entry.refresh_count) == (
+            item["id"],
+            item["hit_count"],
+            item["refresh_count"],
+        )
         assert (entry.last_audit is None) == (item["last_audit"] is None)
     cache._assert_consistent()
 
@@ -50,8 +53,9 @@ def test_a_version_1_save_loads_with_every_entry_and_serves_its_scores(tmp_path:
     assert json.loads((tmp_path / "v2" / "entries.json").read_text())["format_version"] == 2
     again = PriorCache(CacheConfig(refresh_rate=0.0), HashEncoder(), FakeBackend())
     again.load(tmp_path / "v2")
-    assert [(e.id, e.state_text, e.scores) for e in again.entries()] == \
-           [(e.id, e.state_text, e.scores) for e in cache.entries()]
+    assert [(e.id, e.state_text, e.scores) for e in again.entries()] == [
+        (e.id, e.state_text, e.scores) for e in cache.entries()
+    ]
 
 
 def _backend() -> FakeBackend:
@@ -60,8 +64,11 @@ def _backend() -> FakeBackend:
 
 def test_a_version_1_adaptive_save_restores_theta() -> None:
     theta = _saved("v1-adaptive")["adaptation"]["meta_theta"]
-    cache = PriorCache(CacheConfig(mode="adaptive", similarity_threshold=0.9, refresh_rate=0.2,
-                                   meta={"update_every": 10}), HashEncoder(), _backend())
+    cache = PriorCache(
+        CacheConfig(mode="adaptive", similarity_threshold=0.9, refresh_rate=0.2, meta={"update_every": 10}),
+        HashEncoder(),
+        _backend(),
+    )
     cache.load(DATA / "v1-adaptive")
     np.testing.assert_allclose(cache.controller.meta.theta, theta)
 

@@ -51,8 +51,13 @@ def test_every_method_gets_a_run_per_seed_and_interrupted_benches_resume(tmp_pat
     (interrupted / "summary.json").write_text(json.dumps({**summary, "partial": True}))
 
     resumed: list[tuple[str, str, int]] = []
-    report = run_bench(config, backend=backend, encoder=encoder, progress=False,
-                       on_run=lambda cell, s: resumed.append((cell.agent, cell.cache.mode, cell.seeds[0])))
+    report = run_bench(
+        config,
+        backend=backend,
+        encoder=encoder,
+        progress=False,
+        on_run=lambda cell, s: resumed.append((cell.agent, cell.cache.mode, cell.seeds[0])),
+    )
     assert ("direct-llm", "none", 0) in resumed
     assert not set(done[1:]) & set(resumed)  # finished runs are kept
     assert len(resumed) == len(METHODS) * 2 - 2
@@ -74,12 +79,15 @@ def test_every_method_gets_a_run_per_seed_and_interrupted_benches_resume(tmp_pat
         run_bench(bench_config(tmp_path, episodes=3), backend=backend, encoder=encoder, progress=False)
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"envs": ["mars"]}, "unknown environment"),
-    ({"methods": ["sarsa"]}, "unknown method"),
-    ({"seeds": []}, "at least one"),
-    ({"episodes": 0}, "episodes"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"envs": ["mars"]}, "unknown environment"),
+        ({"methods": ["sarsa"]}, "unknown method"),
+        ({"seeds": []}, "at least one"),
+        ({"episodes": 0}, "episodes"),
+    ],
+)
 def test_bad_bench_settings(tmp_path, overrides, message):
     with pytest.raises(ConfigError, match=message):
         bench_config(tmp_path, **overrides)

@@ -1,4 +1,4 @@
-"""Run summaries (SPEC §8) and the cached-vs-reference comparison."""
+"""Run summaries (docs/design.md §1) and the cached-vs-reference comparison."""
 
 import math
 
@@ -8,12 +8,28 @@ from priorcache.experiments.metrics import compare, mean_ci95, summarise
 
 
 def record(seed, episode, success, ret, llm_calls, partial, hits, times, audits=()):
-    return {"seed": seed, "episode": episode, "success": success, "episode_return": ret, "steps": len(times),
-            "llm_calls": llm_calls, "partial_calls": partial, "lookups": len(times), "hits": hits,
-            "exact_hits": hits, "similar_hits": 0, "refreshes": 0, "llm_time_s": 0.5 * llm_calls,
-            "prompt_tokens": 10, "continuation_tokens": 5, "decision_times_ms": list(times),
-            "audit_epsilons": [a[0] for a in audits], "audit_kls": [a[1] for a in audits],
-            "train_time_s": 0.1, "wall_time_s": 1.0}
+    return {
+        "seed": seed,
+        "episode": episode,
+        "success": success,
+        "episode_return": ret,
+        "steps": len(times),
+        "llm_calls": llm_calls,
+        "partial_calls": partial,
+        "lookups": len(times),
+        "hits": hits,
+        "exact_hits": hits,
+        "similar_hits": 0,
+        "refreshes": 0,
+        "llm_time_s": 0.5 * llm_calls,
+        "prompt_tokens": 10,
+        "continuation_tokens": 5,
+        "decision_times_ms": list(times),
+        "audit_epsilons": [a[0] for a in audits],
+        "audit_kls": [a[1] for a in audits],
+        "train_time_s": 0.1,
+        "wall_time_s": 1.0,
+    }
 
 
 def test_mean_ci95_uses_student_t_over_seeds():

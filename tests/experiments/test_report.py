@@ -14,8 +14,20 @@ from priorcache.experiments.metrics import EpisodeRecord, summarise
 from priorcache.experiments.report import aggregate, cache_param_trajectories, find_runs, read_run, write_report
 
 
-def make_run(folder, env, agent, mode, seeds, episodes, success, queries_per_episode, decision_ms,
-             finished=True, source=None, extra=None):
+def make_run(
+    folder,
+    env,
+    agent,
+    mode,
+    seeds,
+    episodes,
+    success,
+    queries_per_episode,
+    decision_ms,
+    finished=True,
+    source=None,
+    extra=None,
+):
     records = []
     for seed in seeds:
         for episode in range(episodes):
@@ -43,18 +55,75 @@ def make_run(folder, env, agent, mode, seeds, episodes, success, queries_per_epi
 def bench_dir(tmp_path):
     runs = tmp_path / "runs"
     for seed in (0, 1):  # one run per seed, as `bench text` writes them
-        make_run(runs / "babyai/uncached" / f"seed{seed}", "babyai", "dqn-prior", "none", [seed], 3,
-                 success=True, queries_per_episode=10, decision_ms=400.0)
-        make_run(runs / "babyai/static" / f"seed{seed}", "babyai", "dqn-prior", "static", [seed], 3,
-                 success=True, queries_per_episode=2, decision_ms=2.0)
-    make_run(runs / "babyai/direct" / "seed0", "babyai", "direct-llm", "none", [0, 1], 1,
-             success=False, queries_per_episode=10, decision_ms=390.0)
-    make_run(runs / "babyai/dqn" / "seed0", "babyai", "dqn", "none", [0, 1], 3,
-             success=False, queries_per_episode=0, decision_ms=1.0)
-    make_run(runs / "alfworld/static" / "seed0", "alfworld", "dqn-prior", "static", [0], 2,
-             success=True, queries_per_episode=3, decision_ms=5.0, source="generated")
-    make_run(runs / "alfworld/uncached" / "seed0", "alfworld", "dqn-prior", "none", [0], 2,
-             success=True, queries_per_episode=3, decision_ms=5.0, finished=False, source="generated")
+        make_run(
+            runs / "babyai/uncached" / f"seed{seed}",
+            "babyai",
+            "dqn-prior",
+            "none",
+            [seed],
+            3,
+            success=True,
+            queries_per_episode=10,
+            decision_ms=400.0,
+        )
+        make_run(
+            runs / "babyai/static" / f"seed{seed}",
+            "babyai",
+            "dqn-prior",
+            "static",
+            [seed],
+            3,
+            success=True,
+            queries_per_episode=2,
+            decision_ms=2.0,
+        )
+    make_run(
+        runs / "babyai/direct" / "seed0",
+        "babyai",
+        "direct-llm",
+        "none",
+        [0, 1],
+        1,
+        success=False,
+        queries_per_episode=10,
+        decision_ms=390.0,
+    )
+    make_run(
+        runs / "babyai/dqn" / "seed0",
+        "babyai",
+        "dqn",
+        "none",
+        [0, 1],
+        3,
+        success=False,
+        queries_per_episode=0,
+        decision_ms=1.0,
+    )
+    make_run(
+        runs / "alfworld/static" / "seed0",
+        "alfworld",
+        "dqn-prior",
+        "static",
+        [0],
+        2,
+        success=True,
+        queries_per_episode=3,
+        decision_ms=5.0,
+        source="generated",
+    )
+    make_run(
+        runs / "alfworld/uncached" / "seed0",
+        "alfworld",
+        "dqn-prior",
+        "none",
+        [0],
+        2,
+        success=True,
+        queries_per_episode=3,
+        decision_ms=5.0,
+        finished=False,
+        source="generated",
+    )
     return tmp_path
 
 
@@ -94,8 +163,17 @@ def test_report_files(bench_dir, tmp_path):
 
 
 def test_two_runs_of_one_seed_are_refused(bench_dir):
-    make_run(bench_dir / "runs/babyai/static-again/seed0", "babyai", "dqn-prior", "static", [0], 1,
-             success=True, queries_per_episode=1, decision_ms=1.0)
+    make_run(
+        bench_dir / "runs/babyai/static-again/seed0",
+        "babyai",
+        "dqn-prior",
+        "static",
+        [0],
+        1,
+        success=True,
+        queries_per_episode=1,
+        decision_ms=1.0,
+    )
     with pytest.raises(ConfigError, match="seed 0"):
         aggregate(find_runs(bench_dir))
 
@@ -117,20 +195,56 @@ def test_cache_params_plot(bench_dir, tmp_path):
         return {"capacity": k, "similarity_threshold": delta, "refresh_rate": r}
 
     def adaptive(seed, episode):  # 4 steps per episode; one meta update in the middle of each
-        update = {"step": 4 * episode + 2, **params(64 * 2 ** episode, 0.9 - 0.01 * episode, 0.05),
-                  "query_rate": 0.5, "expected_kl": 0.01, "return_rate": 0.1, "objective": 0.3, "new_key": 1}
-        return {"cache_params": params(64 * 2 ** episode, 0.9 - 0.01 * episode, 0.05), "meta_updates": [update]}
+        update = {
+            "step": 4 * episode + 2,
+            **params(64 * 2**episode, 0.9 - 0.01 * episode, 0.05),
+            "query_rate": 0.5,
+            "expected_kl": 0.01,
+            "return_rate": 0.1,
+            "objective": 0.3,
+            "new_key": 1,
+        }
+        return {"cache_params": params(64 * 2**episode, 0.9 - 0.01 * episode, 0.05), "meta_updates": [update]}
 
     def static(seed, episode):
         return {"cache_params": params(64, 0.92, 0.05), "meta_updates": []}
 
-    make_run(bench_dir / "runs/babyai/adaptive/seed0", "babyai", "dqn-prior", "adaptive", [0, 1], 3,
-             success=True, queries_per_episode=2, decision_ms=2.0, extra=adaptive)
-    make_run(bench_dir / "runs/babyai/static-new/seed5", "babyai", "dqn-prior", "static", [5], 2,
-             success=True, queries_per_episode=2, decision_ms=2.0, extra=static)
-    make_run(bench_dir / "runs/babyai/uncached-new/seed5", "babyai", "dqn-prior", "none", [5], 2,
-             success=True, queries_per_episode=2, decision_ms=2.0,
-             extra=lambda seed, episode: {"cache_params": None, "meta_updates": []})
+    make_run(
+        bench_dir / "runs/babyai/adaptive/seed0",
+        "babyai",
+        "dqn-prior",
+        "adaptive",
+        [0, 1],
+        3,
+        success=True,
+        queries_per_episode=2,
+        decision_ms=2.0,
+        extra=adaptive,
+    )
+    make_run(
+        bench_dir / "runs/babyai/static-new/seed5",
+        "babyai",
+        "dqn-prior",
+        "static",
+        [5],
+        2,
+        success=True,
+        queries_per_episode=2,
+        decision_ms=2.0,
+        extra=static,
+    )
+    make_run(
+        bench_dir / "runs/babyai/uncached-new/seed5",
+        "babyai",
+        "dqn-prior",
+        "none",
+        [5],
+        2,
+        success=True,
+        queries_per_episode=2,
+        decision_ms=2.0,
+        extra=lambda seed, episode: {"cache_params": None, "meta_updates": []},
+    )
 
     curves = cache_param_trajectories(read_run(bench_dir / "runs/babyai/adaptive/seed0"))
     assert sorted(curves) == [0, 1]

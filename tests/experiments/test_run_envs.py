@@ -17,8 +17,9 @@ runner = CliRunner()
 @pytest.mark.parametrize("env", ["babyai", "webshop", "alfworld"])
 def test_run_each_environment_with_the_embedded_defaults(tmp_path, env):
     out = tmp_path / env
-    result = runner.invoke(app, ["run", env, "--episodes", "2", "--max-steps", "4", "--out", str(out), "--quiet"],
-                           catch_exceptions=False)
+    result = runner.invoke(
+        app, ["run", env, "--episodes", "2", "--max-steps", "4", "--out", str(out), "--quiet"], catch_exceptions=False
+    )
     assert result.exit_code == 0, result.output
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(records) == 2
@@ -33,8 +34,9 @@ def test_run_each_environment_with_the_embedded_defaults(tmp_path, env):
 @pytest.mark.slow
 def test_quick_bench_on_babyai_writes_the_table(tmp_path):
     out = tmp_path / "bench"
-    result = runner.invoke(app, ["bench", "text", "--quick", "--env", "babyai", "--out", str(out)],
-                           catch_exceptions=False)
+    result = runner.invoke(
+        app, ["bench", "text", "--quick", "--env", "babyai", "--out", str(out)], catch_exceptions=False
+    )
     assert result.exit_code == 0, result.output
     table = (out / "results.md").read_text()
     for method in ("direct-llm", "react", "dqn", "dqn-prior-uncached", "dqn-prior-static"):
@@ -48,12 +50,29 @@ def test_quick_bench_on_babyai_writes_the_table(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode_args", [["--cache", "adaptive", "--meta-update-every", "10"],
-                                       ["--cache", "kl-budget", "--kl-target", "0.05"]])
+@pytest.mark.parametrize(
+    "mode_args", [["--cache", "adaptive", "--meta-update-every", "10"], ["--cache", "kl-budget", "--kl-target", "0.05"]]
+)
 def test_adaptive_modes_on_babyai_and_the_kl_report(tmp_path, mode_args):
     out = tmp_path / "run"
-    result = runner.invoke(app, ["run", "babyai", *mode_args, "--episodes", "3", "--max-steps", "30",
-                                 "--refresh-rate", "0.2", "--out", str(out), "--quiet"], catch_exceptions=False)
+    result = runner.invoke(
+        app,
+        [
+            "run",
+            "babyai",
+            *mode_args,
+            "--episodes",
+            "3",
+            "--max-steps",
+            "30",
+            "--refresh-rate",
+            "0.2",
+            "--out",
+            str(out),
+            "--quiet",
+        ],
+        catch_exceptions=False,
+    )
     assert result.exit_code == 0, result.output
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert all(r["cache_params"] is not None for r in records)

@@ -20,8 +20,21 @@ def invoke(*args: str):
 @pytest.mark.slow
 def test_run_warm_start_and_compare(tmp_path):
     cache_dir = tmp_path / "shared-cache"
-    code, out = invoke("run", "textworld", "--episodes", "2", "--max-steps", "6", "--seeds", "0",
-                       "--out", str(tmp_path / "a"), "--cache-path", str(cache_dir), "--quiet")
+    code, out = invoke(
+        "run",
+        "textworld",
+        "--episodes",
+        "2",
+        "--max-steps",
+        "6",
+        "--seeds",
+        "0",
+        "--out",
+        str(tmp_path / "a"),
+        "--cache-path",
+        str(cache_dir),
+        "--quiet",
+    )
     assert code == 0, out
     assert "LLM queries" in out and "decision latency" in out
     lines = (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()
@@ -35,8 +48,21 @@ def test_run_warm_start_and_compare(tmp_path):
     assert (cache_dir / "manifest.json").is_file()
 
     # The same game again from the saved cache: its first state is an exact hit at once.
-    code, out = invoke("run", "textworld", "--episodes", "1", "--max-steps", "6", "--seeds", "0",
-                       "--out", str(tmp_path / "b"), "--cache-path", str(cache_dir), "--quiet")
+    code, out = invoke(
+        "run",
+        "textworld",
+        "--episodes",
+        "1",
+        "--max-steps",
+        "6",
+        "--seeds",
+        "0",
+        "--out",
+        str(tmp_path / "b"),
+        "--cache-path",
+        str(cache_dir),
+        "--quiet",
+    )
     assert code == 0, out
     second = json.loads((tmp_path / "b" / "metrics.jsonl").read_text().splitlines()[0])
     assert second["exact_hits"] >= 1
@@ -47,23 +73,26 @@ def test_run_warm_start_and_compare(tmp_path):
     assert "fewer" in out and "retained" in out
 
 
-@pytest.mark.parametrize("args, message", [
-    (["run", "nowhere-env"], "unknown environment"),
-    (["run", "textworld", "--agent", "sarsa"], "unknown agent"),
-    (["run", "textworld", "--cache", "magic"], "mode"),
-    (["run", "textworld", "--similarity-threshold", "1.5"], "similarity_threshold"),
-    (["run", "textworld", "--capacity", "0"], "capacity"),
-    (["run", "textworld", "--refresh-rate", "-0.1"], "refresh_rate"),
-    (["run", "textworld", "--backend", "gpt-9"], "unknown LLM backend"),
-    (["run", "textworld", "--variant", "tw-nothing"], "tw-nothing"),
-    (["run", "textworld", "--alpha-min", "2"], "alpha_min"),
-    (["run", "textworld", "--kl-target", "0.05"], "need --cache kl-budget"),
-    (["run", "textworld", "--cache", "kl-budget", "--kl-target", "-1"], "target_kl"),
-    (["run", "textworld", "--cache", "kl-budget", "--kl-confidence", "1.5"], "confidence"),
-    (["run", "textworld", "--cache", "static", "--meta-kl-weight", "5"], "need --cache adaptive"),
-    (["run", "textworld", "--cache", "adaptive", "--meta-update-every", "1"], "update_every"),
-    (["run", "textworld", "--cache", "adaptive", "--similarity-threshold", "0.5"], "meta bounds"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["run", "nowhere-env"], "unknown environment"),
+        (["run", "textworld", "--agent", "sarsa"], "unknown agent"),
+        (["run", "textworld", "--cache", "magic"], "mode"),
+        (["run", "textworld", "--similarity-threshold", "1.5"], "similarity_threshold"),
+        (["run", "textworld", "--capacity", "0"], "capacity"),
+        (["run", "textworld", "--refresh-rate", "-0.1"], "refresh_rate"),
+        (["run", "textworld", "--backend", "gpt-9"], "unknown LLM backend"),
+        (["run", "textworld", "--variant", "tw-nothing"], "tw-nothing"),
+        (["run", "textworld", "--alpha-min", "2"], "alpha_min"),
+        (["run", "textworld", "--kl-target", "0.05"], "need --cache kl-budget"),
+        (["run", "textworld", "--cache", "kl-budget", "--kl-target", "-1"], "target_kl"),
+        (["run", "textworld", "--cache", "kl-budget", "--kl-confidence", "1.5"], "confidence"),
+        (["run", "textworld", "--cache", "static", "--meta-kl-weight", "5"], "need --cache adaptive"),
+        (["run", "textworld", "--cache", "adaptive", "--meta-update-every", "1"], "update_every"),
+        (["run", "textworld", "--cache", "adaptive", "--similarity-threshold", "0.5"], "meta bounds"),
+    ],
+)
 def test_bad_input_is_a_clear_error_and_writes_nothing(tmp_path, args, message):
     out_dir = tmp_path / "out"
     code, out = invoke(*args, "--out", str(out_dir), "--quiet", "--episodes", "1", "--max-steps", "1")

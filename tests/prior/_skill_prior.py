@@ -8,7 +8,8 @@ a skill and an action vector. The skill vocabulary is fixed, so the F7 hooks kee
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -24,8 +25,11 @@ class SkillGaussianPrior(Prior):
 
     def __init__(self, scores: Mapping[str, float], gaussians: Gaussians) -> None:
         self._scores = dict(scores)
-        self.gaussians = {z: (np.asarray(m, dtype=np.float64), np.asarray(s, dtype=np.float64))
-                          for z, (m, s) in gaussians.items() if z in self._scores}
+        self.gaussians = {
+            z: (np.asarray(m, dtype=np.float64), np.asarray(s, dtype=np.float64))
+            for z, (m, s) in gaussians.items()
+            if z in self._scores
+        }
 
     @property
     def actions(self) -> tuple[str, ...]:
@@ -47,20 +51,26 @@ class SkillGaussianPrior(Prior):
         return float(np.sum(-0.5 * ((action - mean) / std) ** 2 - np.log(std) - 0.5 * math.log(2 * math.pi)))
 
     @classmethod
-    def from_scores(cls, actions: Sequence[str], scores: np.ndarray, config: Gaussians) -> "SkillGaussianPrior":
+    def from_scores(cls, actions: Sequence[str], scores: np.ndarray, config: Gaussians) -> SkillGaussianPrior:
         return cls(dict(zip(actions, np.asarray(scores, dtype=np.float64).tolist())), config)
 
     def to_payload(self) -> dict[str, Any]:
-        return {"skill_scores": dict(self._scores),
-                "gaussians": {z: {"mean": m.tolist(), "std": s.tolist()} for z, (m, s) in self.gaussians.items()}}
+        return {
+            "skill_scores": dict(self._scores),
+            "gaussians": {z: {"mean": m.tolist(), "std": s.tolist()} for z, (m, s) in self.gaussians.items()},
+        }
 
     @classmethod
-    def from_payload(cls, payload: Mapping[str, Any], config: Any) -> "SkillGaussianPrior":
+    def from_payload(cls, payload: Mapping[str, Any], config: Any) -> SkillGaussianPrior:
         if not isinstance(payload, Mapping) or set(payload) != {"skill_scores", "gaussians"}:
             raise ConfigError("a skill-gaussian payload must be {skill_scores, gaussians}")
         scores, gaussians = payload["skill_scores"], payload["gaussians"]
-        if not isinstance(scores, Mapping) or not scores or not isinstance(gaussians, Mapping) \
-                or set(gaussians) != set(scores):
+        if (
+            not isinstance(scores, Mapping)
+            or not scores
+            or not isinstance(gaussians, Mapping)
+            or set(gaussians) != set(scores)
+        ):
             raise ConfigError("every skill needs a score and a Gaussian")
         out = {}
         for z, g in gaussians.items():

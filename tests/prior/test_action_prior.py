@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from priorcache.errors import BackendError, ConfigError
-from priorcache.prior.action_prior import check_candidates, check_scores, log_prior
+from priorcache.prior.action_prior import check_candidates, check_scores
 
 
 def test_empty_and_duplicate_candidates_rejected():
@@ -24,4 +24,3 @@ def test_non_finite_scores_name_the_action(bad):
 def test_wrong_number_of_scores():
     with pytest.raises(BackendError, match="3 candidate"):
         check_scores(np.array([-1.0, -2.0]), ["a", "b", "c"], "backend 'x'")
-

@@ -18,8 +18,7 @@ from priorcache.prior.registry import BACKENDS, make_backend
 @pytest.mark.parametrize("template", sorted(TEXT_GAME_TEMPLATES))
 def test_state_part_depends_on_state_text_only(template):
     a = text_game_prompt("Take the key.", "A kitchen.  \n A key. ", template=template)
-    b = text_game_prompt("Eat the apple.", "A kitchen. A key.", template=template,
-                         examples=[("A hall.", "go north")])
+    b = text_game_prompt("Eat the apple.", "A kitchen. A key.", template=template, examples=[("A hall.", "go north")])
     assert a.state == b.state
     assert a.prefix != b.prefix
     assert "Take the key." in a.prefix and "Take the key." not in a.state
@@ -48,7 +47,9 @@ def test_prompt_builder_uses_the_template_the_registry_names(family):
 def test_families_use_their_own_templates_and_unknown_names_the_default():
     assert ENVIRONMENTS["textworld"].prompt_template == DEFAULT_TEXT_GAME_TEMPLATE
     assert {ENVIRONMENTS[f].prompt_template for f in ("alfworld", "babyai", "webshop")} == {
-        "alfworld", "babyai", "webshop"
+        "alfworld",
+        "babyai",
+        "webshop",
     }
     assert prompt_builder("no-such-env")("g", "s") == text_game_prompt("g", "s")
 

@@ -1,4 +1,4 @@
-"""The transformers/embedded backend (SPEC F3, F9): real-model ranking, equality of the fast
+"""The transformers/embedded backend (F3, F9, docs/design.md §2): real-model ranking, equality of the fast
 paths with the naive one, token accounting and the errors a user meets."""
 
 from __future__ import annotations
