@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from priorcache.agents import AGENTS
+from priorcache.agents.registry import AGENTS
 from priorcache.cache.prior_cache import CacheConfig
 from priorcache.envs.registry import ENVIRONMENTS
 from priorcache.errors import ConfigError, PriorCacheError

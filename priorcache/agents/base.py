@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-from priorcache.agents import saving
+from priorcache.agents.saving import read_agent, write_agent
 from priorcache.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -206,7 +206,7 @@ class Agent(ABC):
     def save(self, path: str | Path) -> None:
         """Write config, seed and state into folder ``path`` (created; a previous save is replaced)."""
         state, tensors = self._state()
-        saving.write_agent(
+        write_agent(
             Path(path),
             {"agent": self.name, "config": self.config_to_json(self.config), "seed": self.seed, "state": state},
             tensors,
@@ -225,7 +225,7 @@ class Agent(ABC):
                 + (f"; missing {missing}" if missing else "")
                 + (f"; unknown {unknown}" if unknown else "")
             )
-        saved, tensors = saving.read_agent(path)
+        saved, tensors = read_agent(path)
         if saved["agent"] != cls.name:
             raise ConfigError(f"{path} holds a saved {saved['agent']!r} agent, not {cls.name!r}")
         try:

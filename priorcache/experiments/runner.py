@@ -22,7 +22,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from priorcache.agents import AGENTS, Agent, agent_spec, episode_seed, make_agent
+from priorcache.agents.base import Agent, episode_seed
+from priorcache.agents.registry import AGENTS, agent_spec, make_agent
 from priorcache.cache.encoder import MiniLMEncoder
 from priorcache.cache.prior_cache import CacheConfig, PriorCache
 from priorcache.cache.store import has_saved_cache
