@@ -2,7 +2,7 @@
 
 The official ALFWorld games need a download. This module writes new ones in the same format: a
 JSON game file with the ALFRED PDDL domain and grammar shipped in the ``alfworld`` wheel and a
-PDDL problem built here. A problem is one of the six ALFWorld task types in a small scene drawn
+PDDL problem built from a drawn scene. A problem is one of the six ALFWorld task types in a small scene drawn
 from the wheel's THOR FloorPlan data:
 
 * receptacles are real instances of the FloorPlan (``FloorPlanN-openable.json``: ALFRED object
@@ -15,8 +15,9 @@ from the wheel's THOR FloorPlan data:
   and the scene type must be one ALFRED allows for the task (``constants.GOALS_VALID``).
 
 Everything is drawn from ``random.Random`` seeded by (task type, seed, attempt), so a seed always
-gives the same problem. This module is pure: it never runs the engine. Whether a problem is
-solvable is decided by the planner expert in :mod:`priorcache.envs.alfworld_env`, which asks for
+gives the same problem. :mod:`priorcache.envs.alfworld_pddl` writes a drawn scene as the PDDL
+problem and game file. This module is pure: it never runs the engine. Whether a problem is
+solvable is decided by the planner expert in :mod:`priorcache.envs.alfworld_games`, which asks for
 the next attempt when one fails.
 """
 
@@ -68,13 +69,9 @@ _PROPERTY = {
     "pick_heat_then_place_in_recep": "Heatable",
     "pick_cool_then_place_in_recep": "Coolable",
 }
-# Object-type and receptacle-type constants the domain's actions mention; the problem declares them.
-_DOMAIN_OTYPES = ("KnifeType", "ButterKnifeType")
-_DOMAIN_RTYPES = ("SinkBasinType", "MicrowaveType", "FridgeType")
 # Toggleable light for look_at_obj_in_light, and the furniture a desk lamp stands on.
 _LAMP = "DeskLamp"
 _LAMP_SURFACES = ("Desk", "SideTable", "Dresser", "DiningTable", "CoffeeTable", "Shelf", "TVStand")
-_AGENT = "agent1"
 _MANGLE = (("-", "_minus_"), ("|", "_bar_"), ("+", "_plus_"), (".", "_dot_"), (",", "_comma_"))
 
 
@@ -138,7 +135,7 @@ def _alfworld_data() -> tuple[Path, Any, Any]:
     return Path(constants.__file__).parent / "layouts", constants, goal_library
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _floorplan(
     name: str,
 ) -> tuple[tuple[str, ...], Mapping[str, tuple[float, ...]], tuple[tuple[float, float], ...]]:
@@ -213,9 +210,7 @@ def _receptacle_pool(floorplan: str, rng: random.Random) -> dict[str, str]:
             used.add(loc)
     present = {class_of(r) for r in pool}
     extra = sorted(
-        c
-        for c in set(classes)
-        if c in can_contain and c not in constants.MOVABLE_RECEPTACLES_SET and c not in present
+        c for c in set(classes) if c in can_contain and c not in constants.MOVABLE_RECEPTACLES_SET and c not in present
     )
     for cls in extra:
         for _ in range(20):
@@ -240,9 +235,7 @@ class GenerationError(RuntimeError):
 
 def _candidate_floorplans(goal: str, split: str) -> list[str]:
     _, constants, _ = _alfworld_data()
-    numbers = set(
-        constants.TEST_SCENE_NUMBERS if split == "valid_unseen" else constants.TRAIN_SCENE_NUMBERS
-    )
+    numbers = set(constants.TEST_SCENE_NUMBERS if split == "valid_unseen" else constants.TRAIN_SCENE_NUMBERS)
     out = []
     for fp in floorplans():
         if int(fp[len("FloorPlan") :]) not in numbers:
@@ -268,9 +261,7 @@ def sample_scene(task_type: str, seed: int, attempt: int = 0, split: str = "trai
         raise ValueError(f"unknown split {split!r}; choose one of {list(SPLITS)}")
     goal = TASK_TYPES[task_type]
     _, constants, goal_library = _alfworld_data()
-    rng = random.Random(
-        f"priorcache-alfworld-v{GENERATOR_VERSION}:{split}:{task_type}:{seed}:{attempt}"
-    )
+    rng = random.Random(f"priorcache-alfworld-v{GENERATOR_VERSION}:{split}:{task_type}:{seed}:{attempt}")
     floorplan = rng.choice(_candidate_floorplans(goal, split))
     classes, _, floor = _floorplan(floorplan)
     pool = _receptacle_pool(floorplan, rng)
@@ -331,9 +322,7 @@ def sample_scene(task_type: str, seed: int, attempt: int = 0, split: str = "trai
         if len(chosen) >= n_receptacles:
             break
         chosen.append(rid)
-    start_holders = [
-        r for r in chosen if object_target in can_contain[class_of(r)] and class_of(r) != parent_target
-    ]
+    start_holders = [r for r in chosen if object_target in can_contain[class_of(r)] and class_of(r) != parent_target]
     if not start_holders:
         # Make room for a receptacle the target can start in.
         allowed = holders(object_target, [parent_target or ""])
@@ -413,120 +402,3 @@ def sample_scene(task_type: str, seed: int, attempt: int = 0, split: str = "trai
         receptacles={r: pool[r] for r in sorted(chosen)},
         objects=dict(sorted(objects.items())),
     )
-
-
-def pddl_problem(scene: Scene) -> str:
-    """The scene as an ALFRED PDDL problem for ``alfworld/data/alfred.pddl``."""
-    _, constants, goal_library = _alfworld_data()
-    can_contain = _can_contain()
-    goal_name = TASK_TYPES[scene.task_type]
-
-    obj_classes = sorted({class_of(o) for o in scene.objects})
-    rec_classes = sorted({class_of(r) for r in scene.receptacles})
-    otypes = sorted(
-        {f"{c}Type" for c in obj_classes} | set(_DOMAIN_OTYPES) | {f"{scene.object_target}Type"}
-    )
-    rtypes = sorted({f"{c}Type" for c in rec_classes} | set(_DOMAIN_RTYPES))
-    if scene.parent_target:
-        rtypes = sorted(set(rtypes) | {f"{scene.parent_target}Type"})
-    if scene.toggle_target:
-        otypes = sorted(set(otypes) | {f"{scene.toggle_target}Type"})
-    locations = sorted(set(scene.receptacles.values()) | {scene.agent_location})
-
-    declare = [f"{_AGENT} - agent"]
-    declare += [f"{mangle(r)} - receptacle" for r in scene.receptacles]
-    declare += [f"{mangle(o)} - object" for o in scene.objects]
-    declare += [f"{mangle(loc)} - location" for loc in locations]
-    declare += [f"{t} - otype" for t in otypes]
-    declare += [f"{t} - rtype" for t in rtypes]
-
-    init = ["(= (total-cost) 0)", f"(atLocation {_AGENT} {mangle(scene.agent_location)})"]
-    for rid, loc in scene.receptacles.items():
-        cls = class_of(rid)
-        init.append(f"(receptacleType {mangle(rid)} {cls}Type)")
-        init.append(f"(receptacleAtLocation {mangle(rid)} {mangle(loc)})")
-        if cls in constants.OPENABLE_CLASS_SET:
-            init.append(f"(openable {mangle(rid)})")
-    actions = constants.VAL_ACTION_OBJECTS
-    for oid, rid in scene.objects.items():
-        cls, o = class_of(oid), mangle(oid)
-        init.append(f"(objectType {o} {cls}Type)")
-        init.append(f"(inReceptacle {o} {mangle(rid)})")
-        init.append(f"(objectAtLocation {o} {mangle(scene.receptacles[rid])})")
-        if cls in actions["Toggleable"]:
-            init.append(f"(toggleable {o})")
-            continue  # lamps stay where they are
-        init.append(f"(pickupable {o})")
-        if cls in constants.MOVABLE_RECEPTACLES_SET:
-            init.append(f"(isReceptacleObject {o})")
-        for prop, predicate in (
-            ("Cleanable", "cleanable"),
-            ("Heatable", "heatable"),
-            ("Coolable", "coolable"),
-            ("Sliceable", "sliceable"),
-        ):
-            if cls in actions[prop]:
-                init.append(f"({predicate} {o})")
-    for rcls in rec_classes:
-        for ocls in obj_classes:
-            if ocls in can_contain.get(rcls, ()):
-                init.append(f"(canContain {rcls}Type {ocls}Type)")
-
-    goal = goal_library.gdict[goal_name]["pddl"].format(
-        obj=scene.object_target,
-        recep=scene.parent_target or "",
-        toggle=scene.toggle_target or "",
-        mrecep="",
-    )
-    # The library writes "#" for "-" in typed variables and closes the define block itself.
-    goal = goal.replace("#", "-").strip()
-    if not goal.endswith(")"):  # pragma: no cover - a different alfworld release
-        raise RuntimeError(f"unexpected goal layout in alfworld's goal library: {goal!r}")
-    goal = goal[:-1].rstrip()
-    indent = "\n        "
-    return (
-        f"(define (problem priorcache_{scene.split}_{scene.task_type}_{scene.seed}_{scene.attempt})\n"
-        f"    (:domain alfred)\n"
-        f"    (:objects{indent}{indent.join(declare)}\n    )\n"
-        f"    (:init{indent}{indent.join(init)}\n    )\n"
-        f"    {goal}\n"
-        f"    (:metric minimize (total-cost))\n"
-        f")\n"
-    )
-
-
-def game_data(scene: Scene) -> dict[str, Any]:
-    """The ALFWorld game file content (``game.tw-pddl``) for ``scene``, without a walkthrough."""
-    import alfworld.info
-
-    domain = Path(alfworld.info.ALFRED_PDDL_PATH).read_text(encoding="utf-8")
-    grammar = Path(alfworld.info.ALFRED_TWL2_PATH).read_text(encoding="utf-8")
-    if "UNKNOWN GOAL" not in grammar:  # pragma: no cover - a different alfworld release
-        raise RuntimeError("alfred.twl2 has no 'UNKNOWN GOAL' placeholder for the task sentence")
-    return {
-        "pddl_domain": domain,
-        "grammar": grammar.replace("UNKNOWN GOAL", scene.task_sentence),
-        "pddl_problem": pddl_problem(scene),
-        "solvable": None,  # set by certification
-        "generated": scene.to_json(),
-    }
-
-
-def traj_data(scene: Scene) -> dict[str, Any]:
-    """The ``traj_data.json`` ALFWorld keeps beside each game: task type and ALFRED's task parameters.
-
-    ALFWorld's experts read it (``AlfredExpert`` resets its hand-coded expert from it even when
-    the planner is used).
-    """
-    return {
-        "task_type": TASK_TYPES[scene.task_type],
-        "pddl_params": {
-            "object_target": scene.object_target,
-            "parent_target": scene.parent_target or "",
-            "toggle_target": scene.toggle_target or "",
-            "mrecep_target": "",
-            "object_sliced": False,
-        },
-        "scene": {"floor_plan": scene.floorplan},
-        "generated_by": "priorcache",
-    }

@@ -17,15 +17,17 @@ from types import SimpleNamespace
 
 import pytest
 
-from priorcache.envs import alfworld_env as aw
+from priorcache.envs import alfworld_engine as engine
+from priorcache.envs import alfworld_games as games
 from priorcache.envs import alfworld_gen as gen
+from priorcache.envs import alfworld_pddl as pddl
 from priorcache.envs.alfworld_env import (
     SPLITS,
     TASK_TYPES,
     ALFWorldEnv,
     describe_state,
-    ensure_game,
 )
+from priorcache.envs.alfworld_games import ensure_game
 from priorcache.envs.registry import ENVIRONMENTS, make_env
 from priorcache.errors import ConfigError, UnknownEnvironmentError
 
@@ -38,7 +40,7 @@ def games_dir(alfworld_games_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def generated(games_dir: Path) -> dict[tuple[str, int], aw.GameFiles]:
+def generated(games_dir: Path) -> dict[tuple[str, int], games.GameFiles]:
     """Certified games of every task type for SEEDS (about 1 s each)."""
     return {(t, s): ensure_game(t, s, "train", games_dir) for t in TASK_TYPES for s in SEEDS}
 
@@ -104,7 +106,7 @@ def test_generated_games_are_certified_over_seeds(generated) -> None:
         assert files.meta["source"] == "generated" and files.meta["task_type"] == task_type
         assert 6 <= files.meta["receptacles"] <= 10 and 8 <= files.meta["objects"] <= 15
         if seed != 0:
-            assert aw.plays_to_win(files.game_path, files.walkthrough), (task_type, seed)
+            assert engine.plays_to_win(files.game_path, files.walkthrough), (task_type, seed)
         problems.add(data["pddl_problem"])
     assert len(problems) == len(generated)  # different seeds, different problems
 
@@ -305,13 +307,13 @@ def test_official_games_are_used_and_labelled(
     finally:
         env.close()
     # the seeds pick the solvable games, in a fixed order
-    paths = {aw.official_game("pick_heat_then_place", s, "train") for s in range(6)}
+    paths = {games.official_game("pick_heat_then_place", s, "train") for s in range(6)}
     assert len(paths) == len(SEEDS) and all("Bad" not in str(p) for p in paths)
     # one more game is listed (unsolvable, passing its turn on): the choice is periodic
     period = len(SEEDS) + 1
     assert all(
-        aw.official_game("pick_heat_then_place", s, "train")
-        == aw.official_game("pick_heat_then_place", s + period, "train")
+        games.official_game("pick_heat_then_place", s, "train")
+        == games.official_game("pick_heat_then_place", s + period, "train")
         for s in range(period)
     )
     # no official game of a task type, or no such split
@@ -330,23 +332,21 @@ def test_official_games_are_used_and_labelled(
 def test_official_source_without_data_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="json_2.1.1.*internet"):
         ALFWorldEnv("pick_and_place", source="official", data_dir=tmp_path, games_dir=tmp_path)
-    assert aw.has_official_games("train", tmp_path) is False
+    assert games.has_official_games("train", tmp_path) is False
 
 
 # --------------------------------------------------------------------------- the on-disk cache
 
 
 @pytest.mark.slow
-def test_second_env_reuses_the_certified_game(
-    games_dir: Path, generated, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_second_env_reuses_the_certified_game(games_dir: Path, generated, monkeypatch: pytest.MonkeyPatch) -> None:
     files = generated[("pick_and_place", 0)]
     mtime = files.game_path.stat().st_mtime_ns
 
     def must_not_generate(*args, **kwargs):
         raise AssertionError("game was generated again")
 
-    monkeypatch.setattr(aw, "_generate_game", must_not_generate)
+    monkeypatch.setattr(games, "_generate_game", must_not_generate)
     env = _make("pick_and_place", games_dir)
     env.close()
     assert env.game_path == files.game_path and files.game_path.stat().st_mtime_ns == mtime
@@ -357,14 +357,12 @@ def test_second_env_reuses_the_certified_game(
 
 
 @pytest.mark.slow
-def test_interrupted_generation_leaves_nothing_that_loads(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_interrupted_generation_leaves_nothing_that_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def crash(game_path: Path):
         assert game_path.is_file()  # the game file exists in the temp folder at this point
         raise KeyboardInterrupt("simulated crash mid-certification")
 
-    monkeypatch.setattr(aw, "expert_plan", crash)
+    monkeypatch.setattr(games, "expert_plan", crash)
     with pytest.raises(KeyboardInterrupt):
         ensure_game("pick_and_place", 0, "train", tmp_path)
     assert [p.name for p in (tmp_path / "generated").iterdir()] == []
@@ -372,7 +370,7 @@ def test_interrupted_generation_leaves_nothing_that_loads(
 
 @pytest.mark.slow
 def test_rejected_attempts_are_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real = aw.expert_plan
+    real = engine.expert_plan
     calls = []
 
     def fail_first(game_path: Path):
@@ -381,10 +379,10 @@ def test_rejected_attempts_are_retried(tmp_path: Path, monkeypatch: pytest.Monke
             return []  # as if the planner found no plan
         return real(game_path)
 
-    monkeypatch.setattr(aw, "expert_plan", fail_first)
+    monkeypatch.setattr(games, "expert_plan", fail_first)
     files = ensure_game("pick_and_place", 0, "train", tmp_path)
     assert files.meta["attempt"] == 1 and "no plan" in files.meta["rejected"][0]
-    assert aw.plays_to_win(files.game_path, files.walkthrough)
+    assert engine.plays_to_win(files.game_path, files.walkthrough)
 
 
 # --------------------------------------------------------------------------- generator (no engine)
@@ -425,7 +423,7 @@ def test_generator_invariants(split: str) -> None:
                 assert scene.toggle_target == "DeskLamp" and scene.parent_target is None
             verbs = {"put", "clean", "heat", "cool", "find", "look", "examine"}
             assert scene.task_sentence.split()[0] in verbs
-            problem = gen.pddl_problem(scene)
+            problem = pddl.pddl_problem(scene)
             assert problem.count("(") == problem.count(")") and "#" not in problem
     assert gen.sample_scene("pick_and_place", 0) != gen.sample_scene("pick_and_place", 1)
     with pytest.raises(ValueError, match="pick_and_place"):
@@ -448,9 +446,7 @@ def test_describe_state_formats_like_the_engine() -> None:
         fact("iscool", "apple 2"),
         fact("not_opened", "fridge 1"),
     ]
-    assert describe_state(base) == (
-        "You are at fridge 1. The fridge 1 is closed. You are not carrying anything."
-    )
+    assert describe_state(base) == ("You are at fridge 1. The fridge 1 is closed. You are not carrying anything.")
     opened = base + [
         fact("opened", "fridge 1"),
         fact("holds", "agent1 ", "mug 1"),

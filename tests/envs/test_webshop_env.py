@@ -17,16 +17,15 @@ import pytest
 
 from priorcache.envs.registry import make_env
 from priorcache.envs.webshop_catalogue import (
-    CATEGORIES,
     MAX_RESULTS,
-    PRODUCT_TYPES,
     RESULTS_PER_PAGE,
     Catalogue,
     get_catalogue,
 )
-from priorcache.envs.webshop_env import (
+from priorcache.envs.webshop_env import WebShopEnv
+from priorcache.envs.webshop_products import CATEGORIES, PRODUCT_TYPES
+from priorcache.envs.webshop_task import (
     Goal,
-    WebShopEnv,
     candidate_queries,
     is_perfect,
     type_reward,
