@@ -265,9 +265,7 @@ def test_strict_level_failure_is_a_loss() -> None:
                 _, info = env.reset()
                 done = False
                 while not done:
-                    _, reward, terminated, truncated, info = env.step(
-                        rng.choice(info["admissible_actions"])
-                    )
+                    _, reward, terminated, truncated, info = env.step(rng.choice(info["admissible_actions"]))
                     done = terminated or truncated
                 if info["lost"]:
                     assert terminated and reward == 0.0 and not info["won"]
@@ -344,8 +342,7 @@ def test_relative_positions_and_occlusion_on_the_real_grid() -> None:
         door = Door("blue", is_open=False)
         engine.grid.set(3, 3, door)
         assert env._state_text() == (
-            "You face north. You see a wall 3 steps left, "
-            "a closed blue door 1 step forward. You carry nothing."
+            "You face north. You see a wall 3 steps left, a closed blue door 1 step forward. You carry nothing."
         )
         door.is_open = True  # an open door lets the agent see through it
         text = env._state_text()

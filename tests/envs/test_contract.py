@@ -14,7 +14,7 @@ import inspect
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple
 
 import numpy as np
 import pytest
@@ -33,11 +33,11 @@ class Cheap(NamedTuple):
     """How the contract tests build one family cheaply."""
 
     #: The variant built by ``make()`` (as "family:variant"); None for a family without variants.
-    variant: Optional[str]
+    variant: str | None
     #: Further constructor keywords.
     kwargs: Mapping[str, Any]
     #: The session fixture with the folder its generated games go to (None: nothing on disk).
-    games_dir_fixture: Optional[str]
+    games_dir_fixture: str | None
     #: Whether building it starts a real game engine (its engine tests are then slow).
     slow: bool
 
@@ -45,9 +45,7 @@ class Cheap(NamedTuple):
 CHEAP: Mapping[str, Cheap] = MappingProxyType(
     {
         "textworld": Cheap("tw-coin_collector", MappingProxyType({}), "textworld_games_dir", slow=True),
-        "alfworld": Cheap(
-            "pick_and_place", MappingProxyType({"source": "generated"}), "alfworld_games_dir", slow=True
-        ),
+        "alfworld": Cheap("pick_and_place", MappingProxyType({"source": "generated"}), "alfworld_games_dir", slow=True),
         "babyai": Cheap("GoToLocal", MappingProxyType({}), None, slow=False),
         "webshop": Cheap(None, MappingProxyType({}), None, slow=False),
     }
@@ -86,7 +84,7 @@ def make(family: str, request: pytest.FixtureRequest) -> Iterator[Callable[..., 
     cheap = CHEAP[family]
     built: list[TextEnv] = []
 
-    def build(name: Optional[str] = None, **overrides: Any) -> TextEnv:
+    def build(name: str | None = None, **overrides: Any) -> TextEnv:
         if name is None:
             name = f"{family}:{cheap.variant}" if cheap.variant else family
         kwargs = {**cheap.kwargs, **overrides}
@@ -294,9 +292,7 @@ def test_gymnasium_checker_spaces_and_close(family: str, make: Callable[..., Tex
 
 
 @pytest.mark.parametrize("family", ENGINES_WITH_VARIANTS)
-def test_registry_shorthand_and_keyword_build_the_same_game(
-    family: str, make: Callable[..., TextEnv]
-) -> None:
+def test_registry_shorthand_and_keyword_build_the_same_game(family: str, make: Callable[..., TextEnv]) -> None:
     keyword, variant = ENVIRONMENTS[family].variant_kwarg, CHEAP[family].variant
     a = make()  # "family:variant"
     b = make(family, **{keyword: variant})

@@ -86,9 +86,7 @@ def test_walkthrough_wins_with_per_step_rewards_and_distinct_states(
 
 
 @pytest.mark.slow
-def test_reward_is_the_score_difference_not_the_running_total(
-    games_dir: Path, generated: dict[str, Path]
-) -> None:
+def test_reward_is_the_score_difference_not_the_running_total(games_dir: Path, generated: dict[str, Path]) -> None:
     # tw-simple with dense rewards scores on most walkthrough steps, so a cumulative reward
     # would show up as a step reward above 1.
     env = _make("tw-simple", games_dir)
@@ -130,9 +128,7 @@ def test_loss_terminates(games_dir: Path, generated: dict[str, Path]) -> None:
 
 
 @pytest.mark.slow
-def test_nonsense_and_inadmissible_actions_give_game_feedback(
-    games_dir: Path, generated: dict[str, Path]
-) -> None:
+def test_nonsense_and_inadmissible_actions_give_game_feedback(games_dir: Path, generated: dict[str, Path]) -> None:
     env = _make("tw-cooking", games_dir)
     try:
         _, info = env.reset()
@@ -236,9 +232,7 @@ def test_second_env_reuses_the_generated_game(
 
     monkeypatch.setattr(tw_env, "_generate_game", must_not_generate)
     # explicit defaults name the same game as no settings at all
-    env = _make(
-        "tw-treasure_hunter", games_dir, settings=dict(DEFAULT_SETTINGS["tw-treasure_hunter"])
-    )
+    env = _make("tw-treasure_hunter", games_dir, settings=dict(DEFAULT_SETTINGS["tw-treasure_hunter"]))
     try:
         assert env.game_path == game_file
         assert game_file.stat().st_mtime_ns == mtime
@@ -251,9 +245,7 @@ def test_second_env_reuses_the_generated_game(
 
 
 @pytest.mark.slow
-def test_interrupted_generation_leaves_nothing_that_loads(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_interrupted_generation_leaves_nothing_that_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     real = tw_env._winning_walkthrough
 
     def crash_after_compiling(game_path: Path, game):
@@ -282,9 +274,7 @@ def test_incomplete_folder_at_the_final_path_is_regenerated(tmp_path: Path) -> N
     assert [p.name for p in tmp_path.iterdir()] == [files.folder.name]
 
 
-def test_default_games_dir_follows_environment(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_default_games_dir_follows_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PRIORCACHE_CACHE_DIR", str(tmp_path / "pc"))
     assert default_games_dir() == tmp_path / "pc" / "textworld_games"
     monkeypatch.delenv("PRIORCACHE_CACHE_DIR")
@@ -299,9 +289,7 @@ def test_default_games_dir_follows_environment(
 
 def test_describe_state_normalises_whitespace_and_orders_locks() -> None:
     text = describe_state("-= Hall =-\n\nA  hall.\n", "You are carrying nothing.\n", ["b box", "a door"])
-    assert text == (
-        "-= Hall =- A hall. You are carrying nothing. The a door is locked. The b box is locked."
-    )
+    assert text == ("-= Hall =- A hall. You are carrying nothing. The a door is locked. The b box is locked.")
     assert describe_state("x", "y", outcome="won") == "x y The game is over: you won."
 
 

@@ -18,15 +18,32 @@ def audit(step, kind, similarity, epsilon, kl, refresh_rate=0.05):
     """One audit_records entry as the contract writes it."""
     served = kind != "shadow"
     r = refresh_rate if served else 1.0
-    return {"step": step, "kind": kind, "served": served, "similarity": similarity, "coverage": 1.0,
-            "epsilon": epsilon, "kl": kl, "kl_bound": 2 * epsilon, "log_z_gap": 0.0, "refresh_rate": r,
-            "weight": 1.0 / r}
+    return {
+        "step": step,
+        "kind": kind,
+        "served": served,
+        "similarity": similarity,
+        "coverage": 1.0,
+        "epsilon": epsilon,
+        "kl": kl,
+        "kl_bound": 2 * epsilon,
+        "log_z_gap": 0.0,
+        "refresh_rate": r,
+        "weight": 1.0 / r,
+    }
 
 
 def episode(seed, index, lookups, hits, audits=None, legacy=None, cache_params=None, meta_updates=None):
     """A metrics.jsonl line with the fields the KL report reads; ``legacy`` = (ε list, KL list) of an old run."""
-    record = {"seed": seed, "episode": index, "steps": lookups, "lookups": lookups, "hits": hits,
-              "audit_epsilons": [], "audit_kls": []}
+    record = {
+        "seed": seed,
+        "episode": index,
+        "steps": lookups,
+        "lookups": lookups,
+        "hits": hits,
+        "audit_epsilons": [],
+        "audit_kls": [],
+    }
     if legacy is not None:
         record["audit_epsilons"], record["audit_kls"] = legacy
     else:
@@ -41,9 +58,12 @@ def episode(seed, index, lookups, hits, audits=None, legacy=None, cache_params=N
 
 def make_run(folder, records, mode="static", agent="dqn-prior", refresh_rate=0.05, threshold=0.9):
     folder.mkdir(parents=True)
-    config = {"env": "textworld", "env_kwargs": {}, "agent": agent,
-              "cache": {"mode": mode, "similarity_threshold": threshold, "refresh_rate": refresh_rate,
-                        "capacity": 64}}
+    config = {
+        "env": "textworld",
+        "env_kwargs": {},
+        "agent": agent,
+        "cache": {"mode": mode, "similarity_threshold": threshold, "refresh_rate": refresh_rate, "capacity": 64},
+    }
     (folder / "config.json").write_text(json.dumps(config))
     (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     return folder
@@ -52,9 +72,9 @@ def make_run(folder, records, mode="static", agent="dqn-prior", refresh_rate=0.0
 def test_violations_are_counted_and_named(tmp_path):
     audits = [
         audit(3, "exact", 1.0, 0.1, 0.05),
-        audit(5, "similar", 0.95, 0.2, 0.4),           # KL = 2ε exactly: the bound holds
-        audit(7, "similar", 0.95, 0.2, 0.4 + 1e-12),   # within the float tolerance
-        audit(9, "similar", 0.93, 0.1, 0.3),           # a violation: KL 0.3 > 2ε = 0.2
+        audit(5, "similar", 0.95, 0.2, 0.4),  # KL = 2ε exactly: the bound holds
+        audit(7, "similar", 0.95, 0.2, 0.4 + 1e-12),  # within the float tolerance
+        audit(9, "similar", 0.93, 0.1, 0.3),  # a violation: KL 0.3 > 2ε = 0.2
         audit(11, "shadow", 0.85, 0.5, 0.2),
     ]
     run = make_run(tmp_path / "run", [episode(0, 0, 20, 10, audits)])
@@ -65,8 +85,12 @@ def test_violations_are_counted_and_named(tmp_path):
     assert f5["all"]["max_ratio"] == pytest.approx(1.5)
     assert f5["served"]["n"] == 4 and f5["shadow"]["n"] == 1 and f5["shadow"]["violations"] == 0
     assert f5["served"]["kl_max"] == pytest.approx(0.4 + 1e-12)
-    assert result["audits"] == {"total": 5, "served": 4, "shadow": 1,
-                                "by_kind": {"exact": 1, "similar": 3, "shadow": 1}}
+    assert result["audits"] == {
+        "total": 5,
+        "served": 4,
+        "shadow": 1,
+        "by_kind": {"exact": 1, "similar": 3, "shadow": 1},
+    }
     md = (run / "kl_report.md").read_text()
     assert "**1** (**VIOLATED**)" in md and "step 9, similar" in md
     saved = json.loads((run / "kl_report.json").read_text())
@@ -81,8 +105,10 @@ def test_f6_fit_recovers_a_known_lipschitz_constant(tmp_path):
     d = [math.sqrt(2 * (1 - s)) for s in sims]
     # On the line exactly: both fits find L; two exact audits set ε_stale (the larger one).
     exact = [audit(1, "exact", 1.0, stale, 0.01), audit(2, "exact", 1.0, stale / 2, 0.01)]
-    on_line = [audit(10 + i, "similar" if s >= 0.9 else "shadow", s, stale + lipschitz * di, 0.0)
-               for i, (s, di) in enumerate(zip(sims, d))]
+    on_line = [
+        audit(10 + i, "similar" if s >= 0.9 else "shadow", s, stale + lipschitz * di, 0.0)
+        for i, (s, di) in enumerate(zip(sims, d))
+    ]
     run = make_run(tmp_path / "line", [episode(0, 0, 50, 30, exact + on_line)])
     f6 = write_kl_report(run)["f6"]
     assert f6["available"] and f6["n"] == 9 and f6["n_at_d0"] == 2
@@ -95,8 +121,10 @@ def test_f6_fit_recovers_a_known_lipschitz_constant(tmp_path):
 
     # Under the line, touching it once: the envelope is L and names that audit; least squares is lower.
     fractions = [0.2, 0.5, 1.0, 0.3, 0.6, 0.4, 0.1]
-    under = [audit(10 + i, "similar", s, stale + f * lipschitz * di, 0.0)
-             for i, (s, di, f) in enumerate(zip(sims, d, fractions))]
+    under = [
+        audit(10 + i, "similar", s, stale + f * lipschitz * di, 0.0)
+        for i, (s, di, f) in enumerate(zip(sims, d, fractions))
+    ]
     run = make_run(tmp_path / "under", [episode(0, 0, 50, 30, exact + under)])
     f6 = write_kl_report(run)["f6"]
     assert f6["envelope"]["L"] == pytest.approx(lipschitz)
@@ -132,8 +160,10 @@ def test_visitation_weighted_kl_by_hand(tmp_path):
 
 
 def test_old_runs_fall_back_to_the_served_audit_lists(tmp_path):
-    records = [episode(0, 0, 10, 4, legacy=([0.1, 0.2], [0.05, 0.5])),  # 0.5 > 2·0.2: a violation
-               episode(0, 1, 10, 6, legacy=([0.3], [0.1]))]
+    records = [
+        episode(0, 0, 10, 4, legacy=([0.1, 0.2], [0.05, 0.5])),  # 0.5 > 2·0.2: a violation
+        episode(0, 1, 10, 6, legacy=([0.3], [0.1])),
+    ]
     run = make_run(tmp_path / "old", records)
     out = tmp_path / "report"
     result = write_kl_report(run, out)
@@ -180,8 +210,10 @@ def test_errors_name_the_problem(tmp_path):
 def test_cli_command(tmp_path):
     from priorcache.cli import app
 
-    run = make_run(tmp_path / "run", [episode(0, 0, 10, 5, [audit(1, "exact", 1.0, 0.1, 0.01),
-                                                              audit(2, "similar", 0.95, 0.3, 0.2)])])
+    run = make_run(
+        tmp_path / "run",
+        [episode(0, 0, 10, 5, [audit(1, "exact", 1.0, 0.1, 0.01), audit(2, "similar", 0.95, 0.3, 0.2)])],
+    )
     result = CliRunner().invoke(app, ["kl-report", str(run), "--out", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
     assert "F5 violations" in result.output and "E_μ[KL]" in result.output
@@ -202,8 +234,9 @@ def test_report_on_a_saved_run(tmp_path, mode):
     if mode == "adaptive":
         cache.update(similarity_threshold=0.9, meta={"update_every": 10})
     out = tmp_path / "run"
-    config = RunConfig(env="textworld:tw-coin_collector", cache=CacheConfig.from_dict(cache), episodes=3,
-                       max_episode_steps=20, out=out)
+    config = RunConfig(
+        env="textworld:tw-coin_collector", cache=CacheConfig.from_dict(cache), episodes=3, max_episode_steps=20, out=out
+    )
     run_experiment(config, backend=FakeBackend(), encoder=HashEncoder(), progress=False)
     report = write_kl_report(out)
     assert report["audits"]["total"] > 0
