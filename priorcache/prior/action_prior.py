@@ -130,10 +130,6 @@ class CategoricalPrior(Prior):
             raise ConfigError(f"need one finite score per action ({len(actions)}), got {arr!r}")
         return cls(dict(zip(actions, arr.tolist())), config)
 
-    def known(self, candidates: Sequence[str]) -> int:
-        """How many of ``candidates`` this prior has a score for."""
-        return sum(a in self._scores for a in candidates)
-
     def restrict(self, candidates: Sequence[str], fill: Prior | None = None) -> CategoricalPrior:
         fill_map = fill.score_map if isinstance(fill, CategoricalPrior) else {}
         floor = self.floor_score
