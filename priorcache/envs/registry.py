@@ -22,6 +22,21 @@ import gymnasium
 from priorcache.errors import ConfigError, UnknownEnvironmentError
 
 
+class GameSplit(NamedTuple):
+    """The games of one split: game seeds from ``seeds``, built with ``kwargs`` on top of a run's own."""
+
+    seeds: range
+    kwargs: Mapping[str, Any] = MappingProxyType({})
+    #: How these games differ from the training games (said in reports; held out must mean held out).
+    held_out: str = ""
+
+
+#: Training games (learning and demonstrations) and evaluation games never share a game seed.
+TRAIN_SEEDS = range(0, 1_000_000)
+EVAL_SEEDS = range(1_000_000, 2_000_000)
+SPLITS = ("train", "eval")
+
+
 class EnvironmentInfo(NamedTuple):
     """What ``ENVIRONMENTS`` says about one environment family."""
 
@@ -36,6 +51,8 @@ class EnvironmentInfo(NamedTuple):
     #: The name of the text-game prompt template (``priorcache.prior.prompts.TEXT_GAME_TEMPLATES``)
     #: that prompts for this family use.
     prompt_template: str
+    #: The held-out evaluation games; the training games are ``GameSplit(TRAIN_SEEDS)`` for every family.
+    eval_split: GameSplit
 
 
 #: name -> what is known about that environment family.
@@ -49,6 +66,11 @@ ENVIRONMENTS: Mapping[str, EnvironmentInfo] = MappingProxyType(
             variant_kwarg="challenge",
             # The default template, chosen on TextWorld walkthroughs (see prior/prompts.py).
             prompt_template="plain",
+            eval_split=GameSplit(
+                EVAL_SEEDS,
+                held_out="other game seeds of the same challenge; tw-simple games share the house layout and most "
+                "commands, so its held-out games mostly re-test trained actions (tw-cooking varies rooms and recipes)",
+            ),
         ),
         "alfworld": EnvironmentInfo(
             description="ALFWorld household tasks on the real ALFWorld engine (PDDL domain, grammar, "
@@ -67,6 +89,11 @@ ENVIRONMENTS: Mapping[str, EnvironmentInfo] = MappingProxyType(
             entry_point="priorcache.envs.alfworld_env:ALFWorldEnv",
             variant_kwarg="task_type",
             prompt_template="alfworld",
+            eval_split=GameSplit(
+                EVAL_SEEDS,
+                MappingProxyType({"split": "valid_unseen"}),
+                held_out="ALFRED's unseen FloorPlans: rooms and receptacle layouts no training game uses",
+            ),
         ),
         "babyai": EnvironmentInfo(
             description="BabyAI grid levels (minigrid) rendered as text: the 7x7 egocentric view and "
@@ -76,6 +103,9 @@ ENVIRONMENTS: Mapping[str, EnvironmentInfo] = MappingProxyType(
             entry_point="priorcache.envs.babyai_env:BabyAIEnv",
             variant_kwarg="level",
             prompt_template="babyai",
+            eval_split=GameSplit(
+                EVAL_SEEDS, held_out="other level seeds: new layouts, object positions and missions of the level"
+            ),
         ),
         "webshop": EnvironmentInfo(
             description="WebShop-style shopping simulator (not the original WebShop): seeded synthetic "
@@ -85,6 +115,9 @@ ENVIRONMENTS: Mapping[str, EnvironmentInfo] = MappingProxyType(
             entry_point="priorcache.envs.webshop_env:WebShopEnv",
             variant_kwarg=None,
             prompt_template="webshop",
+            eval_split=GameSplit(
+                EVAL_SEEDS, held_out="other instances: new goals (type, attributes, options, price) in one catalogue"
+            ),
         ),
     }
 )
@@ -132,3 +165,37 @@ def make_env(name: str, **kwargs: Any) -> gymnasium.Env:
     module, _, attribute = info.entry_point.partition(":")
     factory = getattr(importlib.import_module(module), attribute)
     return factory(**kwargs)
+
+
+def game_split(name: str, split: str) -> GameSplit:
+    """The ``"train"`` or ``"eval"`` games of environment ``name`` (``"family:variant"`` allowed)."""
+    info = environment_info(name) if isinstance(name, str) else None
+    if info is None:
+        raise UnknownEnvironmentError(f"unknown environment {name!r}; choose one of: {_choices()}")
+    if split == "train":
+        return GameSplit(TRAIN_SEEDS, held_out="the training games")
+    if split == "eval":
+        return info.eval_split
+    raise ConfigError(f"unknown game split {split!r}; choose one of {list(SPLITS)}")
+
+
+def game_seeds(name: str, split: str, n: int) -> list[int]:
+    """The first ``n`` game seeds of a split: the same games for every run, method and seed."""
+    seeds = game_split(name, split).seeds
+    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= len(seeds):
+        raise ConfigError(f"the {split} split of {name} has {len(seeds)} games; ask for 1 to {len(seeds)}, got {n!r}")
+    return list(seeds[:n])
+
+
+def make_split_env(name: str, which: str, game_seed: int, /, **kwargs: Any) -> gymnasium.Env:
+    """``make_env`` for a game of a split: refuses a seed outside it, or settings that undo what holds it out."""
+    chosen = game_split(name, which)
+    if game_seed not in chosen.seeds:
+        raise ConfigError(
+            f"game seed {game_seed!r} is not in the {which} split of {name} (seeds {chosen.seeds.start}–"
+            f"{chosen.seeds.stop - 1}): training and evaluation games must not overlap"
+        )
+    clash = {k: v for k, v in kwargs.items() if k in chosen.kwargs and chosen.kwargs[k] != v}
+    if clash:
+        raise ConfigError(f"{clash} would undo what holds the {which} games of {name} out ({dict(chosen.kwargs)})")
+    return make_env(name, game_seed=game_seed, **{**kwargs, **chosen.kwargs})
