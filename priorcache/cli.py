@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from priorcache.agents.registry import AGENTS
@@ -326,6 +327,53 @@ def report(
         raise typer.Exit(2) from None
     console.print(result["files"][0].read_text())
     console.print("written: " + ", ".join(str(p) for p in result["files"]))
+
+
+@app.command("prior-quality")
+def prior_quality(
+    env: str = typer.Argument(..., help="environment name, e.g. babyai or textworld:tw-cooking"),
+    games: int = typer.Option(10, min=1, help="held-out evaluation games the oracle plays"),
+    train_games: int = typer.Option(10, min=1, help="training games whose oracle steps give the guesses"),
+    shots: int = typer.Option(0, min=0, help="training games whose (state, action) pairs go into the prompt"),
+    max_examples: int = typer.Option(10, min=0, help="at most this many in-context pairs, thinned evenly"),
+    max_steps: int | None = typer.Option(None, min=1, help="episode step limit (default: the environment's)"),
+    backend: str = typer.Option("embedded", help="LLM backend: embedded or transformers"),
+    model_path: str | None = typer.Option(None, help="local model folder for --backend transformers"),
+    out: Path | None = typer.Option(None, help="write the result as JSON here"),
+) -> None:
+    """Top-1 accuracy and mean rank of the oracle action under the LLM prior on held-out games."""
+    from priorcache.experiments.prior_quality import few_shot_examples, measure_prior_quality, oracle_steps
+    from priorcache.io import atomic_write_json
+    from priorcache.prior.registry import make_backend
+
+    try:
+        train = oracle_steps(env, "train", max(train_games, shots), max_steps, progress=True)
+        held_out = oracle_steps(env, "eval", games, max_steps, progress=True)
+        examples = few_shot_examples(train, shots, max_examples)
+        result = measure_prior_quality(
+            env, make_backend(backend, model_path=model_path), train, held_out, examples, progress=True
+        )
+    except PriorCacheError as e:
+        console.print(f"[bold red]error:[/] {escape(str(e))}")
+        raise typer.Exit(2) from None
+    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+    table = Table(title=f"prior quality · {env} · {shots}-shot ({len(examples)} in-context pairs)")
+    table.add_column("quantity")
+    table.add_column("value", justify="right")
+    prior, unseen = result["prior"], result["prior_on_unseen_actions"]
+    table.add_row("held-out oracle steps (games)", f"{prior['steps']} ({result['held_out_games']})")
+    table.add_row(
+        "prior top-1 / mean rank / MRR", f"{fmt(prior['top1'])} / {fmt(prior['mean_rank'])} / {fmt(prior['mrr'])}"
+    )
+    table.add_row("guess: most frequent training action, top-1", fmt(result["guess_most_frequent_action_top1"]))
+    table.add_row("guess: most frequent training verb, top-1", fmt(result["guess_most_frequent_verb_top1"]))
+    table.add_row("uniform, top-1", fmt(result["uniform_top1"]))
+    table.add_row("oracle actions never seen in training", f"{100 * result['unseen_action_share']:.1f} %")
+    table.add_row("prior top-1 on those", fmt(unseen["top1"]))
+    console.print(table)
+    if out is not None:
+        atomic_write_json(out, result)
+        console.print(f"written: {out}")
 
 
 @app.command("kl-report")
