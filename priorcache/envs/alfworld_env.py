@@ -25,6 +25,13 @@ contents, with the states that matter to the tasks: hot, cool, clean, a lamp tur
 the agent carries; never the last action's feedback. ``env.walkthrough`` is the certified planner
 plan. ``help`` is answered by the engine but not listed as admissible: it prints the command
 manual and never changes anything.
+
+**Oracle** (reactive): ``oracle_action()`` is the first command of ALFWorld's planner expert
+(``AlfredExpert(expert_type="planner")``: fast-downward on the current PDDL state), so it recovers
+after any detour (measured: after 4 random admissible commands it still wins pick_and_place,
+pick_heat_then_place and pick_two_obj_and_place, seed 0). The plan is read from a second engine
+that replays the episode's commands (``ShadowPlanner``), about 50-110 ms per step (one planner
+call per replayed command), paid only when the oracle is asked.
 """
 
 from __future__ import annotations
@@ -48,7 +55,7 @@ from priorcache.envs.alfworld_games import (
     official_data_dir,
     official_game,
 )
-from priorcache.envs.base import TextEnv, clean_command
+from priorcache.envs.base import ShadowPlanner, TextEnv, clean_command
 from priorcache.envs.checks import check_game_seed, check_max_episode_steps, games_root
 from priorcache.errors import ConfigError, UnknownEnvironmentError
 
@@ -169,6 +176,7 @@ class ALFWorldEnv(TextEnv):
     """
 
     display_name = "ALFWorld"
+    oracle_kind = "reactive"
 
     def __init__(
         self,
@@ -230,6 +238,15 @@ class ALFWorldEnv(TextEnv):
         self.objective: str = found.group(0).strip() if found else ""
         self.max_score = 1.0
         self._fresh: Any = first  # the engine state right after a reset, not stepped yet
+        # Commands played this episode, and the planner expert's engine behind oracle_action().
+        self._history: list[str] = []
+        game_path = self.game_path
+        self._shadow = ShadowPlanner(
+            lambda: _start(game_path, _engine_infos(), expert=True),
+            lambda state: state["extra.expert_plan"],
+            quiet=_quiet,
+            stop=_stop,
+        )
 
     @property
     def walkthrough(self) -> tuple[str, ...]:
@@ -260,6 +277,7 @@ class ALFWorldEnv(TextEnv):
         else:
             with _quiet():
                 state = self._engine.reset()
+        self._history = []
         return state.feedback, self._info(state)
 
     def _parse_action(self, action: str) -> str:
@@ -270,12 +288,24 @@ class ALFWorldEnv(TextEnv):
         """Send one command; reward 1.0 on the step that completes the task, else 0.0."""
         self._fresh = None
         state, _, _ = self._engine.step(command)
+        self._history.append(command)
         info = self._info(state)
         terminated = info["won"]
         return state.feedback, (1.0 if terminated else 0.0), terminated, info
 
+    def _oracle_action(self) -> str:
+        """The first command of the planner expert's plan from the current state."""
+        plan = self._shadow.plan(self._history)
+        if not plan:
+            raise ConfigError(
+                f"ALFWorld's planner expert finds no plan for {self.task_type} game_seed={self.game_seed} "
+                f"from this state (after {len(self._history)} commands)"
+            )
+        return plan[0]
+
     def _release(self) -> None:
-        """Unload the engine."""
+        """Unload the engine (and the oracle's)."""
+        self._shadow.close()
         _stop(self._engine)
         self._engine = None
         self._fresh = None

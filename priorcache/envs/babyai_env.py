@@ -28,6 +28,12 @@ GoToLocal and PickupLoc, 128 for PutNextLocal, 576 for GoTo), raised to ``max_ep
 that is larger, so that minigrid never truncates an episode before ``max_episode_steps`` and a
 success always pays at least 0.1. Episodes are truncated only at ``max_episode_steps``, whose
 default is that same level budget.
+
+**Oracle** (reactive): ``oracle_action()`` is minigrid's ``BabyAIBot`` playing the live episode:
+the bot is told every action actually taken (``replan(action_taken)``, the way BabyAI uses it for
+imitation with corrections) and plans again from the current grid, so it recovers after actions it
+did not suggest; the tests check it after random actions. When the oracle was not asked for a few
+steps a new bot starts from the current state (it then re-explores what it has not seen).
 """
 
 from __future__ import annotations
@@ -243,6 +249,11 @@ def _name(obj: Any) -> str:
 # --------------------------------------------------------------------------- the environment
 
 
+def _bot_action(bot: Any, taken: int | None) -> str | None:
+    """``bot.replan(taken)`` as one of ``ACTIONS``; None when the bot says ``done``."""
+    return _ACTION_NAMES.get(int(bot.replan(taken)))
+
+
 def _quiet_reset(engine: Any, seed: int) -> None:
     """Regenerate the level from ``seed`` with minigrid's stdout chatter swallowed."""
     with contextlib.redirect_stdout(io.StringIO()):
@@ -262,6 +273,7 @@ class BabyAIEnv(TextEnv):
     """
 
     display_name = "BabyAI"
+    oracle_kind = "reactive"
 
     def __init__(
         self,
@@ -299,6 +311,11 @@ class BabyAIEnv(TextEnv):
         self.max_score = 1.0
 
         self._walkthrough: tuple[str, ...] | None = None
+        # The live oracle: minigrid's bot on this engine, the actions taken since it last planned
+        # and its pending suggestion.
+        self._bot: Any = None
+        self._bot_taken: list[int] = []
+        self._bot_suggestion: str | None = None
         self._score = 0.0
         self._won = False
         self._lost = False
@@ -389,6 +406,7 @@ class BabyAIEnv(TextEnv):
         self._engine.max_steps = self._reward_horizon
         self._score = 0.0
         self._won = self._lost = False
+        self._bot, self._bot_taken, self._bot_suggestion = None, [], None
         info = self._info()
         return f"Your mission: {self.mission}. {info['state_text']}", info
 
@@ -406,11 +424,14 @@ class BabyAIEnv(TextEnv):
             front_state = (front.is_open, front.is_locked) if is_door else ()
             carried, pos = engine.carrying, tuple(engine.agent_pos)
             _, reward, terminated, _, _ = engine.step(ACTIONS[command])
+            self._bot_taken.append(ACTIONS[command])
             feedback = self._feedback(command, front, front_state, carried, pos)
         else:
             _, reward, terminated, _, _ = engine.step(_DONE)
+            self._bot_taken.append(_DONE)
             shown = action if len(action) <= 40 else action[:37] + "..."
             feedback = f"Nothing happens: {shown!r} is not an action here (actions: {', '.join(ADMISSIBLE_ACTIONS)})."
+        self._bot_suggestion = None
         reward = float(reward)
         terminated = bool(terminated)
         self._won = terminated and reward > 0
@@ -421,6 +442,7 @@ class BabyAIEnv(TextEnv):
 
     def _release(self) -> None:
         """Release the minigrid level."""
+        self._bot = None
         self._engine.close()
         self._engine = None
 
@@ -451,12 +473,12 @@ class BabyAIEnv(TextEnv):
                 try:
                     bot = BabyAIBot(engine)
                     for _ in range(self._reward_horizon):
-                        suggested = int(bot.replan())
-                        if suggested not in _ACTION_NAMES:
+                        suggested = _bot_action(bot, None)
+                        if suggested is None:
                             problem = "it declared the mission done without success"
                             break
-                        _, reward, terminated, _, _ = engine.step(suggested)
-                        actions.append(_ACTION_NAMES[suggested])
+                        _, reward, terminated, _, _ = engine.step(ACTIONS[suggested])
+                        actions.append(suggested)
                         if terminated:
                             if reward > 0:
                                 return actions
@@ -470,6 +492,32 @@ class BabyAIEnv(TextEnv):
             f"minigrid's BabyAIBot cannot solve {self.env_id} with game_seed={self.game_seed}: "
             f"{problem} (after {len(actions)} actions)"
         )
+
+    def _oracle_action(self) -> str:
+        """``BabyAIBot``'s action in the live episode (reactive, see the module docstring)."""
+        if self._bot_suggestion is not None:
+            return self._bot_suggestion
+        from minigrid.utils.baby_ai_bot import BabyAIBot
+
+        where = f"{self.env_id} game_seed={self.game_seed} after {self._steps} steps"
+        with contextlib.redirect_stdout(io.StringIO()):
+            try:
+                if self._bot is None or len(self._bot_taken) > 1:
+                    # No bot yet, or it missed actions: a new one plans from the current state.
+                    self._bot, taken = BabyAIBot(self._engine), None
+                else:
+                    taken = self._bot_taken[0] if self._bot_taken else None
+                self._bot_taken = []
+                suggested = _bot_action(self._bot, taken)
+            except Exception as exc:  # the bot raises bare assertions/its own errors
+                self._bot = None
+                raise ConfigError(
+                    f"minigrid's BabyAIBot has no action for {where}: it raised {type(exc).__name__}: {exc}"
+                ) from exc
+        if suggested is None:
+            raise ConfigError(f"minigrid's BabyAIBot declared the mission done without success ({where})")
+        self._bot_suggestion = suggested
+        return suggested
 
     @property
     def walkthrough(self) -> tuple[str, ...]:

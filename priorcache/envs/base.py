@@ -10,7 +10,13 @@ being safe to call twice. A subclass implements only what is its own:
 * ``_step(command)``: play one command; return ``(observation, reward, terminated, info)``;
 * ``_release()`` (optional): free the engine, called once by ``close()``;
 * ``_parse_action(action)`` (optional): turn the action string into the command ``_step`` plays,
-  raising for an action the environment refuses outright.
+  raising for an action the environment refuses outright;
+* ``_oracle_action()`` (optional): the expert's action in the current state (see ``oracle_action``).
+
+``oracle_action()`` is the one oracle interface: the expert's next action in the state the episode
+is in now. ``oracle_kind`` says what kind of expert it is: ``"reactive"`` (it plans from the
+current state, so it recovers after any detour) or ``"open-loop"`` (it replays a fixed plan and
+only works on that plan's path); None for an environment without an oracle.
 
 Every ``info`` dict holds at least ``state_text`` (φ(s), the text the prior cache keys on),
 ``admissible_actions`` (sorted), ``objective``, ``won``, ``lost``, ``score`` and ``max_score``.
@@ -18,6 +24,8 @@ Every ``info`` dict holds at least ``state_text`` (φ(s), the text the prior cac
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import gymnasium
@@ -50,6 +58,8 @@ class TextEnv(gymnasium.Env):
     metadata = {"render_modes": []}
     #: "TextWorld", "BabyAI", ...: how error messages name the game's actions.
     display_name: ClassVar[str] = "text"
+    #: "reactive", "open-loop" or None (no oracle): see the module docstring.
+    oracle_kind: ClassVar[str | None] = None
 
     max_episode_steps: int
 
@@ -84,6 +94,12 @@ class TextEnv(gymnasium.Env):
 
     def _release(self) -> None:
         """Free what the game holds (an interpreter, an engine); called once, by ``close()``."""
+
+    def _oracle_action(self) -> str:
+        """The expert's action in the current state; called only while an episode runs."""
+        raise ConfigError(
+            f"{type(self).__name__} has no oracle: {self.display_name} environments cannot say the expert's action"
+        )
 
     # ------------------------------------------------------------------ gymnasium API
 
@@ -121,9 +137,73 @@ class TextEnv(gymnasium.Env):
         self._done = terminated or truncated
         return observation, reward, terminated, truncated, info
 
+    def oracle_action(self) -> str:
+        """The expert's action in the current state (after ``reset()`` or ``step()``).
+
+        Following it step by step from ``reset()`` wins the game. A ``"reactive"`` oracle
+        (``oracle_kind``) also answers after actions it did not suggest.
+
+        Raises:
+            ConfigError: the environment has no oracle, is closed, no episode is running, or the
+                expert has no action from this state (the message says why).
+        """
+        self._check_open()
+        if self._done:
+            raise ConfigError("episode is over or not started; call reset() first")
+        return self._oracle_action()
+
     def close(self) -> None:
         """Release the game; safe to call twice."""
         if not self._closed:
             self._release()
             self._closed = True
         super().close()
+
+
+class ShadowPlanner:
+    """A second engine that replays the episode's commands to read an expert's plan in the current state.
+
+    TextWorld's and ALFWorld's engines can compute ``policy_commands`` (the quest solver's / the
+    PDDL planner's plan from the current state) on every step, but that costs planning time on
+    every step of every episode. The environments therefore play without it and, only when
+    ``oracle_action()`` is asked, bring this second engine (started on first use, with the plan
+    requested) to the same state by replaying the commands played since the last call (the whole
+    episode after a ``reset()``); the games are deterministic, so the states agree.
+
+    Args:
+        start: loads the engine with the plan among its infos.
+        plan: reads the plan (a list of commands) from an engine state.
+        quiet: context manager the engine runs under (silences a planner's output).
+        stop: frees the engine.
+    """
+
+    def __init__(
+        self,
+        start: Callable[[], Any],
+        plan: Callable[[Any], Any],
+        quiet: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
+        stop: Callable[[Any], None] = lambda engine: engine.close(),
+    ) -> None:
+        self._start, self._plan, self._quiet, self._stop = start, plan, quiet, stop
+        self._engine: Any = None
+        self._played: list[str] = []
+        self._state: Any = None
+
+    def plan(self, history: list[str]) -> list[str]:
+        """The expert's plan after the commands ``history`` (played from the start of the episode)."""
+        with self._quiet():
+            if self._engine is None:
+                self._engine = self._start()
+            if self._state is None or history[: len(self._played)] != self._played:
+                self._state = self._engine.reset()
+                self._played = []
+            for command in history[len(self._played) :]:
+                self._state, _, _ = self._engine.step(command)
+                self._played.append(command)
+        return [str(c) for c in self._plan(self._state) or ()]
+
+    def close(self) -> None:
+        """Free the engine (a later ``plan`` starts a new one)."""
+        if self._engine is not None:
+            self._stop(self._engine)
+        self._engine, self._state, self._played = None, None, []

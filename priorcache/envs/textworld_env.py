@@ -8,6 +8,12 @@ The wrapped game speaks TextWorld's old API (cumulative score, a single ``done``
 it into the Gymnasium 5-tuple with per-step rewards, ``terminated`` on win/loss and ``truncated``
 at the step limit. ``info["state_text"]`` is the state description the prior cache keys on: the
 room description plus the inventory, never the last action's feedback nor the step count.
+
+**Oracle** (reactive): ``oracle_action()`` is the first command of TextWorld's own
+``policy_commands``, the quest solver's plan from the *current* state, so it recovers after any
+detour (measured: after 4 random admissible commands it still wins every challenge, seed 0,
+three trials each). The plan is read from a second interpreter that replays the episode's
+commands (``ShadowPlanner``), about 5-15 ms per step, paid only when the oracle is asked.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from priorcache.envs.base import PRINTABLE, TextEnv, clean_command
+from priorcache.envs.base import PRINTABLE, ShadowPlanner, TextEnv, clean_command
 from priorcache.envs.checks import (
     build_game_folder,
     check_game_seed,
@@ -348,10 +354,12 @@ class TextWorldEnv(TextEnv):
 
     ``info`` holds ``state_text`` (φ(s)), ``admissible_actions`` (sorted), ``won``, ``lost``,
     ``objective``, ``score`` (cumulative) and ``max_score``. ``walkthrough`` is a command list that
-    was verified to win when the game was generated.
+    was verified to win when the game was generated; ``oracle_action()`` is the quest solver's next
+    command from the current state (reactive, see the module docstring).
     """
 
     display_name = "TextWorld"
+    oracle_kind = "reactive"
 
     def __init__(
         self,
@@ -395,6 +403,13 @@ class TextWorldEnv(TextEnv):
         self._game: Any = _start(self.game_path, infos)
         self._state: Any = None
         self._score = 0
+        # Commands that reached the interpreter this episode, and the oracle's second interpreter.
+        self._history: list[str] = []
+        game_path = self.game_path
+        self._shadow = ShadowPlanner(
+            lambda: _start(game_path, textworld.EnvInfos(policy_commands=True, won=True, lost=True)),
+            lambda state: state["policy_commands"],
+        )
 
     def _info(self, state: Any) -> dict[str, Any]:
         won, lost = bool(state["won"]), bool(state["lost"])
@@ -417,6 +432,7 @@ class TextWorldEnv(TextEnv):
         """Start from the game's initial state; return (feedback, info)."""
         state = self._game.reset()
         self._state = state
+        self._history = []
         self._score = int(state["score"])
         return state.feedback, self._info(state)
 
@@ -444,6 +460,7 @@ class TextWorldEnv(TextEnv):
             done = False
         else:
             state, _, done = self._game.step(command)
+            self._history.append(command)
             feedback = state.feedback
         info = self._info(state)
         reward = float(info["score"] - self._score)
@@ -452,7 +469,18 @@ class TextWorldEnv(TextEnv):
         terminated = bool(done or info["won"] or info["lost"])
         return feedback, reward, terminated, info
 
+    def _oracle_action(self) -> str:
+        """The first command of the quest solver's plan from the current state."""
+        plan = self._shadow.plan(self._history)
+        if not plan:
+            raise ConfigError(
+                f"TextWorld's quest solver finds no way to win {self.challenge} game_seed={self.game_seed} "
+                f"from this state (after {len(self._history)} commands)"
+            )
+        return plan[0]
+
     def _release(self) -> None:
-        """Stop the game interpreter."""
+        """Stop the game interpreter (and the oracle's)."""
+        self._shadow.close()
         self._game.close()
         self._game = None

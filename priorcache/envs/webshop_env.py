@@ -55,6 +55,10 @@ canonical. ``won`` is reward 1.0; a purchase below 1.0 ends the episode with ``l
 ``info["state_text"]`` is the current page's text (no instruction, step count or feedback); on the
 item and description pages it includes the options selected so far. The instruction is
 ``info["objective"]``.
+
+**Oracle** (reactive): ``oracle_action()`` reads the current page and returns a next action on the
+way to a perfect purchase (back to search, to the right results page, the perfect item, the
+wanted options, buy), so it recovers from any detour; the tests check it after random actions.
 """
 
 from __future__ import annotations
@@ -87,7 +91,7 @@ from priorcache.envs.webshop_task import (
     make_instance,
     webshop_reward,
 )
-from priorcache.errors import ConfigError, UnknownEnvironmentError
+from priorcache.errors import UnknownEnvironmentError
 
 #: Longest query kept from a search action (the rest is dropped), so pages stay compact.
 MAX_QUERY_CHARS = 200
@@ -140,6 +144,7 @@ class WebShopEnv(TextEnv):
     """
 
     display_name = "WebShop"
+    oracle_kind = "reactive"
 
     def __init__(
         self,
@@ -379,14 +384,15 @@ class WebShopEnv(TextEnv):
         return self._observation(view, feedback), reward, terminated, self._info(view)
 
     def oracle_action(self, info: Mapping[str, Any] | None = None) -> str:
-        """A next action on the way to a perfect purchase from the current page.
+        """A next action on the way to a perfect purchase from the current page (reactive).
 
-        ``info`` is accepted for symmetry with agents and ignored: the oracle reads the
-        environment's own page state. From the search page it follows ``walkthrough``; after any
-        detour (another query, a wrong item, a wrong option) it finds its way back.
+        ``info`` is accepted for symmetry with agents (the older signature) and ignored: the oracle
+        reads the environment's own page state. From the search page it follows ``walkthrough``;
+        after any detour (another query, a wrong item, a wrong option) it finds its way back.
         """
-        if self._done:
-            raise ConfigError("episode is over or not started; call reset() first")
+        return super().oracle_action()
+
+    def _oracle_action(self) -> str:
         view = self._view
         if view.page == SEARCH:
             return self.walkthrough[0]
