@@ -346,6 +346,9 @@ def prior_quality(
     from priorcache.io import atomic_write_json
     from priorcache.prior.registry import make_backend
 
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     try:
         train = oracle_steps(env, "train", max(train_games, shots), max_steps, progress=True)
         held_out = oracle_steps(env, "eval", games, max_steps, progress=True)
@@ -374,6 +377,32 @@ def prior_quality(
     if out is not None:
         atomic_write_json(out, result)
         console.print(f"written: {out}")
+
+
+@app.command()
+def demos(
+    env: str = typer.Argument(..., help="environment name, e.g. babyai (or babyai:GoToLocal)"),
+    shots: int = typer.Option(..., help="episodes to record: one per training game, game seeds 0..N-1 of the split"),
+    out: Path | None = typer.Option(None, help="dataset folder (default runs/demos/ENV-shotsN)"),
+    max_steps: int | None = typer.Option(None, min=1, help="episode step limit (default: the environment's)"),
+    quiet: bool = typer.Option(False, help="no progress bar"),
+) -> None:
+    """Record oracle demonstrations on training games: demos.jsonl, meta.json and (with minari) a Minari dataset."""
+    from priorcache.envs.demos import read_demos_meta, record_demos
+
+    try:
+        folder = record_demos(env, shots, out, max_steps=max_steps, progress=not quiet)
+        meta = read_demos_meta(folder)
+    except PriorCacheError as e:
+        console.print(f"[bold red]error:[/] {e}")
+        raise typer.Exit(2) from None
+    steps = sum(e["steps"] for e in meta["episodes"])
+    console.print(
+        f"{len(meta['episodes'])} oracle episodes ({steps} steps, all won) on game seeds {meta['game_seeds']}"
+    )
+    minari_info = meta["minari"]
+    extra = f", {minari_info['path']}" if minari_info["written"] else f" (no Minari dataset: {minari_info['reason']})"
+    console.print(f"written: {folder}/ (demos.jsonl, meta.json{extra})")
 
 
 @app.command("kl-report")
