@@ -342,11 +342,11 @@ def prior_quality(
     out: Path | None = typer.Option(None, help="write the result as JSON here"),
 ) -> None:
     """Top-1 accuracy and mean rank of the oracle action under the LLM prior on held-out games."""
+    from transformers.utils import logging as hf_logging
+
     from priorcache.experiments.prior_quality import few_shot_examples, measure_prior_quality, oracle_steps
     from priorcache.io import atomic_write_json
     from priorcache.prior.registry import make_backend
-
-    from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     try:
