@@ -340,6 +340,11 @@ def prior_quality(
     backend: str = typer.Option("embedded", help="LLM backend: embedded or transformers"),
     model_path: str | None = typer.Option(None, help="local model folder for --backend transformers"),
     out: Path | None = typer.Option(None, help="write the result as JSON here"),
+    adapt: str = typer.Option(
+        "icl",
+        help="F8 adaptation on the --shots training games: none, icl (in-context pairs), "
+        "lora (LoRA fine-tune, 0 in-context pairs) or both",
+    ),
 ) -> None:
     """Top-1 accuracy and mean rank of the oracle action under the LLM prior on held-out games."""
     from transformers.utils import logging as hf_logging
@@ -349,18 +354,59 @@ def prior_quality(
     from priorcache.prior.registry import make_backend
 
     hf_logging.disable_progress_bar()
+    adaptation: dict | None = None
     try:
+        if adapt not in ("none", "icl", "lora", "both"):
+            raise ConfigError(f"--adapt must be none, icl, lora or both, not {adapt!r}")
+        if adapt in ("lora", "both") and shots < 1:
+            raise ConfigError(f"--adapt {adapt} fine-tunes on the oracle steps of --shots games; give --shots ≥ 1")
         train = oracle_steps(env, "train", max(train_games, shots), max_steps, progress=True)
         held_out = oracle_steps(env, "eval", games, max_steps, progress=True)
-        examples = few_shot_examples(train, shots, max_examples)
-        result = measure_prior_quality(
-            env, make_backend(backend, model_path=model_path), train, held_out, examples, progress=True
-        )
+        examples = few_shot_examples(train, shots, max_examples) if adapt in ("icl", "both") else []
+        adapter = None
+        if adapt in ("lora", "both"):
+            import time
+
+            from priorcache.prior.adaptation import lora_finetune
+            from priorcache.prior.prompts import prompt_builder
+            from priorcache.prior.registry import backend_model_path
+
+            build = prompt_builder(env)
+            # The oracle steps of the first --shots training games (oracle_steps(env, "train", shots)).
+            chosen = set(sorted({s.game_seed for s in train})[:shots])
+            pairs = [(build(s.objective, s.state_text), s.action) for s in train if s.game_seed in chosen]
+            lora = lora_finetune(backend_model_path(backend, model_path), pairs, env=env)
+            adapter = lora.folder
+            start = time.perf_counter()
+            scorer = make_backend(backend, model_path=model_path, adapter=adapter)
+            load_s = time.perf_counter() - start
+            adaptation = {
+                "kind": "lora",
+                "pairs": len(pairs),
+                "key": lora.key,
+                "folder": str(lora.folder),
+                "trained_now": lora.trained,
+                "train_wall_time_s": lora.train_wall_time_s,
+                "adapter_wall_time_s": lora.wall_time_s,
+                "backend_load_wall_time_s": load_s,
+            }
+        else:
+            scorer = make_backend(backend, model_path=model_path)
+        result = measure_prior_quality(env, scorer, train, held_out, examples, progress=True)
+        result["adapt"] = adapt
+        result["adaptation"] = adaptation
     except PriorCacheError as e:
         console.print(f"[bold red]error:[/] {escape(str(e))}")
         raise typer.Exit(2) from None
+    if adaptation is not None:
+        how = "trained now" if adaptation["trained_now"] else "saved adapter reused"
+        console.print(
+            f"LoRA on {adaptation['pairs']} pairs ({how}): training took {adaptation['train_wall_time_s']:.1f} s, "
+            f"this call {adaptation['adapter_wall_time_s']:.1f} s, loading the adapted backend "
+            f"{adaptation['backend_load_wall_time_s']:.1f} s · {adaptation['folder']}"
+        )
     fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
-    table = Table(title=f"prior quality · {env} · {shots}-shot ({len(examples)} in-context pairs)")
+    table = Table(title=f"prior quality · {env} · {shots}-shot, adapt {adapt} ({len(examples)} in-context pairs)")
     table.add_column("quantity")
     table.add_column("value", justify="right")
     prior, unseen = result["prior"], result["prior_on_unseen_actions"]

@@ -145,9 +145,18 @@ def embedded_model_dir(cache_dir: Path | None = None) -> Path:
 
 
 class EmbeddedBackend(TransformersBackend):
-    """:class:`TransformersBackend` on the converted SmolLM2-135M-Instruct folder."""
+    """:class:`TransformersBackend` on the converted SmolLM2-135M-Instruct folder (``adapter``: a LoRA
+    adapter folder trained on it, merged in; see :class:`TransformersBackend`)."""
 
     name = "embedded"
 
-    def __init__(self, device: str = "cpu", dtype: Any = None, prefix_cache_size: int = 8) -> None:
-        super().__init__(embedded_model_dir(), device=device, dtype=dtype, prefix_cache_size=prefix_cache_size)
+    def __init__(
+        self,
+        device: str = "cpu",
+        dtype: Any = None,
+        prefix_cache_size: int = 8,
+        adapter: str | os.PathLike[str] | None = None,
+    ) -> None:
+        super().__init__(
+            embedded_model_dir(), device=device, dtype=dtype, prefix_cache_size=prefix_cache_size, adapter=adapter
+        )

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
+from pathlib import Path
 from types import MappingProxyType
+from typing import NoReturn
 
 from priorcache.errors import ConfigError
 from priorcache.prior.base import LLMBackend
@@ -17,19 +20,41 @@ BACKENDS: Mapping[str, str] = MappingProxyType(
 )
 
 
-def make_backend(name: str, model_path: str | None = None, device: str = "cpu") -> LLMBackend:
-    """Build the backend ``name`` on ``device``; ``transformers`` needs ``model_path``, a local folder."""
+def backend_model_path(name: str, model_path: str | None = None) -> Path:
+    """The local model folder backend ``name`` loads (the embedded model is converted on first use)."""
+    if name == "embedded":
+        from priorcache.prior.embedded import embedded_model_dir
+
+        if model_path is not None:
+            raise ConfigError("the embedded backend uses its packaged model; model_path is only for 'transformers'")
+        return embedded_model_dir()
+    if name == "transformers":
+        if not model_path:
+            raise ConfigError("the transformers backend needs model_path: a local folder holding a causal LM")
+        return Path(model_path).expanduser()
+    _unknown(name)
+
+
+def make_backend(
+    name: str, model_path: str | None = None, device: str = "cpu", adapter: str | os.PathLike[str] | None = None
+) -> LLMBackend:
+    """Build the backend ``name`` on ``device``; ``transformers`` needs ``model_path``, a local folder.
+    ``adapter``: a LoRA adapter folder (F8 (b), ``priorcache.prior.adaptation``) merged into the model."""
     if name == "embedded":
         from priorcache.prior.embedded import EmbeddedBackend
 
         if model_path is not None:
             raise ConfigError("the embedded backend uses its packaged model; model_path is only for 'transformers'")
-        return EmbeddedBackend(device=device)
+        return EmbeddedBackend(device=device, adapter=adapter)
     if name == "transformers":
         from priorcache.prior.transformers_backend import TransformersBackend
 
         if not model_path:
             raise ConfigError("the transformers backend needs model_path: a local folder holding a causal LM")
-        return TransformersBackend(model_path, device=device)
+        return TransformersBackend(model_path, device=device, adapter=adapter)
+    _unknown(name)
+
+
+def _unknown(name: str) -> NoReturn:
     choices = ", ".join(f"{key} ({text})" for key, text in BACKENDS.items())
     raise ConfigError(f"unknown LLM backend {name!r}; choose one of: {choices}")

@@ -148,6 +148,10 @@ class TransformersBackend:
     once, no padding; used where the model's attention allows it) rather than as a right-padded
     batch over the repeated KV cache; both give the same scores. ``attn_implementation`` is passed
     to transformers (e.g. ``"eager"``, ``"sdpa"``, ``"flash_attention_2"``; None: its default).
+    ``adapter``: a LoRA adapter folder made by :func:`priorcache.prior.adaptation.lora_finetune` for
+    this model; it is merged into the weights (same scoring speed, same F9 reuse) and its key is
+    appended to ``name`` (``"<name>+lora:<key>"``), so scores of the adapted model never pass for the
+    base model's.
     """
 
     name: str = "transformers"
@@ -160,6 +164,7 @@ class TransformersBackend:
         prefix_cache_size: int = 8,
         pack_candidates: bool = True,
         attn_implementation: str | None = None,
+        adapter: str | os.PathLike[str] | None = None,
     ) -> None:
         if not isinstance(prefix_cache_size, int) or prefix_cache_size < 0:
             raise ConfigError(f"prefix_cache_size must be an integer ≥ 0, got {prefix_cache_size!r}")
@@ -170,6 +175,12 @@ class TransformersBackend:
         self._tokenizer, self._model = _load_model(
             self.model_path, self.device, _resolve_dtype(dtype, device), attn_implementation
         )
+        self.adapter_key: str | None = None
+        if adapter is not None:
+            from priorcache.prior.adaptation import apply_adapter
+
+            self._model, self.adapter_key = apply_adapter(self._model, self.model_path, adapter)
+            self.name = f"{type(self).name}+lora:{self.adapter_key}"
         self._cache_arg = _cache_argument(self._model)
         self._lead_ids = self._leading_special_ids()
         self._pad_id = self._pick_pad_id()

@@ -1,0 +1,292 @@
+"""F8 (b): LoRA fine-tuning of a transformers-loadable backend on a few (prompt, action) pairs (docs/design.md §2).
+
+The pairs are the prompts the cache scores with (``prompt_builder(env)(objective, state_text)``) and
+the oracle's action there. The loss is the mean negative log-probability of the action's tokens,
+tokenised exactly as :class:`~priorcache.prior.transformers_backend.TransformersBackend` scores a
+continuation (prefix ids, state ids, then ``" " + action``), so training raises the very F3 score
+the prior is built from.
+
+The adapter (peft's ``adapter_config.json`` + ``adapter_model.safetensors``) is kept under
+``cache_root() / "adapters" / <key>``, the key being the sha256 of the base model's identity, the
+environment, the pairs' text and the hyper-parameters; it is written into a temporary folder and
+renamed into place, with ``priorcache-adapter.json`` (base model identity, key, training wall time)
+written last. A second call with the same key checks and reuses the folder instead of training.
+A backend given ``adapter=`` merges it into the weights (``merge_and_unload``), so scoring speed
+and the F9 prefix KV cache are unchanged, and carries the key in its ``name``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from priorcache.errors import ConfigError
+from priorcache.io import cache_root
+from priorcache.prior.base import Prompt
+
+ADAPTER_META = "priorcache-adapter.json"
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+FORMAT_VERSION = 1
+DEFAULT_LEARNING_RATE = 1e-3
+# peft 0.21 asks transformers 5.24 the deprecated ``is_gradient_checkpointing``: nothing to act on here.
+_CHECKPOINTING_WARNING = ".*is_gradient_checkpointing.*"
+
+
+@dataclass(frozen=True)
+class LoraAdapter:
+    """A LoRA adapter folder and how it was obtained: ``trained`` (False: a saved one was reused),
+    ``wall_time_s`` (training, or checking the saved folder) and the training time recorded with it."""
+
+    folder: Path
+    key: str
+    trained: bool
+    wall_time_s: float
+    train_wall_time_s: float
+
+
+def base_model_identity(model_path: str | os.PathLike[str]) -> dict[str, str]:
+    """What identifies a base model folder without loading it: its resolved path and a sha256 of its
+    ``config.json`` and of the names and sizes of its weight files (the same model converted into
+    another cache folder has the same fingerprint)."""
+    folder = Path(model_path).expanduser()
+    config = folder / "config.json"
+    if not config.is_file():
+        raise ConfigError(f"{folder} holds no config.json: not a transformers model folder")
+    digest = hashlib.sha256(config.read_bytes())
+    for weights in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")):
+        digest.update(f"\0{weights.name}\0{weights.stat().st_size}".encode())
+    return {"path": str(folder.resolve()), "fingerprint": digest.hexdigest()}
+
+
+def _hyper_parameters(
+    rank: int, alpha: float, epochs: int, learning_rate: float, seed: int, batch_size: int
+) -> dict[str, Any]:
+    for label, value in (("rank", rank), ("epochs", epochs), ("batch_size", batch_size)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"{label} must be a positive int, got {value!r}")
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise ConfigError(f"seed must be an int, got {seed!r}")
+    if not (isinstance(alpha, (int, float)) and alpha > 0):
+        raise ConfigError(f"alpha must be > 0, got {alpha!r}")
+    if not (isinstance(learning_rate, (int, float)) and np.isfinite(learning_rate) and learning_rate > 0):
+        raise ConfigError(f"learning_rate must be a finite number > 0, got {learning_rate!r}")
+    return {
+        "rank": rank,
+        "alpha": float(alpha),
+        "epochs": epochs,
+        "learning_rate": float(learning_rate),
+        "seed": seed,
+        "batch_size": batch_size,
+        "target_modules": "all-linear",
+        "dropout": 0.0,
+        "loss": "mean action-token NLL",
+        "format": FORMAT_VERSION,
+    }
+
+
+def _check_pairs(pairs: Sequence[tuple[Prompt, str]]) -> list[tuple[Prompt, str]]:
+    checked = list(pairs)
+    if not checked:
+        raise ConfigError("LoRA fine-tuning needs at least one (prompt, action) pair")
+    for item in checked:
+        if not (isinstance(item, (tuple, list)) and len(item) == 2):
+            raise ConfigError(f"expected (Prompt, action) pairs, got {item!r}")
+        prompt, action = item
+        if not isinstance(prompt, Prompt):
+            raise ConfigError(f"expected a Prompt(prefix, state), got {type(prompt).__name__}")
+        if not isinstance(action, str) or not action.strip():
+            raise ConfigError(f"an action must be a non-empty string, got {action!r}")
+    return [(p, a) for p, a in checked]
+
+
+def adapter_key(base_fingerprint: str, env: str, pairs: Sequence[tuple[Prompt, str]], hyper: dict[str, Any]) -> str:
+    """sha256 (hex) of the base model's fingerprint, the environment, the pairs' text (in order) and
+    the hyper-parameters: equal inputs give the same adapter folder."""
+    payload = {
+        "base": base_fingerprint,
+        "env": env,
+        "pairs": [[p.prefix, p.state, a] for p, a in _check_pairs(pairs)],
+        "hyper": hyper,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
+
+
+def check_adapter_folder(folder: str | os.PathLike[str], base: dict[str, str] | None = None) -> dict[str, Any]:
+    """The adapter's metadata, after checking the folder is complete and (when ``base`` is given, a
+    :func:`base_model_identity`) made for that base model; anything else raises ConfigError."""
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise ConfigError(f"LoRA adapter folder {folder} does not exist")
+    try:
+        meta = json.loads((folder / ADAPTER_META).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{folder} has no {ADAPTER_META}: not a finished priorcache LoRA adapter") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{folder}/{ADAPTER_META} is damaged: {exc}") from exc
+    if not (
+        isinstance(meta, dict)
+        and isinstance(meta.get("key"), str)
+        and isinstance(meta.get("base_model"), dict)
+        and isinstance(meta["base_model"].get("fingerprint"), str)
+        and meta.get("format") == FORMAT_VERSION
+    ):
+        raise ConfigError(f"{folder}/{ADAPTER_META} is damaged or of another format: {meta!r:.200}")
+    for name in ADAPTER_FILES:
+        if not (folder / name).is_file():
+            raise ConfigError(f"LoRA adapter {folder} is damaged: {name} is missing")
+    try:
+        json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+        from safetensors import safe_open
+
+        with safe_open(str(folder / "adapter_model.safetensors"), framework="pt") as weights:
+            if not list(weights.keys()):
+                raise ConfigError(f"LoRA adapter {folder} is damaged: its weight file holds no tensors")
+    except ConfigError:
+        raise
+    except Exception as exc:  # safetensors raises its own error types for truncated or foreign files
+        raise ConfigError(f"LoRA adapter {folder} is damaged: {type(exc).__name__}: {exc}") from exc
+    if base is not None and meta["base_model"]["fingerprint"] != base["fingerprint"]:
+        raise ConfigError(
+            f"LoRA adapter {folder} was trained on the base model {meta['base_model'].get('path')!r} "
+            f"(fingerprint {meta['base_model']['fingerprint'][:12]}…), not on {base['path']!r} "
+            f"(fingerprint {base['fingerprint'][:12]}…)"
+        )
+    return meta
+
+
+def apply_adapter(model: Any, model_path: str | os.PathLike[str], adapter: str | os.PathLike[str]) -> tuple[Any, str]:
+    """Load the LoRA ``adapter`` onto ``model`` (loaded from ``model_path``) and merge it into the
+    weights; returns the plain merged model and the adapter key."""
+    from peft import PeftModel
+
+    meta = check_adapter_folder(adapter, base_model_identity(model_path))
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=_CHECKPOINTING_WARNING, category=FutureWarning)
+            merged = PeftModel.from_pretrained(model, str(Path(adapter).expanduser()), is_trainable=False)
+        merged = merged.merge_and_unload()
+    except Exception as exc:  # peft raises KeyError/ValueError/RuntimeError on mismatched weights
+        raise ConfigError(f"cannot apply the LoRA adapter {adapter}: {type(exc).__name__}: {exc}") from exc
+    merged.eval()
+    return merged, meta["key"]
+
+
+def _train(backend: Any, pairs: list[tuple[Prompt, str]], hyper: dict[str, Any], out: Path) -> None:
+    """Fit LoRA weights on ``backend``'s model (in place: the backend is spent afterwards) and save them in ``out``."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(hyper["seed"])
+    config = LoraConfig(
+        r=hyper["rank"],
+        lora_alpha=hyper["alpha"],
+        target_modules=hyper["target_modules"],
+        lora_dropout=hyper["dropout"],
+        task_type="CAUSAL_LM",
+    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_CHECKPOINTING_WARNING, category=FutureWarning)
+        model = get_peft_model(backend._model, config)
+    model.train()
+    rows = []
+    for prompt, action in pairs:
+        context = backend._prefix_ids(prompt.prefix) + backend._encode(prompt.state)
+        action_ids = backend._action_ids(action)
+        if not context:
+            raise ConfigError(backend._empty_context_message())
+        # As the backend's naive path: the last action token is only a target, never an input.
+        rows.append((context + action_ids[:-1], action_ids))
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimiser = torch.optim.AdamW(params, lr=hyper["learning_rate"], weight_decay=0.0)
+    rng = np.random.default_rng(hyper["seed"])
+    size = hyper["batch_size"]
+    for _ in range(hyper["epochs"]):
+        order = rng.permutation(len(rows))
+        for start in range(0, len(order), size):
+            batch = [rows[i] for i in order[start : start + size]]
+            optimiser.zero_grad(set_to_none=True)
+            for inputs, targets in batch:  # one row per forward: no padding, exactly the scored token ids
+                logits = model(
+                    input_ids=backend._tensor([inputs]), use_cache=False, logits_to_keep=len(targets)
+                ).logits[0]
+                loss = torch.nn.functional.cross_entropy(
+                    logits.float(), torch.tensor(targets, device=logits.device), reduction="mean"
+                )
+                (loss / len(batch)).backward()
+            optimiser.step()
+    model.eval()
+    model.save_pretrained(str(out), safe_serialization=True)
+
+
+def lora_finetune(
+    model_path: str | os.PathLike[str],
+    pairs: Sequence[tuple[Prompt, str]],
+    *,
+    env: str = "",
+    rank: int = 8,
+    alpha: float = 16,
+    epochs: int = 4,
+    learning_rate: float = DEFAULT_LEARNING_RATE,
+    seed: int = 0,
+    batch_size: int = 4,
+    device: str = "cpu",
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> LoraAdapter:
+    """Fine-tune LoRA weights (all linear layers but the LM head) of the causal LM in ``model_path``
+    on ``pairs`` of (Prompt, action), or reuse the adapter saved for the same key; see the module doc.
+
+    ``cache_dir`` overrides ``cache_root() / "adapters"``. A damaged folder under the key, or one
+    made for another base model, is refused with ConfigError (delete it to train again)."""
+    from priorcache.prior.transformers_backend import TransformersBackend
+
+    start = time.perf_counter()
+    pairs = _check_pairs(pairs)
+    hyper = _hyper_parameters(rank, alpha, epochs, learning_rate, seed, batch_size)
+    base = base_model_identity(model_path)
+    key = adapter_key(base["fingerprint"], env, pairs, hyper)
+    root = Path(cache_dir).expanduser() if cache_dir is not None else cache_root() / "adapters"
+    dest = root / key
+    if dest.exists():
+        meta = check_adapter_folder(dest, base)
+        if meta["key"] != key:
+            raise ConfigError(f"LoRA adapter {dest} records the key {meta['key']!r}, not its folder name {key!r}")
+        return LoraAdapter(dest, key, False, time.perf_counter() - start, float(meta.get("train_wall_time_s", 0.0)))
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{key}.tmp-"))
+    try:
+        print(f"priorcache: LoRA fine-tuning on {len(pairs)} pairs ({epochs} epochs)…", file=sys.stderr, flush=True)
+        backend = TransformersBackend(model_path, device=device, prefix_cache_size=0)
+        _train(backend, pairs, hyper, tmp)
+        del backend
+        train_s = time.perf_counter() - start
+        meta = {
+            "format": FORMAT_VERSION,
+            "key": key,
+            "base_model": base,
+            "env": env,
+            "pairs": len(pairs),
+            "hyper_parameters": hyper,
+            "train_wall_time_s": train_s,
+            "created_at": time.time(),
+        }
+        (tmp / ADAPTER_META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        try:
+            os.rename(tmp, dest)
+        except OSError:
+            if not (dest / ADAPTER_META).is_file():  # not a concurrent trainer that finished first
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return LoraAdapter(dest, key, True, time.perf_counter() - start, train_s)
