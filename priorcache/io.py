@@ -1,14 +1,24 @@
-"""Where priorcache keeps its files, and atomic writes: a crash mid-write leaves the previous version readable."""
+"""Where priorcache keeps its files, and atomic writes of files and folders: a crash mid-write leaves the
+previous version readable."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from priorcache.errors import PriorCacheError
+
+T = TypeVar("T")
+
+# A temp folder this old was left by a process killed mid-build; younger ones may be in use.
+STALE_TMP_SECONDS = 24 * 3600
 
 
 @contextmanager
@@ -41,6 +51,52 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def atomic_write_json(path: Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n")
+
+
+def remove_stale_temps(root: Path) -> None:
+    """Delete abandoned ``.tmp-*`` folders under ``root``: they are never loaded (only renamed
+    folders are), so they are only disk clutter."""
+    now = time.time()
+    for entry in Path(root).glob(".tmp-*"):
+        try:
+            if now - entry.stat().st_mtime > STALE_TMP_SECONDS:
+                shutil.rmtree(entry, ignore_errors=True)
+        except OSError:
+            pass
+
+
+def build_once(final: Path, read: Callable[[Path], T | None], build: Callable[[Path], None]) -> T:
+    """``read(final)``, building the folder first when it holds nothing readable.
+
+    ``build`` fills a temporary folder beside ``final`` (writing the file ``read`` checks last),
+    which becomes visible only through one ``os.rename``: an interrupted build never leaves a
+    folder that later loads, and when two processes race the first finished folder is kept.
+    """
+    found = read(final)
+    if found is not None:
+        return found
+    final.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(final.parent)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
+    try:
+        build(tmp)
+        if final.exists() and read(final) is None:
+            # A foreign or incomplete folder sits there: move it aside, then take its place.
+            trash = Path(tempfile.mkdtemp(prefix=f".tmp-trash-{final.name}-", dir=final.parent))
+            os.rename(final, trash / "old")
+            shutil.rmtree(trash, ignore_errors=True)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if read(final) is None:  # another process did not finish it first
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    found = read(final)
+    if found is None:  # pragma: no cover - only if the folder is removed under our feet
+        raise PriorCacheError(f"the folder built at {final} could not be read back")
+    return found
 
 
 def cache_root() -> Path:

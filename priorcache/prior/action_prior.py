@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -88,7 +89,9 @@ class CategoricalPrior(Prior):
     def __eq__(self, other: object) -> bool:
         return isinstance(other, CategoricalPrior) and self._scores == other._scores and self.config == other.config
 
-    @property
+    # The prior is immutable, so what derives from its scores is computed once, on first use (the
+    # decision loop asks for the log-prior and the support of the same served prior).
+    @cached_property
     def actions(self) -> tuple[str, ...]:
         return tuple(self._scores)
 
@@ -102,15 +105,19 @@ class CategoricalPrior(Prior):
         """The raw scores ℓ in ``actions`` order."""
         return np.fromiter(self._scores.values(), dtype=np.float64, count=len(self._scores))
 
+    @cached_property
+    def _log_probs(self) -> np.ndarray:
+        return log_prior(self.scores, self.config)
+
     @property
     def floor_score(self) -> float:
         """F7's cheap fill for an unknown candidate: the lowest score this prior holds."""
         return min(self._scores.values())
 
     def log_prob(self, actions: Sequence[str]) -> np.ndarray:
-        full = log_prior(self.scores, self.config)
+        full = self._log_probs
         if tuple(actions) == self.actions:
-            return full
+            return full.copy()
         index = {a: i for i, a in enumerate(self._scores)}
         missing = [a for a in actions if a not in index]
         if missing:

@@ -20,9 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Sequence
@@ -33,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from priorcache.errors import ConfigError
-from priorcache.io import cache_root
+from priorcache.io import build_once, cache_root
 from priorcache.prior.base import Prompt
 
 ADAPTER_META = "priorcache-adapter.json"
@@ -258,19 +256,22 @@ def lora_finetune(
     key = adapter_key(base["fingerprint"], env, pairs, hyper)
     root = Path(cache_dir).expanduser() if cache_dir is not None else cache_root() / "adapters"
     dest = root / key
-    if dest.exists():
-        meta = check_adapter_folder(dest, base)
+    trained: dict[str, float] = {}
+
+    def read(folder: Path) -> dict[str, Any] | None:
+        if not folder.exists():
+            return None
+        meta = check_adapter_folder(folder, base)
         if meta["key"] != key:
-            raise ConfigError(f"LoRA adapter {dest} records the key {meta['key']!r}, not its folder name {key!r}")
-        return LoraAdapter(dest, key, False, time.perf_counter() - start, float(meta.get("train_wall_time_s", 0.0)))
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{key}.tmp-"))
-    try:
+            raise ConfigError(f"LoRA adapter {folder} records the key {meta['key']!r}, not its folder name {key!r}")
+        return meta
+
+    def build(tmp: Path) -> None:
         print(f"priorcache: LoRA fine-tuning on {len(pairs)} pairs ({epochs} epochs)…", file=sys.stderr, flush=True)
         backend = TransformersBackend(model_path, device=device, prefix_cache_size=0)
         _train(backend, pairs, hyper, tmp)
         del backend
-        train_s = time.perf_counter() - start
+        trained["s"] = time.perf_counter() - start
         meta = {
             "format": FORMAT_VERSION,
             "key": key,
@@ -278,15 +279,12 @@ def lora_finetune(
             "env": env,
             "pairs": len(pairs),
             "hyper_parameters": hyper,
-            "train_wall_time_s": train_s,
+            "train_wall_time_s": trained["s"],
             "created_at": time.time(),
         }
         (tmp / ADAPTER_META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        try:
-            os.rename(tmp, dest)
-        except OSError:
-            if not (dest / ADAPTER_META).is_file():  # not a concurrent trainer that finished first
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return LoraAdapter(dest, key, True, time.perf_counter() - start, train_s)
+
+    meta = build_once(dest, read, build)  # a damaged folder under the key is refused by read, never replaced
+    if "s" in trained:
+        return LoraAdapter(dest, key, True, time.perf_counter() - start, trained["s"])
+    return LoraAdapter(dest, key, False, time.perf_counter() - start, float(meta.get("train_wall_time_s", 0.0)))
