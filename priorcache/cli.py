@@ -329,6 +329,17 @@ def report(
     console.print("written: " + ", ".join(str(p) for p in result["files"]))
 
 
+def _print_adaptation(info: dict) -> None:
+    """One line on what the F8 adaptation cost (LoRA trained now or reused, backend load)."""
+    if "lora_folder" in info:
+        how = "trained now" if info["lora_trained_now"] else "saved adapter reused"
+        console.print(
+            f"LoRA on {info['lora_pairs']} pairs ({how}): training took {info['lora_train_wall_time_s']:.1f} s, "
+            f"this call {info['lora_wall_time_s']:.1f} s, loading the adapted backend "
+            f"{info['backend_load_wall_time_s']:.1f} s · {escape(info['lora_folder'])}"
+        )
+
+
 @app.command("prior-quality")
 def prior_quality(
     env: str = typer.Argument(..., help="environment name, e.g. babyai or textworld:tw-cooking"),
@@ -349,62 +360,24 @@ def prior_quality(
     """Top-1 accuracy and mean rank of the oracle action under the LLM prior on held-out games."""
     from transformers.utils import logging as hf_logging
 
-    from priorcache.experiments.prior_quality import few_shot_examples, measure_prior_quality, oracle_steps
+    from priorcache.experiments.adapt import adapt_prior, check_adaptation
+    from priorcache.experiments.prior_quality import measure_prior_quality, oracle_steps
     from priorcache.io import atomic_write_json
-    from priorcache.prior.registry import make_backend
 
     hf_logging.disable_progress_bar()
-    adaptation: dict | None = None
     try:
-        if adapt not in ("none", "icl", "lora", "both"):
-            raise ConfigError(f"--adapt must be none, icl, lora or both, not {adapt!r}")
-        if adapt in ("lora", "both") and shots < 1:
-            raise ConfigError(f"--adapt {adapt} fine-tunes on the oracle steps of --shots games; give --shots ≥ 1")
+        check_adaptation(shots, adapt)
         train = oracle_steps(env, "train", max(train_games, shots), max_steps, progress=True)
         held_out = oracle_steps(env, "eval", games, max_steps, progress=True)
-        examples = few_shot_examples(train, shots, max_examples) if adapt in ("icl", "both") else []
-        adapter = None
-        if adapt in ("lora", "both"):
-            import time
-
-            from priorcache.prior.adaptation import lora_finetune
-            from priorcache.prior.prompts import prompt_builder
-            from priorcache.prior.registry import backend_model_path
-
-            build = prompt_builder(env)
-            # The oracle steps of the first --shots training games (oracle_steps(env, "train", shots)).
-            chosen = set(sorted({s.game_seed for s in train})[:shots])
-            pairs = [(build(s.objective, s.state_text), s.action) for s in train if s.game_seed in chosen]
-            lora = lora_finetune(backend_model_path(backend, model_path), pairs, env=env)
-            adapter = lora.folder
-            start = time.perf_counter()
-            scorer = make_backend(backend, model_path=model_path, adapter=adapter)
-            load_s = time.perf_counter() - start
-            adaptation = {
-                "kind": "lora",
-                "pairs": len(pairs),
-                "key": lora.key,
-                "folder": str(lora.folder),
-                "trained_now": lora.trained,
-                "train_wall_time_s": lora.train_wall_time_s,
-                "adapter_wall_time_s": lora.wall_time_s,
-                "backend_load_wall_time_s": load_s,
-            }
-        else:
-            scorer = make_backend(backend, model_path=model_path)
-        result = measure_prior_quality(env, scorer, train, held_out, examples, progress=True)
+        adapted = adapt_prior(env, backend, shots, adapt, model_path=model_path, max_examples=max_examples, demos=train)
+        examples = adapted.examples
+        result = measure_prior_quality(env, adapted.backend, train, held_out, examples, progress=True)
         result["adapt"] = adapt
-        result["adaptation"] = adaptation
+        result["adaptation"] = adapted.info
     except PriorCacheError as e:
         console.print(f"[bold red]error:[/] {escape(str(e))}")
         raise typer.Exit(2) from None
-    if adaptation is not None:
-        how = "trained now" if adaptation["trained_now"] else "saved adapter reused"
-        console.print(
-            f"LoRA on {adaptation['pairs']} pairs ({how}): training took {adaptation['train_wall_time_s']:.1f} s, "
-            f"this call {adaptation['adapter_wall_time_s']:.1f} s, loading the adapted backend "
-            f"{adaptation['backend_load_wall_time_s']:.1f} s · {adaptation['folder']}"
-        )
+    _print_adaptation(adapted.info)
     fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
     table = Table(title=f"prior quality · {env} · {shots}-shot, adapt {adapt} ({len(examples)} in-context pairs)")
     table.add_column("quantity")

@@ -1,0 +1,103 @@
+"""F8 adaptation of the LLM prior to an environment from oracle demonstrations on training games
+(docs/design.md, F8): the one place that turns ``--shots`` / ``--adapt`` into a backend and in-context
+examples, for ``priorcache run``, ``bench`` and ``prior-quality``.
+
+- ``none``: the base model, no examples (0-shot);
+- ``icl``: the (state, action) pairs of the first ``shots`` training games in the prompt prefix,
+  thinned to ``max_examples`` (constant over an episode, so F9 reuses its key/value cache);
+- ``lora``: a LoRA fine-tune on the (prompt, action) pairs of those games, trained once and cached
+  by key (``priorcache.prior.adaptation``); no in-context pairs;
+- ``both``: the fine-tuned model with the in-context pairs.
+
+Demonstrations come from training games only (``oracle_steps(env, "train", …)``), so evaluation
+games never inform the prior.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from priorcache.errors import ConfigError
+from priorcache.experiments.prior_quality import OracleStep, few_shot_examples, oracle_steps
+from priorcache.prior.base import LLMBackend
+from priorcache.prior.prompts import prompt_builder
+
+ADAPT_CHOICES = ("none", "icl", "lora", "both")
+
+
+def check_adaptation(shots: int, adapt: str) -> None:
+    """ConfigError for an unknown ``adapt`` or a fine-tune without demonstrations."""
+    if adapt not in ADAPT_CHOICES:
+        raise ConfigError(f"adapt must be one of {', '.join(ADAPT_CHOICES)}, not {adapt!r}")
+    if isinstance(shots, bool) or not isinstance(shots, int) or shots < 0:
+        raise ConfigError(f"shots must be an integer ≥ 0, got {shots!r}")
+    if adapt != "none" and shots < 1:
+        raise ConfigError(f"adapt {adapt!r} learns from the oracle episodes of --shots training games; give shots ≥ 1")
+
+
+@dataclass
+class Adaptation:
+    """What the adaptation produced: the backend to score with, the in-context examples, and its cost."""
+
+    backend: LLMBackend
+    examples: list[tuple[str, str]] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def lora_pairs(env: str, demos: list[OracleStep], shots: int) -> list[tuple[Any, str]]:
+    """(prompt, action) pairs of the first ``shots`` training games of ``demos``, with the family's prompt."""
+    build = prompt_builder(env)
+    chosen = set(sorted({s.game_seed for s in demos})[:shots])
+    return [(build(s.objective, s.state_text), s.action) for s in demos if s.game_seed in chosen]
+
+
+def adapt_prior(
+    env: str,
+    backend: str,
+    shots: int,
+    adapt: str,
+    *,
+    model_path: str | None = None,
+    device: str = "cpu",
+    max_examples: int = 10,
+    demos: list[OracleStep] | None = None,
+    max_steps: int | None = None,
+    progress: bool = False,
+) -> Adaptation:
+    """Build backend ``backend`` adapted by ``adapt`` on ``shots`` training games of ``env``.
+
+    ``demos``: oracle steps of training games already played (at least ``shots`` games); played
+    here when None. ``info`` records what was done and its wall time (demonstrations, LoRA
+    training or reuse of a saved adapter, loading the backend)."""
+    from priorcache.prior.registry import backend_model_path, make_backend
+
+    check_adaptation(shots, adapt)
+    start = time.perf_counter()
+    info: dict[str, Any] = {"adapt": adapt, "shots": shots}
+    if adapt != "none" and demos is None:
+        demos = oracle_steps(env, "train", shots, max_steps, progress=progress)
+    info["demos_wall_time_s"] = time.perf_counter() - start
+    examples = few_shot_examples(demos or [], shots, max_examples) if adapt in ("icl", "both") else []
+    info["in_context_pairs"] = len(examples)
+    adapter = None
+    if adapt in ("lora", "both"):
+        from priorcache.prior.adaptation import lora_finetune
+
+        pairs = lora_pairs(env, demos or [], shots)
+        lora = lora_finetune(backend_model_path(backend, model_path), pairs, env=env, device=device)
+        adapter = lora.folder
+        info.update(
+            lora_pairs=len(pairs),
+            lora_key=lora.key,
+            lora_folder=str(lora.folder),
+            lora_trained_now=lora.trained,
+            lora_train_wall_time_s=lora.train_wall_time_s,
+            lora_wall_time_s=lora.wall_time_s,
+        )
+    load_start = time.perf_counter()
+    scorer = make_backend(backend, model_path=model_path, device=device, adapter=adapter)
+    info["backend_load_wall_time_s"] = time.perf_counter() - load_start
+    info["wall_time_s"] = time.perf_counter() - start
+    return Adaptation(scorer, examples, info)
