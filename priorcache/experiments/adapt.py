@@ -33,8 +33,8 @@ def check_adaptation(shots: int, adapt: str) -> None:
         raise ConfigError(f"adapt must be one of {', '.join(ADAPT_CHOICES)}, not {adapt!r}")
     if isinstance(shots, bool) or not isinstance(shots, int) or shots < 0:
         raise ConfigError(f"shots must be an integer ≥ 0, got {shots!r}")
-    if adapt != "none" and shots < 1:
-        raise ConfigError(f"adapt {adapt!r} learns from the oracle episodes of --shots training games; give shots ≥ 1")
+    if adapt in ("lora", "both") and shots < 1:
+        raise ConfigError(f"adapt {adapt!r} fine-tunes on the oracle episodes of --shots training games; give shots ≥ 1")
 
 
 @dataclass
@@ -76,7 +76,7 @@ def adapt_prior(
     check_adaptation(shots, adapt)
     start = time.perf_counter()
     info: dict[str, Any] = {"adapt": adapt, "shots": shots}
-    if adapt != "none" and demos is None:
+    if adapt != "none" and shots > 0 and demos is None:
         demos = oracle_steps(env, "train", shots, max_steps, progress=progress)
     info["demos_wall_time_s"] = time.perf_counter() - start
     examples = few_shot_examples(demos or [], shots, max_examples) if adapt in ("icl", "both") else []
