@@ -47,9 +47,19 @@ def summary_table(summary: dict, title: str) -> Table:
     table.add_column("metric")
     table.add_column("value", justify="right")
     lat = summary["decision_latency_ms"]
-    rows = [
-        ("success rate (mean ± 95% CI over seeds)", _fmt_ci(summary["success_rate"])),
-        ("mean return", _fmt_ci(summary["mean_return"])),
+    held = summary.get("held_out")
+    rows = []
+    if held:
+        curve = " → ".join(f"{p['success']['mean']:.2f}" for p in held["curve"])
+        rows += [
+            (f"held-out success, {held['games']} games (mean ± 95% CI over seeds)", _fmt_ci(held["success"])),
+            ("held-out return", _fmt_ci(held["return"])),
+            ("held-out success at each evaluation", curve),
+            ("LLM queries of the evaluations", "n/a" if held["llm_queries"] is None else str(held["llm_queries"])),
+        ]
+    rows += [
+        ("training success rate (exploring)", _fmt_ci(summary["success_rate"])),
+        ("training mean return", _fmt_ci(summary["mean_return"])),
         ("episodes / steps", f"{summary['episodes']} / {summary['steps']}"),
         (
             "LLM queries (full + partial)",
@@ -120,8 +130,19 @@ def run(
         help="environment variant (see `priorcache envs`), e.g. "
         "tw-cooking, GoToLocal, pick_heat_then_place; same as ENV:VARIANT",
     ),
-    episodes: int = typer.Option(10, min=1, help="episodes per seed"),
-    seeds: str = typer.Option("0", help="seeds, '0,1,2' or '0-2'; each seed is its own game and agent"),
+    episodes: int = typer.Option(10, min=1, help="training episodes per seed"),
+    seeds: str = typer.Option("0", help="seeds, '0,1,2' or '0-2'; each seed trains its own agent on the same games"),
+    train_games: int = typer.Option(10, min=1, help="training games (game seeds 0..N-1 of the train split), in turn"),
+    eval_games: int = typer.Option(10, min=1, help="held-out evaluation games (from the eval split)"),
+    eval_every: int = typer.Option(
+        0, min=0, help="evaluate on the held-out games every N training episodes (0: after the last only)"
+    ),
+    shots: int = typer.Option(0, min=0, help="training games whose oracle episodes adapt the LLM prior (F8)"),
+    adapt: str = typer.Option(
+        "none", help="F8 adaptation on the --shots games: none, icl (in-context pairs), lora (LoRA fine-tune) or both"
+    ),
+    max_examples: int = typer.Option(10, min=0, help="at most this many in-context pairs (icl, both)"),
+    tensorboard: bool = typer.Option(False, help="also write TensorBoard scalars under OUT/tensorboard/"),
     max_steps: int | None = typer.Option(None, min=1, help="episode step limit (default: the environment's)"),
     backend: str = typer.Option("embedded", help="LLM backend: embedded or transformers"),
     model_path: str | None = typer.Option(None, help="local model folder for --backend transformers"),
@@ -198,6 +219,13 @@ def run(
             cache_path=cache_path,
             alpha_0=alpha,
             alpha_min=alpha_min,
+            train_games=train_games,
+            eval_games=eval_games,
+            eval_every=eval_every,
+            shots=shots,
+            adapt=adapt,
+            max_examples=max_examples,
+            tensorboard=tensorboard,
         )
         # Our own progress bar says what is happening; transformers' per-model "Loading weights" bars
         # would interleave with it.
@@ -208,8 +236,10 @@ def run(
     except PriorCacheError as e:
         console.print(f"[bold red]error:[/] {e}")
         raise typer.Exit(2) from None
+    if summary.get("adaptation"):
+        _print_adaptation(summary["adaptation"])
     console.print(summary_table(summary, f"{env} · {agent} · cache {summary['cache_mode']}"))
-    console.print(f"results in {out}/ (metrics.jsonl, summary.json, cache/)")
+    console.print(f"results in {out}/ (metrics.jsonl, evals.jsonl, summary.json, cache/)")
 
 
 @app.command()
@@ -240,14 +270,21 @@ def compare(
         f"{b['decision_latency_ms']['p50']:.1f}",
         f"{result['latency_p50_ratio_x']:.2f}× lower",
     )
+    if a.get("held_out") and b.get("held_out"):
+        table.add_row(
+            "held-out success",
+            _fmt_ci(a["held_out"]["success"]),
+            _fmt_ci(b["held_out"]["success"]),
+            f"{100 * result['held_out_retention']:.1f}% retained",
+        )
     table.add_row(
-        "success rate",
+        "training success rate",
         _fmt_ci(a["success_rate"]),
         _fmt_ci(b["success_rate"]),
         f"{100 * result['success_retention']:.1f}% retained",
     )
     table.add_row(
-        "mean return",
+        "training mean return",
         _fmt_ci(a["mean_return"]),
         _fmt_ci(b["mean_return"]),
         f"{100 * result['return_retention']:.1f}% retained",

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from priorcache.errors import ConfigError
-from priorcache.experiments.prior_quality import OracleStep, few_shot_examples, oracle_steps
+from priorcache.experiments.prior_quality import OracleStep, few_shot_examples, off_path_steps, oracle_steps
 from priorcache.prior.base import LLMBackend
 from priorcache.prior.prompts import prompt_builder
 
@@ -34,7 +34,7 @@ def check_adaptation(shots: int, adapt: str) -> None:
     if isinstance(shots, bool) or not isinstance(shots, int) or shots < 0:
         raise ConfigError(f"shots must be an integer ≥ 0, got {shots!r}")
     if adapt in ("lora", "both") and shots < 1:
-        raise ConfigError(f"adapt {adapt!r} fine-tunes on the oracle episodes of --shots training games; give shots ≥ 1")
+        raise ConfigError(f"adapt {adapt!r} fine-tunes on oracle episodes of --shots training games; give shots ≥ 1")
 
 
 @dataclass
@@ -46,11 +46,31 @@ class Adaptation:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def lora_pairs(env: str, demos: list[OracleStep], shots: int) -> list[tuple[Any, str]]:
-    """(prompt, action) pairs of the first ``shots`` training games of ``demos``, with the family's prompt."""
+#: Off-path states per demonstrated state (detours) and the longest detour, for ``lora_pairs``.
+DEFAULT_DETOURS = 0
+DEFAULT_DETOUR_DEPTH = 2
+
+
+def lora_pairs(
+    env: str,
+    demos: list[OracleStep],
+    shots: int,
+    *,
+    detours: int = DEFAULT_DETOURS,
+    depth: int = DEFAULT_DETOUR_DEPTH,
+    seed: int = 0,
+    max_steps: int | None = None,
+) -> list[tuple[Any, str, tuple[str, ...]]]:
+    """(prompt, action, candidates) triples of the first ``shots`` training games of ``demos``, with the
+    family's prompt: the demonstrated states, then ``detours`` off-path detours (1..``depth`` random
+    actions) from each of them, labelled by the environment's reactive oracle (``off_path_steps``).
+    Only those ``shots`` training games are played; the oracle is asked about their states only."""
     build = prompt_builder(env)
     chosen = set(sorted({s.game_seed for s in demos})[:shots])
-    return [(build(s.objective, s.state_text), s.action) for s in demos if s.game_seed in chosen]
+    steps = [s for s in demos if s.game_seed in chosen]
+    if detours > 0 and steps:
+        steps = steps + off_path_steps(env, steps, detours=detours, depth=depth, seed=seed, max_steps=max_steps)
+    return [(build(s.objective, s.state_text), s.action, s.candidates) for s in steps]
 
 
 def adapt_prior(
@@ -64,16 +84,20 @@ def adapt_prior(
     max_examples: int = 10,
     demos: list[OracleStep] | None = None,
     max_steps: int | None = None,
+    base: LLMBackend | None = None,
     progress: bool = False,
 ) -> Adaptation:
     """Build backend ``backend`` adapted by ``adapt`` on ``shots`` training games of ``env``.
 
     ``demos``: oracle steps of training games already played (at least ``shots`` games); played
-    here when None. ``info`` records what was done and its wall time (demonstrations, LoRA
+    here when None. ``base``: an already loaded backend to use instead of building ``backend`` (not
+    with a fine-tune, which needs its own model). ``info`` records what was done and its wall time (demonstrations, LoRA
     training or reuse of a saved adapter, loading the backend)."""
     from priorcache.prior.registry import backend_model_path, make_backend
 
     check_adaptation(shots, adapt)
+    if base is not None and adapt in ("lora", "both"):
+        raise ConfigError(f"adapt {adapt!r} fine-tunes a model of its own; it cannot use an already loaded backend")
     start = time.perf_counter()
     info: dict[str, Any] = {"adapt": adapt, "shots": shots}
     if adapt != "none" and shots > 0 and demos is None:
@@ -97,7 +121,7 @@ def adapt_prior(
             lora_wall_time_s=lora.wall_time_s,
         )
     load_start = time.perf_counter()
-    scorer = make_backend(backend, model_path=model_path, device=device, adapter=adapter)
+    scorer = base or make_backend(backend, model_path=model_path, device=device, adapter=adapter)
     info["backend_load_wall_time_s"] = time.perf_counter() - load_start
     info["wall_time_s"] = time.perf_counter() - start
     return Adaptation(scorer, examples, info)

@@ -17,6 +17,7 @@ class EpisodeRecord:
 
     seed: int
     episode: int
+    game_seed: int | None = None  # the training game played
     episode_return: float = 0.0
     success: bool = False
     steps: int = 0
@@ -31,6 +32,7 @@ class EpisodeRecord:
     prompt_tokens: int = 0
     continuation_tokens: int = 0
     decision_time_s: float = 0.0
+    alpha: float | None = None  # F2's α at the episode's last decision
     train_time_s: float = 0.0
     wall_time_s: float = 0.0
     adaptation_time_s: float = 0.0  # the cache's meta-optimiser / KL-budget work during the episode
@@ -56,6 +58,7 @@ class EpisodeRecord:
         self.similar_hits += d.kind == "similar"
         self.refreshes += d.kind == "refresh"
         self.decision_time_s += d.decision_time_s
+        self.alpha = d.alpha
         self.decision_times_ms.append(d.decision_time_s * 1e3)
         if d.lookup is not None and d.lookup.audit is not None:
             self.audit_epsilons.append(d.lookup.audit.epsilon)
@@ -142,6 +145,49 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def summarise_held_out(evals: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Held-out success and return (mean and 95 % CI over seeds) of the last evaluation of every seed,
+    and the learning curve: the same at every evaluation point, with the training environment
+    steps and LLM queries spent by then (means over seeds). None without evaluations."""
+    if not evals:
+        return None
+    seeds = sorted({e["seed"] for e in evals})
+    points = sorted({e["after_episodes"] for e in evals})
+
+    def at(seed: int, point: int) -> list[dict[str, Any]]:
+        return [e for e in evals if e["seed"] == seed and e["after_episodes"] == point]
+
+    curve = []
+    for point in points:
+        per_seed = [at(s, point) for s in seeds if at(s, point)]
+        curve.append(
+            {
+                "after_episodes": point,
+                "seeds": len(per_seed),
+                "train_steps": float(np.mean([p[0]["train_steps"] for p in per_seed])),
+                "train_llm_queries": float(np.mean([p[0]["train_llm_queries"] for p in per_seed])),
+                "success": mean_ci95([float(np.mean([e["success"] for e in p])) for p in per_seed]),
+                "return": mean_ci95([float(np.mean([e["episode_return"] for e in p])) for p in per_seed]),
+            }
+        )
+    final = [at(s, max(e["after_episodes"] for e in evals if e["seed"] == s)) for s in seeds]
+    queries = [e["llm_queries"] for e in evals if e["llm_queries"] is not None]
+    return {
+        "success": mean_ci95([float(np.mean([e["success"] for e in f])) for f in final]),
+        "return": mean_ci95([float(np.mean([e["episode_return"] for e in f])) for f in final]),
+        "games": len({e["game_seed"] for e in evals}),
+        "after_episodes": [f[0]["after_episodes"] for f in final],
+        "steps": sum(e["steps"] for e in evals),
+        "llm_queries": sum(queries) if queries else None,
+        "curve": curve,
+    }
+
+
+def _held_out(summary: dict[str, Any]) -> float:
+    held = summary.get("held_out")
+    return held["success"]["mean"] if held else float("nan")
+
+
 def compare(candidate: dict[str, Any], reference: dict[str, Any]) -> dict[str, float]:
     """Query reduction ×, latency ratio and performance retention of ``candidate`` vs ``reference``."""
 
@@ -153,5 +199,6 @@ def compare(candidate: dict[str, Any], reference: dict[str, Any]) -> dict[str, f
         "latency_p50_ratio_x": ratio(reference["decision_latency_ms"]["p50"], candidate["decision_latency_ms"]["p50"]),
         "latency_p95_ratio_x": ratio(reference["decision_latency_ms"]["p95"], candidate["decision_latency_ms"]["p95"]),
         "success_retention": ratio(candidate["success_rate"]["mean"], reference["success_rate"]["mean"]),
+        "held_out_retention": ratio(_held_out(candidate), _held_out(reference)),
         "return_retention": ratio(candidate["mean_return"]["mean"], reference["mean_return"]["mean"]),
     }

@@ -67,6 +67,74 @@ def oracle_steps(
     return steps
 
 
+def off_path_steps(
+    env_name: str,
+    demos: Sequence[OracleStep],
+    split: str = "train",
+    detours: int = 1,
+    depth: int = 2,
+    seed: int = 0,
+    max_steps: int | None = None,
+    progress: bool = False,
+    **env_kwargs: Any,
+) -> list[OracleStep]:
+    """States off the demonstrated path of ``demos`` (oracle episodes on games of ``split``), each
+    labelled with the environment's reactive ``oracle_action()`` there (DAgger-style).
+
+    From every demonstrated state, ``detours`` times: replay the demonstration up to that state, take
+    1..``depth`` random admissible actions (the first never the oracle's), and record each state
+    reached with the oracle's action there. A detour stops early when the episode ends or the
+    oracle has no action; states already recorded (same objective and state text, on or off the
+    path) are kept once. Deterministic in ``seed``. No evaluation game is touched: the games are
+    those of ``demos``, the only ones the oracle is asked about."""
+    if detours < 0 or depth < 1:
+        raise ConfigError(f"detours must be ≥ 0 and depth ≥ 1, got {detours} and {depth}")
+    if max_steps is not None:
+        env_kwargs["max_episode_steps"] = max_steps
+    by_game: dict[int, list[OracleStep]] = {}
+    for step in demos:
+        by_game.setdefault(step.game_seed, []).append(step)
+    seen = {(s.objective, s.state_text) for s in demos}
+    out: list[OracleStep] = []
+    for game_seed, path in tqdm(by_game.items(), desc=f"{env_name} off-path states", disable=not progress):
+        rng = np.random.default_rng([seed, game_seed])
+        env = make_split_env(env_name, split, game_seed, **env_kwargs)
+        try:
+            for t, start in enumerate(path):
+                for _ in range(detours):
+                    env.reset(seed=0)
+                    for step in path[:t]:
+                        env.step(step.action)
+                    info = {"admissible_actions": list(start.candidates)}
+                    oracle = start.action
+                    for k in range(int(rng.integers(1, depth + 1))):
+                        choices = [a for a in info["admissible_actions"] if k > 0 or a != oracle]
+                        if not choices:
+                            break
+                        _, _, terminated, truncated, info = env.step(choices[int(rng.integers(len(choices)))])
+                        if terminated or truncated:
+                            break
+                        try:
+                            oracle = env.oracle_action()
+                        except ConfigError:  # the expert has no way to win from here
+                            break
+                        key = (info["objective"], info["state_text"])
+                        if key not in seen and oracle in info["admissible_actions"]:
+                            seen.add(key)
+                            out.append(
+                                OracleStep(
+                                    game_seed,
+                                    info["objective"],
+                                    info["state_text"],
+                                    tuple(info["admissible_actions"]),
+                                    oracle,
+                                )
+                            )
+        finally:
+            env.close()
+    return out
+
+
 def _verb(action: str) -> str:
     return action.split(" ", 1)[0].split("[", 1)[0].lower()
 

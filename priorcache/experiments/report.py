@@ -1,16 +1,22 @@
 """The paper-style results table (markdown + CSV) and plots (PNG) from saved runs (docs/design.md §1).
 
 A run folder is any folder holding ``config.json`` and ``metrics.jsonl`` (what ``priorcache run``
-and ``priorcache bench text`` write). Runs are grouped by environment and method (agent and cache
-mode); the episodes of a group's runs (one run per seed, or one run over several seeds) are pooled
-and summarised together. Query reduction and retention compare each method with the uncached
-DQN-Prior of the same environment, per episode, so a deterministic baseline that ran one episode
+and ``priorcache bench text`` write), and ``evals.jsonl`` with its held-out evaluations. The
+headline is held-out success: the greedy policy after training on held-out games, mean and 95 % CI
+over seeds; training success (with exploration, on training games) is reported beside it.
+
+Runs are grouped by environment and method (agent and cache mode); the episodes and evaluations
+of a group's runs (one run per seed, or one run over several seeds) are pooled and summarised
+together. Query reduction and retention compare each method with the uncached DQN-Prior of the
+same environment, queries per training episode, so a deterministic baseline that ran one episode
 per seed compares fairly with a learner that ran ten.
 
 Outputs, written atomically into the report folder: ``results.md``, ``results.csv``,
-``results.json``, ``success_vs_queries.png`` and ``learning_curves.png``; plus ``cache_params.png``
-(the cache's K, δ and r against the cumulative step, one line per run and seed: the meta-optimiser's
-updates where it ran, the episode-end values otherwise) when some run recorded cache parameters.
+``results.json``, ``success_vs_queries.png``, ``learning_curves.png`` (training return by
+episode), ``held_out_curves.png`` (held-out success against training environment steps and
+against LLM queries, when runs evaluated more than once) and ``cache_params.png`` (the cache's K,
+δ and r against the cumulative step, one line per run and seed: the meta-optimiser's updates where
+it ran, the episode-end values otherwise) when some run recorded cache parameters.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import numpy as np
 
 from priorcache.envs.registry import environment_info
 from priorcache.errors import ConfigError
-from priorcache.experiments.metrics import summarise
+from priorcache.experiments.metrics import summarise, summarise_held_out
 from priorcache.io import atomic_path, atomic_write_json, atomic_write_text
 
 #: Method label of (agent, cache mode); the uncached DQN-Prior is the 100 % reference.
@@ -59,6 +65,7 @@ class RunFolder:
     path: Path
     config: dict[str, Any]
     records: list[dict[str, Any]]
+    evals: list[dict[str, Any]]
     finished: bool
     env_source: str | None
 
@@ -84,6 +91,12 @@ def read_run(path: Path) -> RunFolder:
     try:
         config = json.loads(config_path.read_text())
         records = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+        evals_path = path / "evals.jsonl"
+        evals = (
+            [json.loads(line) for line in evals_path.read_text().splitlines() if line.strip()]
+            if evals_path.is_file()
+            else []
+        )
     except FileNotFoundError as e:
         raise ConfigError(f"{path} is not a run folder: {e.filename} is missing") from None
     except json.JSONDecodeError as e:
@@ -95,7 +108,7 @@ def read_run(path: Path) -> RunFolder:
         except json.JSONDecodeError as e:
             raise ConfigError(f"damaged {path / 'summary.json'}: {e}") from None
     finished = bool(summary) and not summary.get("partial", False)
-    return RunFolder(path, config, records, finished, summary.get("env_source"))
+    return RunFolder(path, config, records, evals, finished, summary.get("env_source"))
 
 
 def find_runs(root: Path) -> list[RunFolder]:
@@ -126,6 +139,7 @@ def aggregate(runs: list[RunFolder]) -> list[dict[str, Any]]:
                 seen[seed] = run.path
         records = [r for run in members for r in run.records]
         summary = summarise(records)
+        held = summarise_held_out([e for run in members for e in run.evals])
         sources = sorted({run.env_source for run in members if run.env_source})
         rows[(env, method)] = {
             "env": env,
@@ -133,6 +147,10 @@ def aggregate(runs: list[RunFolder]) -> list[dict[str, Any]]:
             "method": method,
             "seeds": summary["seeds"],
             "episodes": summary["episodes"],
+            "held_out_success": held["success"]["mean"] if held else None,
+            "held_out_success_ci95": held["success"]["ci95"] if held else None,
+            "held_out_games": held["games"] if held else None,
+            "held_out_curve": held["curve"] if held else [],
             "success": summary["success_rate"]["mean"],
             "success_ci95": summary["success_rate"]["ci95"],
             "return": summary["mean_return"]["mean"],
@@ -171,6 +189,11 @@ def aggregate(runs: list[RunFolder]) -> list[dict[str, Any]]:
         )
         row["latency_p50_ratio_x"] = _ratio(ref["decision_p50_ms"], row["decision_p50_ms"]) if ref else None
         row["success_retention"] = _ratio(row["success"], ref["success"]) if ref else None
+        row["held_out_retention"] = (
+            _ratio(row["held_out_success"], ref["held_out_success"])
+            if ref and row["held_out_success"] is not None and ref["held_out_success"] is not None
+            else None
+        )
         row["return_retention"] = _ratio(row["return"], ref["return"]) if ref else None
     order = {m: i for i, m in enumerate(_METHOD_ORDER)}
     return sorted(rows.values(), key=lambda r: (r["env"], order.get(r["method"], len(order)), r["method"]))
@@ -210,14 +233,15 @@ def _learning_curve(records: list[dict[str, Any]]) -> dict[str, list[float]]:
 _COLUMNS = [
     ("env", "environment"),
     ("method", "method"),
-    ("success", "success"),
-    ("return", "return"),
+    ("held_out_success", "held-out success"),
+    ("success", "training success"),
+    ("return", "training return"),
     ("llm_queries_per_episode", "LLM queries / episode"),
     ("query_reduction_x", "query reduction ×"),
     ("decision_p50_ms", "decision p50 (ms)"),
     ("hit_rate", "hit rate"),
-    ("success_retention", "retention (success)"),
-    ("return_retention", "retention (return)"),
+    ("held_out_retention", "retention (held-out success)"),
+    ("return_retention", "retention (training return)"),
     ("audit_kl_mean", "audited KL (nats)"),
     ("final_threshold", "δ at end"),
     ("adaptation_share", "adaptation overhead"),
@@ -229,10 +253,10 @@ def _fmt(key: str, row: dict[str, Any]) -> str:
     value = row[key]
     if value is None:
         return "n/a"
-    if key in ("success", "return"):
+    if key in ("success", "return", "held_out_success"):
         ci = row[f"{key}_ci95"]
         return f"{value:.3f} ± {ci:.3f}" if len(row["seeds"]) > 1 else f"{value:.3f}"
-    if key in ("success_retention", "return_retention"):
+    if key in ("success_retention", "return_retention", "held_out_retention"):
         return "∞" if math.isinf(value) else f"{100 * value:.0f} %"
     if key == "adaptation_share":
         return f"{100 * value:.2f} %"
@@ -258,7 +282,9 @@ def render_markdown(rows: list[dict[str, Any]], incomplete: list[str]) -> str:
     seeds = sorted({tuple(r["seeds"]) for r in rows})
     lines += [
         "",
-        "Success and return: mean over seeds ± 95 % CI (Student's t). Query reduction, latency and retention "
+        "Held-out success: the greedy policy after training, one episode on each held-out game (games "
+        "disjoint from training), mean over seeds ± 95 % CI (Student's t). Training success and return: the "
+        "exploring agent on training games, the same way. Query reduction, latency and retention "
         f"are against `{REFERENCE_METHOD}` on the same environment; queries count full and partial LLM calls "
         "per episode. Deterministic baselines (direct-llm, react) replay the same episode on a fixed game, "
         "so they run one episode per seed. Environments marked (generated) use problems generated offline, "
@@ -277,6 +303,10 @@ def render_csv(rows: list[dict[str, Any]]) -> str:
         "method",
         "seeds",
         "episodes",
+        "held_out_success",
+        "held_out_success_ci95",
+        "held_out_games",
+        "held_out_retention",
         "success",
         "success_ci95",
         "return",
@@ -333,18 +363,19 @@ def plot(rows: list[dict[str, Any]], out: Path) -> list[Path]:
     fig, axes = plt.subplots(1, len(envs), figsize=(4.2 * len(envs), 3.6), squeeze=False)
     for ax, env in zip(axes[0], envs):
         for row in (r for r in rows if r["env"] == env):
+            held = row["held_out_success"] is not None
             ax.errorbar(
                 row["llm_queries_per_episode"],
-                row["success"],
-                yerr=row["success_ci95"],
+                row["held_out_success"] if held else row["success"],
+                yerr=row["held_out_success_ci95"] if held else row["success_ci95"],
                 fmt="o",
                 color=colours[row["method"]],
                 label=row["method"],
                 capsize=3,
             )
         ax.set_xscale("symlog", linthresh=1.0)
-        ax.set_xlabel("LLM queries per episode")
-        ax.set_ylabel("success rate")
+        ax.set_xlabel("LLM queries per training episode")
+        ax.set_ylabel("held-out success rate")
         ax.set_ylim(-0.05, 1.05)
         ax.set_title(env)
         ax.grid(alpha=0.3)
@@ -375,6 +406,31 @@ def plot(rows: list[dict[str, Any]], out: Path) -> list[Path]:
     _save_figure(fig, path)
     plt.close(fig)
     written.append(path)
+
+    curved = [r for r in rows if len(r["held_out_curve"]) > 1]
+    if curved:
+        fig, axes = plt.subplots(2, len(envs), figsize=(4.2 * len(envs), 6.6), squeeze=False)
+        for col, env in enumerate(envs):
+            for row in (r for r in curved if r["env"] == env):
+                mean = np.array([p["success"]["mean"] for p in row["held_out_curve"]])
+                ci = np.array([p["success"]["ci95"] for p in row["held_out_curve"]])
+                for ax, key in zip((axes[0][col], axes[1][col]), ("train_steps", "train_llm_queries")):
+                    x = np.array([p[key] for p in row["held_out_curve"]])
+                    ax.plot(x, mean, color=colours[row["method"]], label=row["method"], marker=".")
+                    ax.fill_between(x, mean - ci, mean + ci, color=colours[row["method"]], alpha=0.15)
+            axes[0][col].set_title(env)
+            axes[0][col].set_xlabel("training environment steps")
+            axes[1][col].set_xlabel("training LLM queries")
+            for ax in (axes[0][col], axes[1][col]):
+                ax.set_ylabel("held-out success")
+                ax.set_ylim(-0.05, 1.05)
+                ax.grid(alpha=0.3)
+        axes[0][0].legend(fontsize=7)
+        fig.tight_layout()
+        path = out / "held_out_curves.png"
+        _save_figure(fig, path)
+        plt.close(fig)
+        written.append(path)
     return written
 
 

@@ -1,21 +1,29 @@
-"""Experiments (docs/design.md §1): any registered agent on an environment, over episodes and seeds.
+"""Experiments (docs/design.md §1): any registered agent on an environment, over episodes and seeds,
+under the train / evaluate protocol.
 
-The episode loop itself is the agent's (``Agent.run_episode``); this module builds the environment,
-encoder, backend and prior cache the agent takes, runs its episodes and records them.
+Training episode ``e`` of every seed plays training game ``e mod train_games`` (game seeds
+``game_seeds(env, "train", train_games)``, the same games for every seed and method). Every
+``eval_every`` episodes, and after the last, the agent plays each of ``eval_games`` held-out games
+once with its greedy policy and no learning (:mod:`priorcache.experiments.evaluation`); the final
+held-out success, mean and 95 % CI over seeds, is the run's headline. ``shots``/``adapt`` adapt the
+LLM prior to the environment on oracle episodes of training games first (F8,
+:mod:`priorcache.experiments.adapt`).
 
-A run writes into its output folder, each file atomically and after every episode, so an
-interrupted run leaves the episodes it finished readable:
+This module builds the environments, encoder, backend and prior cache the agent takes, runs its
+episodes (the episode loop itself is the agent's, ``Agent.run_episode``) and records them. A run
+writes into its output folder, each file atomically and after every episode, so an interrupted run
+leaves the episodes it finished readable:
 - ``config.json``   what was run;
-- ``metrics.jsonl`` one line per episode (docs/design.md §1);
-- ``summary.json``  the aggregate over seeds;
-- ``cache/``        the prior cache at the end of the run (and ``--cache-path`` is written back).
+- ``metrics.jsonl`` one line per training episode (docs/design.md §1);
+- ``evals.jsonl``   one line per evaluation episode (held-out game, after how many training episodes);
+- ``summary.json``  the aggregate over seeds, held-out success first;
+- ``cache/``        the prior cache at the end of the run (and ``--cache-path`` is written back);
+- ``tensorboard/``  scalars per seed, with ``tensorboard=True``.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,14 +35,17 @@ from priorcache.agents.registry import AGENTS, agent_spec, make_agent
 from priorcache.cache.encoder import MiniLMEncoder
 from priorcache.cache.prior_cache import CacheConfig, PriorCache
 from priorcache.cache.store import has_saved_cache
-from priorcache.envs.registry import make_env
+from priorcache.envs.registry import game_seeds, make_split_env
 from priorcache.errors import ConfigError
-from priorcache.experiments.metrics import EpisodeRecord, summarise
+from priorcache.experiments.adapt import Adaptation, adapt_prior, check_adaptation
+from priorcache.experiments.evaluation import EvalEpisode, evaluate
+from priorcache.experiments.metrics import EpisodeRecord, summarise, summarise_held_out
+from priorcache.experiments.tensorboard_log import ScalarLog
 from priorcache.io import atomic_write_json, atomic_write_text
 from priorcache.prior.action_prior import PriorConfig
 from priorcache.prior.base import LLMBackend
 from priorcache.prior.prompts import prompt_builder
-from priorcache.prior.registry import make_backend
+from priorcache.validation import is_int
 
 #: Agents whose episodes on a fixed game repeat exactly (greedy, no learning, no sampling).
 DETERMINISTIC_AGENTS = frozenset(name for name, spec in AGENTS.items() if spec.cls.deterministic)
@@ -50,7 +61,7 @@ class RunConfig:
     backend: str = "embedded"
     model_path: str | None = None
     device: str = "cpu"
-    episodes: int = 10
+    episodes: int = 10  # training episodes per seed
     seeds: list[int] = field(default_factory=lambda: [0])
     max_episode_steps: int | None = None  # None: the environment's own default
     out: Path = Path("runs/latest")
@@ -58,15 +69,33 @@ class RunConfig:
     # F2 temperature: α_0 when nothing hits, α_min at a 100 % hit rate (α_min = α_0 turns F2 off).
     alpha_0: float = 1.0
     alpha_min: float = 0.25
+    train_games: int = 10  # training games, played in turn
+    eval_games: int = 10  # held-out games of every evaluation
+    eval_every: int = 0  # evaluate every this many training episodes (and after the last); 0: after the last only
+    shots: int = 0  # training games whose oracle episodes adapt the prior (F8)
+    adapt: str = "none"  # none | icl | lora | both
+    max_examples: int = 10  # in-context pairs at most (icl, both)
+    tensorboard: bool = False
 
     def __post_init__(self) -> None:
         agent_spec(self.agent)  # ConfigError naming the choices for an unknown agent
-        if self.episodes < 1:
-            raise ConfigError(f"episodes must be ≥ 1, got {self.episodes}")
+        for name in ("episodes", "train_games", "eval_games"):
+            value = getattr(self, name)
+            if not is_int(value) or value < 1:
+                raise ConfigError(f"{name} must be an integer ≥ 1, got {value!r}")
+        for name in ("eval_every", "max_examples"):
+            value = getattr(self, name)
+            if not is_int(value) or value < 0:
+                raise ConfigError(f"{name} must be an integer ≥ 0, got {value!r}")
         if not self.seeds:
             raise ConfigError("at least one seed is needed")
         if self.max_episode_steps is not None and self.max_episode_steps < 1:
             raise ConfigError(f"max_episode_steps must be ≥ 1, got {self.max_episode_steps}")
+        check_adaptation(self.shots, self.adapt)
+        if self.adapt != "none" and not agent_spec(self.agent).needs_llm:
+            raise ConfigError(f"--adapt {self.adapt} adapts the LLM prior, which the {self.agent} agent does not use")
+        game_seeds(self.env, "train", max(self.train_games, self.shots))  # refuses more games than the split has
+        game_seeds(self.env, "eval", self.eval_games)
         self.agent_config()  # validates the agent's parameters now, not mid-run
 
     def agent_config(self) -> Any:
@@ -81,97 +110,111 @@ class RunConfig:
         return out
 
 
+class _Games:
+    """The training and evaluation environments of a run, each made once (on first use) and shared
+    by every seed: an episode starts with ``reset``, so nothing carries over between episodes."""
+
+    def __init__(self, config: RunConfig) -> None:
+        self.env = config.env
+        self.kwargs = dict(config.env_kwargs)
+        if config.max_episode_steps is not None:
+            self.kwargs["max_episode_steps"] = config.max_episode_steps
+        self.train_seeds = game_seeds(config.env, "train", config.train_games)
+        self.eval_seeds = game_seeds(config.env, "eval", config.eval_games)
+        self._open: dict[tuple[str, int], Any] = {}
+
+    def get(self, split: str, game_seed: int) -> Any:
+        if (split, game_seed) not in self._open:
+            self._open[split, game_seed] = make_split_env(self.env, split, game_seed, **self.kwargs)
+        return self._open[split, game_seed]
+
+    def train_game(self, episode: int) -> tuple[int, Any]:
+        game = self.train_seeds[episode % len(self.train_seeds)]
+        return game, self.get("train", game)
+
+    def eval_games(self) -> list[tuple[int, Any]]:
+        return [(game, self.get("eval", game)) for game in self.eval_seeds]
+
+    @property
+    def sources(self) -> set[str]:
+        """Where the games came from (e.g. ALFWorld "generated" or "official:valid_unseen")."""
+        return {str(env.source) for env in self._open.values() if getattr(env, "source", None)}
+
+    def close(self) -> None:
+        for env in self._open.values():
+            env.close()
+        self._open.clear()
+
+
 def run_experiment(
     config: RunConfig,
     backend: LLMBackend | None = None,
     encoder: MiniLMEncoder | None = None,
     progress: bool = True,
+    adaptation: Adaptation | None = None,
 ) -> dict[str, Any]:
-    """Run ``config`` and return its summary. ``backend``/``encoder`` may be passed to share loaded models."""
+    """Run ``config`` and return its summary.
+
+    ``backend``/``encoder`` may be passed to share loaded models; ``adaptation`` (from
+    :func:`priorcache.experiments.adapt.adapt_prior`) to share an adapted backend and its examples.
+    A plain ``backend`` cannot stand for a fine-tuned one: with ``adapt`` lora/both, pass ``adaptation``."""
     # Everything that can refuse bad input (env name and settings, backend, saved cache) is built
     # before the output folder is touched, so a bad invocation writes nothing.
     spec = agent_spec(config.agent)
     agent_config = config.agent_config()
-    uses_cache = spec.uses_cache
-    envs = _lazy_envs(config)
-    first_env = next(envs)
-    cache: PriorCache | None = None
-    needs_llm = spec.needs_llm
-    if needs_llm:
-        backend = backend or make_backend(config.backend, model_path=config.model_path, device=config.device)
-    encoder = encoder or MiniLMEncoder()
-    if uses_cache:
-        cache = PriorCache(config.cache, encoder, backend, prior_config=config.prior)
-        if config.cache_path is not None:
-            cache_path = Path(config.cache_path)
-            if has_saved_cache(cache_path):
-                cache.load(cache_path)
-            elif cache_path.exists() and (not cache_path.is_dir() or any(cache_path.iterdir())):
-                raise ConfigError(
-                    f"--cache-path {cache_path} exists but holds no saved prior cache; "
-                    "give an empty or new folder, or a folder a previous run saved a cache into"
-                )
-    components = {
-        "encoder": encoder,
-        "prior_cache": cache,
-        "backend": backend,
-        "prompt_builder": prompt_builder(config.env),
-    }
-    # One agent per seed, the first built now: it refuses unusable components (e.g. a backend
-    # ReAct cannot generate with) before anything is written.
-    agents = (make_agent(config.agent, agent_config, seed=seed, **components) for seed in config.seeds)
-    first_agent = next(agents)
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "config.json", config.to_json())
-
-    records: list[dict[str, Any]] = []
-    sources: set[str | None] = set()
-    bar = tqdm(
-        total=config.episodes * len(config.seeds),
-        desc=f"{config.env} {config.agent}/{config.cache.mode}",
-        unit="ep",
-        disable=not progress,
-    )
+    games = _Games(config)
     try:
-        for seed, env, agent in zip(
-            config.seeds, itertools.chain([first_env], envs), itertools.chain([first_agent], agents)
-        ):
-            sources.add(getattr(env, "source", None))
-            try:
-                for episode in range(config.episodes):
-                    adapted_before = cache.stats()["adaptation_time_s"] if cache is not None else 0.0
-                    record = _run_episode(env, agent, seed, episode)
-                    if cache is not None:
-                        record.cache_params = cache.params()
-                        record.adaptation_time_s = cache.stats()["adaptation_time_s"] - adapted_before
-                    records.append(record.to_json())
-                    _write_progress(out, records)
-                    bar.update(1)
-                    bar.set_postfix(
-                        success=f"{sum(r['success'] for r in records) / len(records):.2f}",
-                        llm=sum(r["llm_calls"] + r["partial_calls"] for r in records),
-                    )
-            finally:
-                env.close()
+        games.train_game(0)  # refuses bad environment settings now
+        needs_llm = spec.needs_llm
+        examples: list[tuple[str, str]] = []
+        adaptation_info: dict[str, Any] | None = None
+        if needs_llm:
+            if adaptation is None:
+                if backend is not None and config.adapt in ("lora", "both"):
+                    raise ConfigError(f"adapt {config.adapt!r} fine-tunes the backend: pass adaptation=, not backend=")
+                adaptation = adapt_prior(
+                    config.env,
+                    config.backend,
+                    config.shots,
+                    config.adapt,
+                    model_path=config.model_path,
+                    device=config.device,
+                    max_examples=config.max_examples,
+                    max_steps=config.max_episode_steps,
+                    base=backend,
+                    progress=progress,
+                )
+            backend, examples, adaptation_info = adaptation.backend, adaptation.examples, adaptation.info
+        encoder = encoder or MiniLMEncoder()
+        cache = _make_cache(config, encoder, backend) if spec.uses_cache else None
+        components = {
+            "encoder": encoder,
+            "prior_cache": cache,
+            "backend": backend,
+            "prompt_builder": prompt_builder(config.env, examples),
+        }
+        # One agent per seed, the first built now: it refuses unusable components (e.g. a backend
+        # ReAct cannot generate with) before anything is written.
+        agents = [make_agent(config.agent, agent_config, seed=config.seeds[0], **components)]
+        out = Path(config.out)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / "config.json", config.to_json())
+        records, evals = _train_and_evaluate(config, games, agents, components, cache, out, progress)
     finally:
-        bar.close()
-        if cache is not None:
-            cache.save(out / "cache")
-            if config.cache_path is not None:
-                cache.save(config.cache_path)
-
+        games.close()
     summary = summarise(records)
+    summary = {"held_out": summarise_held_out(evals), **summary}
     summary.update(
         {
             "env": config.env,
             "env_kwargs": config.env_kwargs,
             "agent": config.agent,
-            "cache_mode": config.cache.mode if uses_cache else "n/a",
+            "cache_mode": config.cache.mode if spec.uses_cache else "n/a",
             "backend": config.backend if needs_llm else None,
             # where the games came from, e.g. ALFWorld "generated" vs "official:valid_seen"
-            "env_source": ",".join(sorted(s for s in sources if s)) or None,
+            "env_source": ",".join(sorted(games.sources)) or None,
             "cache_stats": cache.stats() if cache is not None else None,
+            "adaptation": adaptation_info,
         }
     )
     if cache is not None:
@@ -184,13 +227,80 @@ def run_experiment(
     return summary
 
 
-def _lazy_envs(config: RunConfig) -> Iterator[Any]:
-    """One environment per seed (a seed is its own generated game), made when its turn comes."""
-    for seed in config.seeds:
-        kwargs = dict(config.env_kwargs)
-        if config.max_episode_steps is not None:
-            kwargs["max_episode_steps"] = config.max_episode_steps
-        yield make_env(config.env, game_seed=seed, **kwargs)
+def _make_cache(config: RunConfig, encoder: MiniLMEncoder, backend: LLMBackend | None) -> PriorCache:
+    cache = PriorCache(config.cache, encoder, backend, prior_config=config.prior)
+    if config.cache_path is not None:
+        cache_path = Path(config.cache_path)
+        if has_saved_cache(cache_path):
+            cache.load(cache_path)
+        elif cache_path.exists() and (not cache_path.is_dir() or any(cache_path.iterdir())):
+            raise ConfigError(
+                f"--cache-path {cache_path} exists but holds no saved prior cache; "
+                "give an empty or new folder, or a folder a previous run saved a cache into"
+            )
+    return cache
+
+
+def _train_and_evaluate(
+    config: RunConfig,
+    games: _Games,
+    agents: list[Agent],
+    components: dict[str, Any],
+    cache: PriorCache | None,
+    out: Path,
+    progress: bool,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Every seed's training episodes with its evaluations; returns (metrics lines, evals lines)."""
+    records: list[dict[str, Any]] = []
+    evals: list[dict[str, Any]] = []
+    log = ScalarLog(out / "tensorboard" if config.tensorboard else None)
+    every = config.eval_every
+    bar = tqdm(
+        total=config.episodes * len(config.seeds),
+        desc=f"{config.env} {config.agent}/{config.cache.mode}",
+        unit="ep",
+        disable=not progress,
+    )
+
+    def run_eval(seed: int, agent: Agent, done: int, steps: int, queries: int) -> None:
+        found: list[EvalEpisode] = evaluate(
+            agent, games.eval_games(), seed=seed, after_episodes=done, train_steps=steps, train_llm_queries=queries
+        )
+        evals.extend(e.to_json() for e in found)
+        log.evaluation(seed, found)
+        _write_progress(out, records, evals)
+        bar.set_postfix(held_out=f"{sum(e.success for e in found) / len(found):.2f}", llm=queries)
+
+    try:
+        for i, seed in enumerate(config.seeds):
+            agent = agents[0] if i == 0 else make_agent(config.agent, config.agent_config(), seed=seed, **components)
+            steps = queries = 0
+            if every:
+                run_eval(seed, agent, 0, 0, 0)
+            for episode in range(config.episodes):
+                game_seed, env = games.train_game(episode)
+                adapted_before = cache.stats()["adaptation_time_s"] if cache is not None else 0.0
+                record = _run_episode(env, agent, seed, episode)
+                record.game_seed = game_seed
+                if cache is not None:
+                    record.cache_params = cache.params()
+                    record.adaptation_time_s = cache.stats()["adaptation_time_s"] - adapted_before
+                steps += record.steps
+                queries += record.llm_calls + record.partial_calls
+                records.append(record.to_json())
+                log.episode(seed, record, steps, queries)
+                _write_progress(out, records, evals)
+                bar.update(1)
+                if (every and (episode + 1) % every == 0) or episode + 1 == config.episodes:
+                    run_eval(seed, agent, episode + 1, steps, queries)
+    finally:
+        bar.close()
+        log.close()
+        if cache is not None:
+            cache.save(out / "cache")
+            if config.cache_path is not None:
+                cache.save(config.cache_path)
+    return records, evals
 
 
 def _run_episode(env: Any, agent: Agent, seed: int, episode: int) -> EpisodeRecord:
@@ -203,9 +313,15 @@ def _run_episode(env: Any, agent: Agent, seed: int, episode: int) -> EpisodeReco
     return record
 
 
-def _write_progress(out: Path, records: list[dict[str, Any]]) -> None:
+def _write_progress(out: Path, records: list[dict[str, Any]], evals: list[dict[str, Any]]) -> None:
     atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in records))
-    atomic_write_json(out / "summary.json", {"partial": True, **summarise(records)})
+    atomic_write_text(out / "evals.jsonl", "".join(json.dumps(e) + "\n" for e in evals))
+    partial: dict[str, Any] = {"partial": True}
+    if evals:
+        partial["held_out"] = summarise_held_out(evals)
+    if records:
+        partial.update(summarise(records))
+    atomic_write_json(out / "summary.json", partial)
 
 
 def load_summary(run_dir: Path) -> dict[str, Any]:

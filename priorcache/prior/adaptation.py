@@ -1,10 +1,18 @@
 """F8 (b): LoRA fine-tuning of a transformers-loadable backend on a few (prompt, action) pairs (docs/design.md §2).
 
 The pairs are the prompts the cache scores with (``prompt_builder(env)(objective, state_text)``) and
-the oracle's action there. The loss is the mean negative log-probability of the action's tokens,
-tokenised exactly as :class:`~priorcache.prior.transformers_backend.TransformersBackend` scores a
-continuation (prefix ids, state ids, then ``" " + action``), so training raises the very F3 score
-the prior is built from.
+the oracle's action there, optionally with the state's candidate actions (triples). Two losses
+(``loss=``), both on token ids exactly as :class:`~priorcache.prior.transformers_backend.TransformersBackend`
+scores a continuation (prefix ids, state ids, then ``" " + action``):
+
+- ``"token"``: the mean negative log-probability of the action's tokens (next-token LM loss);
+- ``"choice"``: the cross-entropy of the F3 prior itself, softmax over the candidates of their
+  length-normalised scores ℓ (mean token log-probability, τ = 1), at the oracle's action: the
+  prior is trained as a classifier over the admissible actions. The scores come from the backend's
+  own scoring forward (one packed row: state tokens and the candidates' token trie), run with
+  gradients, so training raises exactly the F3 score the prior is built from, relative to the
+  other candidates. Needs the candidates;
+- ``"both"``: the sum of the two.
 
 The adapter (peft's ``adapter_config.json`` + ``adapter_model.safetensors``) is kept under
 ``cache_root() / "adapters" / <key>``, the key being the sha256 of the base model's identity, the
@@ -38,6 +46,13 @@ ADAPTER_META = "priorcache-adapter.json"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 FORMAT_VERSION = 1
 DEFAULT_LEARNING_RATE = 1e-3
+#: The losses ``lora_finetune`` knows, with the text that enters the adapter key.
+LOSSES = {
+    "token": "mean action-token NLL",
+    "choice": "cross-entropy of softmax over candidates of mean action-token log-prob",
+    "both": "mean action-token NLL + candidate cross-entropy",
+}
+DEFAULT_LOSS = "token"
 # peft 0.21 asks transformers 5.24 the deprecated ``is_gradient_checkpointing``: nothing to act on here.
 _CHECKPOINTING_WARNING = ".*is_gradient_checkpointing.*"
 
@@ -69,7 +84,7 @@ def base_model_identity(model_path: str | os.PathLike[str]) -> dict[str, str]:
 
 
 def _hyper_parameters(
-    rank: int, alpha: float, epochs: int, learning_rate: float, seed: int, batch_size: int
+    rank: int, alpha: float, epochs: int, learning_rate: float, seed: int, batch_size: int, loss: str = "token"
 ) -> dict[str, Any]:
     for label, value in (("rank", rank), ("epochs", epochs), ("batch_size", batch_size)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -80,6 +95,8 @@ def _hyper_parameters(
         raise ConfigError(f"alpha must be > 0, got {alpha!r}")
     if not (isinstance(learning_rate, (int, float)) and np.isfinite(learning_rate) and learning_rate > 0):
         raise ConfigError(f"learning_rate must be a finite number > 0, got {learning_rate!r}")
+    if loss not in LOSSES:
+        raise ConfigError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
     return {
         "rank": rank,
         "alpha": float(alpha),
@@ -89,33 +106,47 @@ def _hyper_parameters(
         "batch_size": batch_size,
         "target_modules": "all-linear",
         "dropout": 0.0,
-        "loss": "mean action-token NLL",
+        "loss": LOSSES[loss],
         "format": FORMAT_VERSION,
     }
 
 
-def _check_pairs(pairs: Sequence[tuple[Prompt, str]]) -> list[tuple[Prompt, str]]:
+#: A training example: (Prompt, action) or (Prompt, action, candidates), the action among the candidates.
+Pair = tuple[Prompt, str] | tuple[Prompt, str, Sequence[str]]
+
+
+def _check_pairs(pairs: Sequence[Pair]) -> list[tuple[Prompt, str, tuple[str, ...] | None]]:
+    """The pairs as (prompt, action, candidates or None), refusing anything malformed."""
     checked = list(pairs)
     if not checked:
         raise ConfigError("LoRA fine-tuning needs at least one (prompt, action) pair")
+    out = []
     for item in checked:
-        if not (isinstance(item, (tuple, list)) and len(item) == 2):
-            raise ConfigError(f"expected (Prompt, action) pairs, got {item!r}")
-        prompt, action = item
+        if not (isinstance(item, (tuple, list)) and len(item) in (2, 3)):
+            raise ConfigError(f"expected (Prompt, action) pairs or (Prompt, action, candidates) triples, got {item!r}")
+        prompt, action = item[0], item[1]
         if not isinstance(prompt, Prompt):
             raise ConfigError(f"expected a Prompt(prefix, state), got {type(prompt).__name__}")
         if not isinstance(action, str) or not action.strip():
             raise ConfigError(f"an action must be a non-empty string, got {action!r}")
-    return [(p, a) for p, a in checked]
+        candidates = None
+        if len(item) == 3:
+            if isinstance(item[2], str) or not all(isinstance(c, str) and c.strip() for c in item[2]):
+                raise ConfigError(f"candidates must be a sequence of non-empty strings, got {item[2]!r}")
+            candidates = tuple(item[2])
+            if action not in candidates or len(set(candidates)) != len(candidates):
+                raise ConfigError(f"the action {action!r} must be one of distinct candidates {candidates!r}")
+        out.append((prompt, action, candidates))
+    return out
 
 
-def adapter_key(base_fingerprint: str, env: str, pairs: Sequence[tuple[Prompt, str]], hyper: dict[str, Any]) -> str:
-    """sha256 (hex) of the base model's fingerprint, the environment, the pairs' text (in order) and
-    the hyper-parameters: equal inputs give the same adapter folder."""
+def adapter_key(base_fingerprint: str, env: str, pairs: Sequence[Pair], hyper: dict[str, Any]) -> str:
+    """sha256 (hex) of the base model's fingerprint, the environment, the pairs' text (in order, with
+    their candidates when given) and the hyper-parameters: equal inputs give the same adapter folder."""
     payload = {
         "base": base_fingerprint,
         "env": env,
-        "pairs": [[p.prefix, p.state, a] for p, a in _check_pairs(pairs)],
+        "pairs": [[p.prefix, p.state, a] + ([list(c)] if c is not None else []) for p, a, c in _check_pairs(pairs)],
         "hyper": hyper,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
@@ -181,7 +212,21 @@ def apply_adapter(model: Any, model_path: str | os.PathLike[str], adapter: str |
     return merged, meta["key"]
 
 
-def _train(backend: Any, pairs: list[tuple[Prompt, str]], hyper: dict[str, Any], out: Path) -> None:
+def _choice_scores(backend: Any, context: list[int], action_ids: list[list[int]]) -> Any:
+    """The F3 scores ℓ (mean token log-probability) of every candidate after ``context``, with gradients,
+    from the backend's own scoring forward (packed trie where the model allows it, else padded)."""
+    import torch
+
+    if backend._can_pack():
+        first, later = backend._run_packed(None, 0, context, action_ids)
+    else:
+        first, later = backend._run_padded(None, 0, context, action_ids)
+    return torch.stack([(first[ids[0]] + later[j].sum()) / len(ids) for j, ids in enumerate(action_ids)])
+
+
+def _train(
+    backend: Any, pairs: list[tuple[Prompt, str, tuple[str, ...] | None]], hyper: dict[str, Any], out: Path
+) -> None:
     """Fit LoRA weights on ``backend``'s model (in place: the backend is spent afterwards) and save them in ``out``."""
     import torch
     from peft import LoraConfig, get_peft_model
@@ -198,14 +243,26 @@ def _train(backend: Any, pairs: list[tuple[Prompt, str]], hyper: dict[str, Any],
         warnings.filterwarnings("ignore", message=_CHECKPOINTING_WARNING, category=FutureWarning)
         model = get_peft_model(backend._model, config)
     model.train()
+    # The backend's scoring helpers now run the trainable model (the backend is spent afterwards).
+    backend._model = model
+    loss_kind = next(name for name, text in LOSSES.items() if text == hyper["loss"])
     rows = []
-    for prompt, action in pairs:
+    for prompt, action, candidates in pairs:
         context = backend._prefix_ids(prompt.prefix) + backend._encode(prompt.state)
-        action_ids = backend._action_ids(action)
         if not context:
             raise ConfigError(backend._empty_context_message())
-        # As the backend's naive path: the last action token is only a target, never an input.
-        rows.append((context + action_ids[:-1], action_ids))
+        if loss_kind == "token":
+            action_ids = backend._action_ids(action)
+            # As the backend's naive path: the last action token is only a target, never an input.
+            rows.append((context + action_ids[:-1], action_ids))
+        elif candidates is None:
+            raise ConfigError(
+                f"loss {loss_kind!r} needs the candidates of every state: give (Prompt, action, candidates)"
+            )
+        elif loss_kind == "both" or len(candidates) > 1:  # one candidate: nothing to choose, no gradient
+            rows.append((context, [backend._action_ids(c) for c in candidates], candidates.index(action)))
+    if not rows:
+        raise ConfigError("no training state has more than one candidate: the choice loss has nothing to learn")
     params = [p for p in model.parameters() if p.requires_grad]
     optimiser = torch.optim.AdamW(params, lr=hyper["learning_rate"], weight_decay=0.0)
     rng = np.random.default_rng(hyper["seed"])
@@ -215,13 +272,21 @@ def _train(backend: Any, pairs: list[tuple[Prompt, str]], hyper: dict[str, Any],
         for start in range(0, len(order), size):
             batch = [rows[i] for i in order[start : start + size]]
             optimiser.zero_grad(set_to_none=True)
-            for inputs, targets in batch:  # one row per forward: no padding, exactly the scored token ids
-                logits = model(
-                    input_ids=backend._tensor([inputs]), use_cache=False, logits_to_keep=len(targets)
-                ).logits[0]
-                loss = torch.nn.functional.cross_entropy(
-                    logits.float(), torch.tensor(targets, device=logits.device), reduction="mean"
-                )
+            for row in batch:  # one state per forward: no padding, exactly the scored token ids
+                if loss_kind == "token":
+                    inputs, targets = row
+                    logits = model(
+                        input_ids=backend._tensor([inputs]), use_cache=False, logits_to_keep=len(targets)
+                    ).logits[0]
+                    loss = torch.nn.functional.cross_entropy(
+                        logits.float(), torch.tensor(targets, device=logits.device), reduction="mean"
+                    )
+                else:
+                    context, action_ids, target = row
+                    scores = _choice_scores(backend, context, action_ids).float()
+                    # token NLL of the oracle action = −ℓ_target; the F3 prior's cross-entropy at τ = 1
+                    loss = -scores[target] if loss_kind == "both" else scores.new_zeros(())
+                    loss = loss + torch.logsumexp(scores, 0) - scores[target]
                 (loss / len(batch)).backward()
             optimiser.step()
     model.eval()
@@ -230,7 +295,7 @@ def _train(backend: Any, pairs: list[tuple[Prompt, str]], hyper: dict[str, Any],
 
 def lora_finetune(
     model_path: str | os.PathLike[str],
-    pairs: Sequence[tuple[Prompt, str]],
+    pairs: Sequence[Pair],
     *,
     env: str = "",
     rank: int = 8,
@@ -239,11 +304,13 @@ def lora_finetune(
     learning_rate: float = DEFAULT_LEARNING_RATE,
     seed: int = 0,
     batch_size: int = 4,
+    loss: str = DEFAULT_LOSS,
     device: str = "cpu",
     cache_dir: str | os.PathLike[str] | None = None,
 ) -> LoraAdapter:
     """Fine-tune LoRA weights (all linear layers but the LM head) of the causal LM in ``model_path``
-    on ``pairs`` of (Prompt, action), or reuse the adapter saved for the same key; see the module doc.
+    on ``pairs`` of (Prompt, action) or (Prompt, action, candidates) with the ``loss`` named in
+    ``LOSSES``, or reuse the adapter saved for the same key; see the module doc.
 
     ``cache_dir`` overrides ``cache_root() / "adapters"``. A damaged folder under the key, or one
     made for another base model, is refused with ConfigError (delete it to train again)."""
@@ -251,7 +318,7 @@ def lora_finetune(
 
     start = time.perf_counter()
     pairs = _check_pairs(pairs)
-    hyper = _hyper_parameters(rank, alpha, epochs, learning_rate, seed, batch_size)
+    hyper = _hyper_parameters(rank, alpha, epochs, learning_rate, seed, batch_size, loss)
     base = base_model_identity(model_path)
     key = adapter_key(base["fingerprint"], env, pairs, hyper)
     root = Path(cache_dir).expanduser() if cache_dir is not None else cache_root() / "adapters"
@@ -267,7 +334,11 @@ def lora_finetune(
         return meta
 
     def build(tmp: Path) -> None:
-        print(f"priorcache: LoRA fine-tuning on {len(pairs)} pairs ({epochs} epochs)…", file=sys.stderr, flush=True)
+        print(
+            f"priorcache: LoRA fine-tuning on {len(pairs)} pairs ({epochs} epochs, {loss} loss)…",
+            file=sys.stderr,
+            flush=True,
+        )
         backend = TransformersBackend(model_path, device=device, prefix_cache_size=0)
         _train(backend, pairs, hyper, tmp)
         del backend

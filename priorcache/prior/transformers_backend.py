@@ -53,6 +53,38 @@ class _PrefixState:
     length: int
 
 
+class _PackedPrompt:
+    """One prompt's share of a packed forward: its prefix state, state tokens, actions' token ids
+    and the trie of the actions' proper token prefixes (node input token, parent node or -1, depth,
+    and the node of each token prefix)."""
+
+    def __init__(self, prefix: _PrefixState | None, state_ids: list[int], action_ids: list[list[int]]) -> None:
+        self.prefix = prefix
+        self.state_ids = state_ids
+        self.action_ids = action_ids
+        self.node_of: dict[tuple[int, ...], int] = {}
+        self.tokens: list[int] = []
+        self.parents: list[int] = []
+        self.depths: list[int] = []
+        for ids in action_ids:
+            for k in range(1, len(ids)):
+                key = tuple(ids[:k])
+                if key not in self.node_of:
+                    self.node_of[key] = len(self.tokens)
+                    self.tokens.append(ids[k - 1])
+                    self.parents.append(self.node_of.get(key[:-1], -1))
+                    self.depths.append(k - 1)
+
+    @property
+    def prefix_len(self) -> int:
+        return self.prefix.length if self.prefix is not None else 0
+
+    @property
+    def length(self) -> int:
+        """Positions in the packed row: state tokens and trie nodes."""
+        return len(self.state_ids) + len(self.tokens)
+
+
 def _resolve_dtype(dtype: Any, device: str) -> Any:
     if dtype is None:
         # float32 is the fast path on CPU and exact; accelerators take the checkpoint's own dtype.
@@ -197,20 +229,24 @@ class TransformersBackend:
         *,
         reuse_prefix: bool = True,
     ) -> ScoreResult:
-        """F3 scores of ``candidates[i]`` after ``prompts[i]``. Per prompt: the prefix only when
-        it is not cached, then one forward for state and candidates (packed layout) or one for the
-        state and one for the candidates (padded). ``reuse_prefix=False`` neither reads nor fills
-        the F9 prefix cache (the prefix is run again), for measuring what F9 saves."""
+        """F3 scores of ``candidates[i]`` after ``prompts[i]``. Per prompt, the prefix only when it
+        is not cached; then, in the packed layout, ONE forward for the state parts and candidates of
+        all prompts of the call (one left-padded row per prompt over their prefixes' caches, see
+        :meth:`_run_packed`), or, in the padded layout, per prompt one forward for the state and one
+        for the candidates. ``reuse_prefix=False`` neither reads nor fills the F9 prefix cache (the
+        prefix is run again), for measuring what F9 saves."""
         pairs = self._check_batch(prompts, candidates)
         start = time.perf_counter()
-        scores: list[np.ndarray] = []
-        prompt_tokens = continuation_tokens = 0
         with torch.inference_mode():
-            for prompt, cands in pairs:
-                row, ran, cont = self._score_one(prompt, cands, length_normalise, reuse_prefix)
-                scores.append(row)
-                prompt_tokens += ran
-                continuation_tokens += cont
+            if self._can_pack():
+                scores, prompt_tokens, continuation_tokens = self._score_packed(pairs, length_normalise, reuse_prefix)
+            else:
+                scores, prompt_tokens, continuation_tokens = [], 0, 0
+                for prompt, cands in pairs:
+                    row, ran, cont = self._score_padded(prompt, cands, length_normalise, reuse_prefix)
+                    scores.append(row)
+                    prompt_tokens += ran
+                    continuation_tokens += cont
         return ScoreResult(scores, time.perf_counter() - start, prompt_tokens, continuation_tokens)
 
     def score_naive(
@@ -289,7 +325,27 @@ class TransformersBackend:
 
     # ------------------------------------------------------------------ scoring internals
 
-    def _score_one(
+    def _score_packed(
+        self, pairs: list[tuple[Prompt, list[str]]], length_normalise: bool, reuse_prefix: bool
+    ) -> tuple[list[np.ndarray], int, int]:
+        """Scores of every prompt's candidates from ONE packed forward (prefixes first, when not cached)."""
+        items: list[_PackedPrompt] = []
+        prompt_tokens = 0
+        for prompt, cands in pairs:
+            prefix_state, ran = self._prefix_state(prompt.prefix, reuse_prefix)
+            state_ids = self._encode(prompt.state)
+            if prefix_state is None and not state_ids:
+                raise BackendError(self._empty_context_message())
+            items.append(_PackedPrompt(prefix_state, state_ids, [self._action_ids(a) for a in cands]))
+            prompt_tokens += ran + len(state_ids)
+        scores = []
+        for item, (_, cands), (first, later) in zip(items, pairs, self._run_packed(items)):
+            if first is None:
+                first = item.prefix.next_logprobs  # empty state part: the prefix's own next-token log-probs
+            scores.append(self._row(first, later, item.action_ids, cands, length_normalise))
+        return scores, prompt_tokens, sum(len(ids) for item in items for ids in item.action_ids)
+
+    def _score_padded(
         self, prompt: Prompt, cands: list[str], length_normalise: bool, reuse_prefix: bool
     ) -> tuple[np.ndarray, int, int]:
         prefix_state, ran = self._prefix_state(prompt.prefix, reuse_prefix)
@@ -301,18 +357,26 @@ class TransformersBackend:
         # exactly the prefix for the next call.
         cache = copy.deepcopy(prefix_state.cache) if prefix_state is not None else None
         prefix_len = prefix_state.length if prefix_state is not None else 0
-        if self._can_pack():
-            first, later = self._run_packed(cache, prefix_len, state_ids, action_ids)
-        else:
-            first, later = self._run_padded(cache, prefix_len, state_ids, action_ids)
+        first, later = self._run_padded(cache, prefix_len, state_ids, action_ids)
         if first is None:
-            first = prefix_state.next_logprobs  # empty state part: the prefix's own next-token log-probs
-        row = np.empty(len(cands), dtype=np.float64)
+            first = prefix_state.next_logprobs
+        row = self._row(first, later, action_ids, cands, length_normalise)
+        return row, ran + len(state_ids), sum(len(ids) for ids in action_ids)
+
+    def _row(
+        self,
+        first: torch.Tensor,
+        later: list[torch.Tensor],
+        action_ids: list[list[int]],
+        cands: list[str],
+        length_normalise: bool,
+    ) -> np.ndarray:
+        """ℓ of each action from the log-probs of its first token (``first``) and of the others."""
+        row = np.empty(len(action_ids), dtype=np.float64)
         for j, ids in enumerate(action_ids):
             total = float(first[ids[0]].double()) + float(later[j].double().sum())
             row[j] = total / len(ids) if length_normalise else total
-        ran += len(state_ids)
-        return check_scores(row, cands, self._source()), ran, sum(len(ids) for ids in action_ids)
+        return check_scores(row, cands, self._source())
 
     def _can_pack(self) -> bool:
         """Whether state and candidates may share one row under a custom attention mask: only with
@@ -323,71 +387,97 @@ class TransformersBackend:
             "eager",
         )
 
-    def _run_packed(
-        self, cache: Any, prefix_len: int, state_ids: list[int], action_ids: list[list[int]]
-    ) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
-        """The state part and every action in ONE forward of a single packed row.
+    def _run_packed(self, items: list[_PackedPrompt]) -> list[tuple[torch.Tensor | None, list[torch.Tensor]]]:
+        """The state parts and every action of several prompts in ONE forward, one row per prompt.
 
-        The row is the state tokens followed by a trie of the actions' proper token prefixes
-        ("examine chest", "examine key" share "examine"). Each position carries the position id
-        it has in its own sequence and, through a custom attention mask, sees the prefix, the
+        A prompt's row is its state tokens followed by a trie of its actions' proper token prefixes
+        ("examine chest", "examine key" share "examine"). Each position carries the position id it
+        has in its own sequence and, through a custom attention mask, sees its prompt's prefix, the
         state tokens up to itself (state) or all of them plus its own ancestors (trie node). The
         logits at the node for a[:k] are then those a separate row prefix+state+a would give for
-        token k of a, with shared prefixes run once, no padding and one pass over the weights.
-        Returns the next-token log-probs after the state (None without a state part) and, per
-        action, the log-probs of its tokens 1...
+        token k of a, with shared prefixes run once and one pass over the weights for all prompts.
+
+        Rows are left-padded to the longest, so every row ends in the positions that predict scored
+        tokens and ``logits_to_keep`` covers them all; the prefixes' caches are stacked along the
+        batch, right-padded to the longest prefix. Pad keys are masked out, and a pad query sees only
+        itself (a query that sees nothing would make softmax NaN). With one prompt this is exactly the
+        single-row layout. Returns per prompt the next-token log-probs after the state (None without
+        a state part) and, per action, the log-probs of its tokens 1...
         """
-        node_of: dict[tuple[int, ...], int] = {}
-        tokens: list[int] = []
-        parents: list[int] = []
-        depths: list[int] = []
-        for ids in action_ids:
-            for k in range(1, len(ids)):
-                key = tuple(ids[:k])
-                if key not in node_of:
-                    node_of[key] = len(tokens)
-                    tokens.append(ids[k - 1])
-                    parents.append(node_of.get(key[:-1], -1))
-                    depths.append(k - 1)
-        s, q = len(state_ids), len(tokens)
-        if s + q == 0:
-            return None, [torch.zeros(0) for _ in action_ids]
-        allowed = torch.zeros(s + q, prefix_len + s + q, dtype=torch.bool)
-        allowed[:, :prefix_len] = True
-        allowed[:s, prefix_len : prefix_len + s] = torch.ones(s, s, dtype=torch.bool).tril()
-        allowed[s:, prefix_len : prefix_len + s] = True
-        for i in range(q):
-            node = i
-            while node >= 0:
-                allowed[s + i, prefix_len + s + node] = True
-                node = parents[node]
-        positions = list(range(prefix_len, prefix_len + s)) + [prefix_len + s + d for d in depths]
+        width = max(item.length for item in items)
+        if width == 0:
+            return [(None, [torch.zeros(0) for _ in item.action_ids]) for item in items]
+        cached = max(item.prefix_len for item in items)
+        allowed = torch.zeros(len(items), width, cached + width, dtype=torch.bool)
+        input_ids = torch.full((len(items), width), self._pad_id, dtype=torch.long)
+        positions = torch.zeros(len(items), width, dtype=torch.long)
+        for b, item in enumerate(items):
+            pad, s, prefix_len = width - item.length, len(item.state_ids), item.prefix_len
+            own = allowed[b, pad:, cached + pad :]  # a view: this prompt's queries over its own new tokens
+            own[:s, :s] = torch.ones(s, s, dtype=torch.bool).tril()
+            own[s:, :s] = True
+            for i in range(len(item.tokens)):
+                node = i
+                while node >= 0:
+                    own[s + i, s + node] = True
+                    node = item.parents[node]
+            allowed[b, pad:, :prefix_len] = True
+            allowed[b, torch.arange(pad), cached + torch.arange(pad)] = True
+            input_ids[b, pad:] = torch.tensor(item.state_ids + item.tokens, dtype=torch.long)
+            positions[b, pad:] = torch.tensor(
+                list(range(prefix_len, prefix_len + s)) + [prefix_len + s + d for d in item.depths], dtype=torch.long
+            )
+        keep = max(len(item.tokens) + (1 if item.state_ids else 0) for item in items)
         out = self._model(
-            input_ids=self._tensor([state_ids + tokens]),
+            input_ids=input_ids.to(self.device),
             attention_mask=self._custom_mask(allowed),
-            position_ids=self._tensor([positions]),
+            position_ids=positions.to(self.device),
             use_cache=True,
-            **self._cache_kwargs(cache),
+            **self._cache_kwargs(self._stacked_prefix_cache(items, cached)),
             # Only the last state position and the trie nodes predict a scored token.
-            logits_to_keep=q + (1 if s else 0),
+            logits_to_keep=keep,
         )
-        logprobs = torch.log_softmax(out.logits[0].float(), dim=-1)
-        first = logprobs[0] if s else None
-        nodes = logprobs[1:] if s else logprobs
-        later = []
-        for ids in action_ids:
-            rows = torch.tensor([node_of[tuple(ids[:k])] for k in range(1, len(ids))], dtype=torch.long)
-            targets = torch.tensor(ids[1:], dtype=torch.long)
-            later.append(nodes[rows.to(nodes.device), targets.to(nodes.device)])
-        return first, later
+        logprobs = torch.log_softmax(out.logits.float(), dim=-1)
+        results = []
+        for b, item in enumerate(items):
+            s = 1 if item.state_ids else 0
+            mine = logprobs[b, keep - len(item.tokens) - s :]
+            first, nodes = (mine[0], mine[1:]) if s else (None, mine)
+            later = []
+            for ids in item.action_ids:
+                rows = torch.tensor([item.node_of[tuple(ids[:k])] for k in range(1, len(ids))], dtype=torch.long)
+                targets = torch.tensor(ids[1:], dtype=torch.long)
+                later.append(nodes[rows.to(nodes.device), targets.to(nodes.device)])
+            results.append((first, later))
+        return results
+
+    def _stacked_prefix_cache(self, items: list[_PackedPrompt], cached: int) -> Any:
+        """A new KV cache holding each prompt's prefix cache in its batch row, right-padded to
+        ``cached`` positions (None when no prompt has a prefix). The stored caches are only read."""
+        if cached == 0:
+            return None
+        from transformers.cache_utils import DynamicCache
+
+        template = next(item.prefix.cache for item in items if item.prefix is not None)
+        layers = []
+        for index, layer in enumerate(template.layers):
+            keys = layer.keys.new_zeros((len(items), layer.keys.shape[1], cached, layer.keys.shape[3]))
+            values = layer.values.new_zeros((len(items), layer.values.shape[1], cached, layer.values.shape[3]))
+            for b, item in enumerate(items):
+                if item.prefix is not None:
+                    own = item.prefix.cache.layers[index]
+                    keys[b, :, : item.prefix_len] = own.keys[0]
+                    values[b, :, : item.prefix_len] = own.values[0]
+            layers.append((keys, values))
+        return DynamicCache(ddp_cache_data=layers, config=self._model.config)
 
     def _custom_mask(self, allowed: torch.Tensor) -> torch.Tensor:
-        """A (1, 1, query, key) mask from a boolean "may attend" matrix, in the form the kernel wants."""
+        """A (batch, 1, query, key) mask from a (batch, query, key) "may attend" matrix, in the form the kernel wants."""
         if self._model.config._attn_implementation == "sdpa":
-            return allowed[None, None].to(self.device)
+            return allowed[:, None].to(self.device)
         dtype = self._model.dtype  # eager attention adds the mask to the scores
         mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
-        return mask[None, None].to(self.device)
+        return mask[:, None].to(self.device)
 
     def _run_padded(
         self, cache: Any, prefix_len: int, state_ids: list[int], action_ids: list[list[int]]

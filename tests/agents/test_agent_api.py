@@ -138,6 +138,8 @@ def test_learn_takes_the_same_actions_as_the_runner(tmp_path):
         max_episode_steps=6,
         cache=CacheConfig(mode="static"),
         out=tmp_path / "run",
+        train_games=1,  # training game 0, every episode
+        eval_games=1,
     )
     run_experiment(config, backend=backend, encoder=encoder, progress=False)
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
@@ -149,7 +151,7 @@ def test_learn_takes_the_same_actions_as_the_runner(tmp_path):
     agent = DQNPriorAgent(config.agent_config(), encoder, cache, env_prompts("webshop"), seed=1)
     actions: list[list[str]] = [[]]
     agent.learn(
-        make_env("webshop", game_seed=1, max_episode_steps=6),
+        make_env("webshop", game_seed=0, max_episode_steps=6),
         3,
         seed=1,
         on_step=lambda d, r: actions[-1].append(d.action),

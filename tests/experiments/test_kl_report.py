@@ -235,7 +235,13 @@ def test_report_on_a_saved_run(tmp_path, mode):
         cache.update(similarity_threshold=0.9, meta={"update_every": 10})
     out = tmp_path / "run"
     config = RunConfig(
-        env="textworld:tw-coin_collector", cache=CacheConfig.from_dict(cache), episodes=3, max_episode_steps=20, out=out
+        env="textworld:tw-coin_collector",
+        cache=CacheConfig.from_dict(cache),
+        episodes=3,
+        max_episode_steps=20,
+        out=out,
+        train_games=1,  # one game replayed: its states repeat, so near-misses occur
+        eval_games=1,
     )
     run_experiment(config, backend=FakeBackend(), encoder=HashEncoder(), progress=False)
     report = write_kl_report(out)

@@ -66,3 +66,26 @@ def test_few_shot_examples_come_from_the_first_training_games_and_are_thinned(sh
 def test_the_cli_refuses_bad_input_with_exit_code_2() -> None:
     result = CliRunner().invoke(app, ["prior-quality", "nowhere"])
     assert result.exit_code == 2 and "unknown environment" in result.output
+
+
+@pytest.mark.parametrize("env", ["webshop", "babyai"])
+def test_off_path_states_are_labelled_by_the_reactive_oracle_on_training_games_only(env) -> None:
+    from priorcache.experiments.adapt import lora_pairs
+    from priorcache.experiments.prior_quality import off_path_steps
+
+    demos = oracle_steps(env, "train", 2)
+    off = off_path_steps(env, demos, detours=2, depth=3, seed=0)
+    assert off and off == off_path_steps(env, demos, detours=2, depth=3, seed=0)  # deterministic
+    assert {s.game_seed for s in off} <= {s.game_seed for s in demos}
+    on_path = {(s.objective, s.state_text) for s in demos}
+    assert all((s.objective, s.state_text) not in on_path for s in off)
+    assert len({(s.objective, s.state_text) for s in off}) == len(off)
+    assert all(s.action in s.candidates for s in off)
+    if env == "webshop":
+        assert any(s.action == "click[< prev]" for s in off)  # the way back after a detour
+    with pytest.raises(ConfigError, match="detours"):
+        off_path_steps(env, demos, detours=-1)
+    plain = lora_pairs(env, demos, 2, detours=0)
+    more = lora_pairs(env, demos, 2, detours=2, depth=3)
+    assert len(plain) == len(demos) and more[: len(plain)] == plain and len(more) == len(plain) + len(off)
+    assert all(a in c for _, a, c in more)

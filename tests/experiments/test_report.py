@@ -27,7 +27,10 @@ def make_run(
     finished=True,
     source=None,
     extra=None,
+    held_out=None,
 ):
+    """A synthetic run; ``held_out``: the held-out success after training (None: no evals.jsonl).
+    Its evaluations: before training (success 0) and after it, on two held-out games."""
     records = []
     for seed in seeds:
         for episode in range(episodes):
@@ -45,6 +48,25 @@ def make_run(
     config = {"env": env, "env_kwargs": {}, "agent": agent, "cache": {"mode": mode}}
     (folder / "config.json").write_text(json.dumps(config))
     (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    if held_out is not None:
+        evals = [
+            {
+                "seed": seed,
+                "after_episodes": after,
+                "train_steps": 4 * after,
+                "train_llm_queries": queries_per_episode * after,
+                "game_seed": 1_000_000 + game,
+                "success": bool(after and held_out),
+                "episode_return": float(bool(after and held_out)),
+                "steps": 4,
+                "llm_queries": 1,
+                "wall_time_s": 0.1,
+            }
+            for seed in seeds
+            for after in (0, episodes)
+            for game in range(2)
+        ]
+        (folder / "evals.jsonl").write_text("".join(json.dumps(e) + "\n" for e in evals))
     summary = {**summarise(records), "env_source": source}
     if not finished:
         summary["partial"] = True
@@ -65,6 +87,7 @@ def bench_dir(tmp_path):
             success=True,
             queries_per_episode=10,
             decision_ms=400.0,
+            held_out=True,
         )
         make_run(
             runs / "babyai/static" / f"seed{seed}",
@@ -76,6 +99,7 @@ def bench_dir(tmp_path):
             success=True,
             queries_per_episode=2,
             decision_ms=2.0,
+            held_out=True,
         )
     make_run(
         runs / "babyai/direct" / "seed0",
@@ -150,15 +174,16 @@ def test_report_files(bench_dir, tmp_path):
     out = tmp_path / "report"
     result = write_report(bench_dir, out)
     md = (out / "results.md").read_text()
-    assert "| babyai | dqn-prior-static | 1.000 ± 0.000 |" in md
+    assert "| babyai | dqn-prior-static | 1.000 ± 0.000 | 1.000 ± 0.000 |" in md  # held-out, training
+    assert "| alfworld (generated) | dqn-prior-static | n/a |" in md  # no evaluations recorded
     assert "5.00×" in md and "alfworld (generated)" in md
     assert "unfinished" in md and "alfworld/uncached" in md
     table = list(csv.DictReader(io.StringIO((out / "results.csv").read_text())))
     assert {row["method"] for row in table} == {"dqn-prior-uncached", "dqn-prior-static", "direct-llm", "dqn"}
     assert json.loads((out / "results.json").read_text())["rows"][0]["env"] == "alfworld"
-    for name in ("success_vs_queries.png", "learning_curves.png"):
+    for name in ("success_vs_queries.png", "learning_curves.png", "held_out_curves.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert len(result["files"]) == 5
+    assert len(result["files"]) == 6
     assert not (out / "cache_params.png").exists()  # no run recorded cache parameters
 
 
@@ -257,4 +282,4 @@ def test_cache_params_plot(bench_dir, tmp_path):
     out = tmp_path / "report"
     result = write_report(bench_dir, out)
     assert (out / "cache_params.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert out / "cache_params.png" in result["files"] and len(result["files"]) == 6
+    assert out / "cache_params.png" in result["files"] and len(result["files"]) == 7

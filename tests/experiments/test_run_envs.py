@@ -18,7 +18,9 @@ runner = CliRunner()
 def test_run_each_environment_with_the_embedded_defaults(tmp_path, env):
     out = tmp_path / env
     result = runner.invoke(
-        app, ["run", env, "--episodes", "2", "--max-steps", "4", "--out", str(out), "--quiet"], catch_exceptions=False
+        app,
+        ["run", env, "--episodes", "2", "--max-steps", "4", "--eval-games", "2", "--out", str(out), "--quiet"],
+        catch_exceptions=False,
     )
     assert result.exit_code == 0, result.output
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

@@ -33,6 +33,8 @@ def test_run_warm_start_and_compare(tmp_path):
         str(tmp_path / "a"),
         "--cache-path",
         str(cache_dir),
+        "--eval-games",
+        "1",
         "--quiet",
     )
     assert code == 0, out
@@ -61,6 +63,8 @@ def test_run_warm_start_and_compare(tmp_path):
         str(tmp_path / "b"),
         "--cache-path",
         str(cache_dir),
+        "--eval-games",
+        "1",
         "--quiet",
     )
     assert code == 0, out

@@ -13,6 +13,8 @@ from priorcache.errors import ConfigError
 from priorcache.prior.adaptation import (
     ADAPTER_META,
     FORMAT_VERSION,
+    LOSSES,
+    _choice_scores,
     _hyper_parameters,
     adapter_key,
     base_model_identity,
@@ -63,8 +65,12 @@ def test_key_is_deterministic_and_sensitive_to_every_input(tmp_path: Path) -> No
         adapter_key("base", "babyai", PAIRS, _hyper_parameters(8, 16, 4, 1e-3, 1, 4)),
         adapter_key("base", "babyai", PAIRS, _hyper_parameters(8, 16, 3, 1e-3, 0, 4)),
         adapter_key("base", "babyai", PAIRS, _hyper_parameters(8, 16, 4, 2e-3, 0, 4)),
+        adapter_key("base", "babyai", PAIRS, _hyper_parameters(8, 16, 4, 1e-3, 0, 4, "choice")),
+        adapter_key("base", "babyai", [(*PAIRS[0], ["turn left", "go forward"])], HYPER),
     }
-    assert key not in variants and len(variants) == 8
+    assert key not in variants and len(variants) == 10
+    # Pairs without candidates keep the keys they had before candidates existed.
+    assert HYPER["loss"] == LOSSES["token"] == "mean action-token NLL"
 
 
 def test_base_identity_follows_content_not_folder(tmp_path: Path) -> None:
@@ -79,7 +85,15 @@ def test_base_identity_follows_content_not_folder(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "bad",
-    [dict(rank=0), dict(epochs=0), dict(batch_size=0), dict(alpha=0), dict(learning_rate=float("nan")), dict(seed=1.5)],
+    [
+        dict(rank=0),
+        dict(epochs=0),
+        dict(batch_size=0),
+        dict(alpha=0),
+        dict(learning_rate=float("nan")),
+        dict(seed=1.5),
+        dict(loss="softmax"),
+    ],
 )
 def test_bad_hyper_parameters_and_pairs_are_refused(bad: dict) -> None:
     args = dict(rank=8, alpha=16, epochs=4, learning_rate=1e-3, seed=0, batch_size=4) | bad
@@ -89,7 +103,16 @@ def test_bad_hyper_parameters_and_pairs_are_refused(bad: dict) -> None:
 
 def test_bad_pairs_are_refused_before_any_model_load(tmp_path: Path) -> None:
     model = _fake_model(tmp_path / "m")
-    for pairs in ([], [("not a prompt", "go")], [(PAIRS[0][0], "  ")], [(PAIRS[0][0],)]):
+    prompt = PAIRS[0][0]
+    for pairs in (
+        [],
+        [("not a prompt", "go")],
+        [(prompt, "  ")],
+        [(prompt,)],
+        [(prompt, "go", ["stop"])],  # the action is not a candidate
+        [(prompt, "go", ["go", "go"])],
+        [(prompt, "go", "go")],
+    ):
         with pytest.raises(ConfigError):
             lora_finetune(model, pairs, cache_dir=tmp_path / "adapters")
     assert not (tmp_path / "adapters").exists()
@@ -137,6 +160,58 @@ def test_a_damaged_folder_under_the_key_is_refused_not_retrained(tmp_path: Path)
     (folder / "adapter_config.json").unlink()
     with pytest.raises(ConfigError, match="damaged"):
         lora_finetune(model, PAIRS, env="babyai", cache_dir=tmp_path / "adapters")
+
+
+# ---------------------------------------------------------------- fast: the choice loss on a tiny random model
+
+
+@pytest.mark.parametrize("pack", [True, False])
+def test_choice_scores_are_the_backends_f3_scores_with_gradients(tiny_model_dir, pack) -> None:
+    import torch
+
+    from priorcache.prior.transformers_backend import TransformersBackend
+
+    backend = TransformersBackend(tiny_model_dir, pack_candidates=pack, prefix_cache_size=0)
+    prompt = prompt_builder("babyai")("go to the red ball", STATES[0])
+    context = backend._prefix_ids(prompt.prefix) + backend._encode(prompt.state)
+    scores = _choice_scores(backend, context, [backend._action_ids(a) for a in CANDIDATES])
+    assert scores.requires_grad
+    expected = backend.score([prompt], [CANDIDATES]).scores[0]
+    np.testing.assert_allclose(scores.detach().double().numpy(), expected, atol=1e-5)
+    torch.logsumexp(scores, 0).backward()  # differentiable down to the weights
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in backend._model.parameters())
+
+
+@pytest.mark.parametrize("loss", ["choice", "both"])
+def test_choice_loss_trains_the_prior_as_a_classifier_over_the_candidates(tiny_model_dir, tmp_path, loss) -> None:
+    from priorcache.prior.transformers_backend import TransformersBackend
+
+    build = prompt_builder("babyai")
+    pairs = [(build("go to the red ball", s), "toggle", CANDIDATES) for s in STATES]
+    adapter = lora_finetune(
+        tiny_model_dir, pairs, env="babyai", loss=loss, epochs=8, learning_rate=1e-2, cache_dir=tmp_path
+    )
+    assert (
+        adapter.trained
+        and json.loads((adapter.folder / ADAPTER_META).read_text())["hyper_parameters"]["loss"] == (LOSSES[loss])
+    )
+    prompts = [p for p, _, _ in pairs]
+    before = TransformersBackend(tiny_model_dir).score(prompts, [CANDIDATES] * len(prompts)).scores
+    after = TransformersBackend(tiny_model_dir, adapter=adapter.folder).score(prompts, [CANDIDATES] * len(prompts))
+    target = CANDIDATES.index("toggle")
+    for old, new in zip(before, after.scores):
+        assert int(np.sum(new >= new[target])) == 1 and int(np.sum(old >= old[target])) > 1
+        # the prior's probability of the trained action rose
+        assert np.exp(new[target]) / np.exp(new).sum() > np.exp(old[target]) / np.exp(old).sum()
+
+
+def test_choice_loss_needs_candidates_and_a_choice(tiny_model_dir, tmp_path) -> None:
+    prompt = PAIRS[0][0]
+    with pytest.raises(ConfigError, match="candidates"):
+        lora_finetune(tiny_model_dir, PAIRS, loss="choice", epochs=1, cache_dir=tmp_path)
+    with pytest.raises(ConfigError, match="more than one candidate"):
+        lora_finetune(tiny_model_dir, [(prompt, "go", ["go"])], loss="choice", epochs=1, cache_dir=tmp_path)
+    assert not [p for p in tmp_path.iterdir() if not p.name.startswith(".")]
 
 
 # ---------------------------------------------------------------- slow: a real fine-tune of the embedded model

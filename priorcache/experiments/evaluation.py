@@ -1,0 +1,118 @@
+"""Held-out evaluation (docs/design.md §1, "Train / evaluate protocol"): the agent's greedy policy on
+evaluation games, with no learning.
+
+Every evaluation episode is played with ``Agent.predict`` (the posterior's mode for DQN-Prior, the
+prior's argmax for the direct LLM), so neither the agent's weights, replay buffer, RNG streams nor
+temperature change. An agent that asks the prior cache asks a *copy* of it, made for this
+evaluation and dropped after it: the cache serves the evaluation as it would serve a deployed agent
+(hits, misses that call the LLM, refreshes), but nothing an evaluation game taught it reaches
+training, and the LLM queries the evaluation made are counted apart from training's.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from priorcache.agents.base import Agent
+    from priorcache.cache.prior_cache import PriorCache
+
+#: The ``env.reset`` seed of every evaluation episode: an evaluation game is the same task each time.
+EVAL_RESET_SEED = 0
+
+
+@dataclass
+class EvalEpisode:
+    """One line of evals.jsonl: a greedy episode on one held-out game after ``after_episodes`` training episodes."""
+
+    seed: int
+    after_episodes: int
+    train_steps: int  # environment steps of training so far (this seed)
+    train_llm_queries: int  # LLM queries of training so far (this seed)
+    game_seed: int
+    success: bool
+    episode_return: float
+    steps: int
+    llm_queries: int | None  # queries this evaluation episode made (None: the agent asks no cache)
+    wall_time_s: float
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@contextmanager
+def _evaluation_cache(agent: Agent) -> Iterator[PriorCache | None]:
+    """Swap the agent's prior cache for a copy for the duration of an evaluation."""
+    cache: PriorCache | None = getattr(agent, "prior_cache", None)
+    if cache is None:
+        yield None
+        return
+    copy = type(cache)(cache.config, cache.encoder, cache.backend, cache.prior_config, cache.prior_kind)
+    copy.load_state_dict(cache.state_dict())
+    agent.prior_cache = copy
+    try:
+        yield copy
+    finally:
+        agent.prior_cache = cache
+
+
+def _queries(cache: PriorCache | None) -> int | None:
+    if cache is None:
+        return None
+    stats = cache.stats()
+    return int(stats["llm_calls"] + stats["partial_calls"])
+
+
+def play_greedy(agent: Agent, env: Any, reset_seed: int = EVAL_RESET_SEED) -> tuple[bool, float, int]:
+    """One episode of ``env`` by ``agent.predict`` (no learning): (won, return, steps)."""
+    _, info = env.reset(seed=reset_seed)
+    agent.begin_episode(info["objective"])
+    total, steps = 0.0, 0
+    while True:
+        action = agent.predict(info["state_text"], info["admissible_actions"], deterministic=True)
+        _, reward, terminated, truncated, info = env.step(action)
+        total += float(reward)
+        steps += 1
+        if terminated or truncated:
+            return bool(info.get("won", False)), total, steps
+
+
+def evaluate(
+    agent: Agent,
+    games: Sequence[tuple[int, Any]],
+    *,
+    seed: int,
+    after_episodes: int,
+    train_steps: int,
+    train_llm_queries: int,
+) -> list[EvalEpisode]:
+    """One greedy episode on each ``(game_seed, env)`` of ``games`` (held-out games), on a copy of the
+    agent's prior cache; the agent's training state is left as it was."""
+    out: list[EvalEpisode] = []
+    with _evaluation_cache(agent) as cache:
+        for game_seed, env in games:
+            start = time.perf_counter()
+            before = _queries(cache)
+            won, total, steps = play_greedy(agent, env)
+            after = _queries(cache)
+            out.append(
+                EvalEpisode(
+                    seed=seed,
+                    after_episodes=after_episodes,
+                    train_steps=train_steps,
+                    train_llm_queries=train_llm_queries,
+                    game_seed=game_seed,
+                    success=won,
+                    episode_return=total,
+                    steps=steps,
+                    llm_queries=None if before is None or after is None else after - before,
+                    wall_time_s=time.perf_counter() - start,
+                )
+            )
+    return out

@@ -1,0 +1,64 @@
+"""TensorBoard scalars of a run (``--tensorboard``): one event folder per seed under ``tensorboard/``.
+
+Per training episode, against the seed's environment steps: return, success, LLM queries so far,
+cache hit rate of the episode, F2's α and the cache's δ (and K, r). Per evaluation: held-out
+success and return, against environment steps and against LLM queries spent by then.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from priorcache.experiments.evaluation import EvalEpisode
+    from priorcache.experiments.metrics import EpisodeRecord
+
+
+class ScalarLog:
+    """Writes TensorBoard scalars; with ``folder`` None it writes nothing (and imports nothing)."""
+
+    def __init__(self, folder: Path | None) -> None:
+        self.folder = folder
+        self._writers: dict[int, Any] = {}
+
+    def _writer(self, seed: int) -> Any:
+        if seed not in self._writers:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writers[seed] = SummaryWriter(log_dir=str(Path(self.folder) / f"seed{seed}"))
+        return self._writers[seed]
+
+    def episode(self, seed: int, record: EpisodeRecord, steps: int, queries: int) -> None:
+        """One training episode; ``steps``/``queries``: the seed's environment steps and LLM queries so far."""
+        if self.folder is None:
+            return
+        w = self._writer(seed)
+        w.add_scalar("train/return", record.episode_return, steps)
+        w.add_scalar("train/success", float(record.success), steps)
+        w.add_scalar("train/llm_queries", queries, steps)
+        if record.lookups:
+            w.add_scalar("cache/hit_rate", record.hits / record.lookups, steps)
+        if record.alpha is not None:
+            w.add_scalar("posterior/alpha", record.alpha, steps)
+        for name, value in (record.cache_params or {}).items():
+            if isinstance(value, (int, float)):
+                w.add_scalar(f"cache/{name}", value, steps)
+        w.flush()
+
+    def evaluation(self, seed: int, found: list[EvalEpisode]) -> None:
+        """One evaluation (greedy episodes on every held-out game)."""
+        if self.folder is None or not found:
+            return
+        w = self._writer(seed)
+        steps, queries = found[0].train_steps, found[0].train_llm_queries
+        success = sum(e.success for e in found) / len(found)
+        w.add_scalar("held_out/success", success, steps)
+        w.add_scalar("held_out/return", sum(e.episode_return for e in found) / len(found), steps)
+        w.add_scalar("held_out/success_vs_llm_queries", success, queries)
+        w.flush()
+
+    def close(self) -> None:
+        for w in self._writers.values():
+            w.close()
+        self._writers.clear()
