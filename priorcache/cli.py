@@ -315,12 +315,17 @@ def bench_text(
     env: list[str] = typer.Option(list(TEXT_ENVS), "--env", help="environment (repeat the option for several)"),
     method: list[str] = typer.Option(list(METHODS), "--method", help=METHOD_HELP),
     seeds: str = typer.Option("0-2", help="seeds, '0,1,2' or '0-2'"),
-    episodes: int = typer.Option(10, min=1, help="episodes per seed for learning agents"),
+    episodes: int = typer.Option(10, min=1, help="training episodes per seed for learning agents"),
     max_steps: int | None = typer.Option(None, min=1, help="episode step limit (default: each environment's)"),
+    train_games: int = typer.Option(10, min=1, help="training games, played in turn"),
+    eval_games: int = typer.Option(10, min=1, help="held-out evaluation games"),
+    eval_every: int = typer.Option(0, min=0, help="evaluate every N training episodes (0: after the last only)"),
+    shots: int = typer.Option(0, min=0, help="training games whose oracle episodes adapt the prior (F8)"),
+    adapt: str = typer.Option("none", help="F8 adaptation of every LLM method but the 0-shot reference"),
     quick: bool = typer.Option(
         False,
-        help=f"smoke run: seed 0, {QUICK['episodes']} episodes of at most "
-        f"{QUICK['max_episode_steps']} steps (overrides --seeds/--episodes/--max-steps)",
+        help=f"smoke run: seed 0, {QUICK['episodes']} episodes of at most {QUICK['max_episode_steps']} steps, "
+        f"{QUICK['eval_games']} held-out games (overrides --seeds/--episodes/--max-steps/--train-games/--eval-games)",
     ),
     backend: str = typer.Option("embedded", help="LLM backend: embedded or transformers"),
     model_path: str | None = typer.Option(None, help="local model folder for --backend transformers"),
@@ -329,13 +334,26 @@ def bench_text(
 ) -> None:
     """Every method on every text environment on the same seeds; resumable; writes results.md/.csv and plots."""
     try:
-        settings = (
-            dict(QUICK)
-            if quick
-            else {"seeds": _parse_seeds(seeds), "episodes": episodes, "max_episode_steps": max_steps}
-        )
+        settings = {
+            "seeds": _parse_seeds(seeds),
+            "episodes": episodes,
+            "max_episode_steps": max_steps,
+            "train_games": train_games,
+            "eval_games": eval_games,
+        }
+        if quick:
+            settings.update(QUICK)
         config = BenchConfig(
-            out=out, envs=env, methods=method, backend=backend, model_path=model_path, device=device, **settings
+            out=out,
+            envs=env,
+            methods=method,
+            backend=backend,
+            model_path=model_path,
+            device=device,
+            eval_every=eval_every,
+            shots=shots,
+            adapt=adapt,
+            **settings,
         )
         from transformers.utils import logging as hf_logging
 

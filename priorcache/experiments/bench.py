@@ -1,15 +1,18 @@
 """``priorcache bench text``: every method on every text environment, on the same seeds (docs/design.md §1).
 
-Methods: direct LLM, ReAct, plain DQN, uncached DQN-Prior (the 100 % reference) and DQN-Prior with
-every cache mode the code implements: ``static``, ``adaptive``, and ``kl-budget`` at the targets of
-``KL_TARGETS`` (one method each). Each (environment, method, seed) is one run
+Methods: direct LLM, ReAct, plain DQN, uncached DQN-Prior (the 100 % reference), the same with the
+unadapted 0-shot prior (``dqn-prior-uncached-0shot``), and DQN-Prior with every cache mode the code
+implements: ``static``, ``adaptive``, and ``kl-budget`` at the targets of ``KL_TARGETS`` (one
+method each). Every LLM method but the 0-shot one uses the prior adapted by ``shots``/``adapt``
+(F8), built once per environment and shared by its runs. Each (environment, method, seed) is one run
 in ``OUT/runs/<env>/<method>/seed<N>/``, so the benchmark is resumable: a finished run (its
 ``summary.json`` not marked partial) is kept and skipped, and a crash or Ctrl-C loses at most the run
 in progress. A finished run made with different settings is refused, not overwritten. After every
 run the report (``results.md``, ``results.csv``, PNG plots) is re-rendered from what is on disk.
 
-Deterministic baselines (direct LLM and ReAct: greedy, no learning) replay the same episode on a
-fixed game, so they run one episode per seed.
+Every run trains on the same training games and is evaluated on the same held-out games (the
+runner's protocol); deterministic baselines (direct LLM and ReAct: greedy, no learning) run one
+training episode per seed, since their held-out evaluation is all that matters.
 """
 
 from __future__ import annotations
@@ -18,13 +21,14 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from tqdm.auto import tqdm
 
 from priorcache.cache.config import MODES, CacheConfig
 from priorcache.envs.registry import ENVIRONMENTS
 from priorcache.errors import ConfigError
+from priorcache.experiments.adapt import Adaptation, adapt_prior
 from priorcache.experiments.report import method_label, write_report
 from priorcache.experiments.runner import DETERMINISTIC_AGENTS, RunConfig, run_experiment
 
@@ -34,31 +38,40 @@ TEXT_ENVS = ("textworld", "alfworld", "babyai", "webshop")
 KL_TARGETS = (0.01, 0.05, 0.2)
 
 
-def _prior_methods() -> dict[str, tuple[str, str, dict[str, Any]]]:
-    methods: dict[str, tuple[str, str, dict[str, Any]]] = {}
+class Method(NamedTuple):
+    agent: str
+    cache_mode: str
+    cache_settings: dict[str, Any]  # beyond the mode
+    zero_shot: bool = False  # the unadapted prior, whatever the bench's shots/adapt
+
+
+def _prior_methods() -> dict[str, Method]:
+    methods: dict[str, Method] = {}
     for mode in MODES:  # the cache modes come from the cache itself, so new ones join here
         if mode == "kl-budget":
             for target in KL_TARGETS:
-                methods[method_label("dqn-prior", mode, target)] = (
-                    "dqn-prior",
-                    mode,
-                    {"kl_budget": {"target_kl": target}},
+                methods[method_label("dqn-prior", mode, target)] = Method(
+                    "dqn-prior", mode, {"kl_budget": {"target_kl": target}}
                 )
         else:
-            methods[method_label("dqn-prior", mode)] = ("dqn-prior", mode, {})
+            methods[method_label("dqn-prior", mode)] = Method("dqn-prior", mode, {})
+            if mode == "none":
+                methods[ZERO_SHOT_REFERENCE] = Method("dqn-prior", mode, {}, zero_shot=True)
     return methods
 
 
-#: method -> (agent, cache mode, cache settings beyond the mode).
-METHODS: dict[str, tuple[str, str, dict[str, Any]]] = {
-    "direct-llm": ("direct-llm", "none", {}),
-    "react": ("react", "none", {}),
-    "dqn": ("dqn", "none", {}),
+ZERO_SHOT_REFERENCE = "dqn-prior-uncached-0shot"
+
+#: method name -> how it runs.
+METHODS: dict[str, Method] = {
+    "direct-llm": Method("direct-llm", "none", {}),
+    "react": Method("react", "none", {}),
+    "dqn": Method("dqn", "none", {}),
     **_prior_methods(),
 }
 
 #: --quick: a smoke run of every cell, minutes not hours.
-QUICK = {"seeds": [0], "episodes": 2, "max_episode_steps": 8}
+QUICK = {"seeds": [0], "episodes": 2, "max_episode_steps": 8, "train_games": 2, "eval_games": 2}
 
 
 @dataclass
@@ -69,6 +82,11 @@ class BenchConfig:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     episodes: int = 10
     max_episode_steps: int | None = None  # None: each environment's default
+    train_games: int = 10
+    eval_games: int = 10
+    eval_every: int = 0
+    shots: int = 0
+    adapt: str = "none"
     backend: str = "embedded"
     model_path: str | None = None
     device: str = "cpu"
@@ -86,18 +104,26 @@ class BenchConfig:
             raise ConfigError(f"episodes must be ≥ 1, got {self.episodes}")
 
     def run_config(self, env: str, method: str, seed: int) -> RunConfig:
-        agent, mode, cache_settings = METHODS[method]
+        m = METHODS[method]
+        needs_llm = m.agent != "dqn"
+        adapted = needs_llm and not m.zero_shot
         return RunConfig(
             env=env,
-            agent=agent,
-            cache=CacheConfig.from_dict({"mode": mode, **cache_settings}),
+            agent=m.agent,
+            cache=CacheConfig.from_dict({"mode": m.cache_mode, **m.cache_settings}),
             backend=self.backend,
             model_path=self.model_path,
             device=self.device,
-            episodes=1 if agent in DETERMINISTIC_AGENTS else self.episodes,
+            episodes=1 if m.agent in DETERMINISTIC_AGENTS else self.episodes,
             seeds=[seed],
             max_episode_steps=self.max_episode_steps,
             out=self.run_dir(env, method, seed),
+            train_games=self.train_games,
+            eval_games=self.eval_games,
+            eval_every=self.eval_every,
+            shots=self.shots if adapted else 0,
+            adapt=self.adapt if adapted else "none",
+            label=method,
         )
 
     def run_dir(self, env: str, method: str, seed: int) -> Path:
@@ -148,27 +174,38 @@ def run_bench(
         for seed in config.seeds
     ]
     todo = [cell for cell in cells if run_status(cell) == "todo"]  # also refuses mismatched finished runs
+    adaptations: dict[tuple[str, int, str], Adaptation] = {}
     bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc="bench text", unit="run", disable=not progress)
     try:
         for cell in todo:
             if run_status(cell) == "finished":  # another bench process on the same folder did it meanwhile
                 bar.update(1)
                 continue
-            bar.set_postfix_str(
-                f"{cell.env} {method_label(cell.agent, cell.cache.mode, cell.cache.kl_budget.target_kl)}"
-                f" seed {cell.seeds[0]}"
-            )
-            if cell.agent != "dqn" and backend is None:
-                from priorcache.prior.registry import make_backend
-
-                backend = make_backend(config.backend, model_path=config.model_path, device=config.device)
+            bar.set_postfix_str(f"{cell.env} {cell.label} seed {cell.seeds[0]}")
             if encoder is None:
                 from priorcache.cache.encoder import MiniLMEncoder
 
                 encoder = MiniLMEncoder()
-            summary = run_experiment(
-                cell, backend=backend if cell.agent != "dqn" else None, encoder=encoder, progress=False
-            )
+            adaptation = None
+            if cell.agent != "dqn":
+                if backend is None:
+                    from priorcache.prior.registry import make_backend
+
+                    backend = make_backend(config.backend, model_path=config.model_path, device=config.device)
+                key = (cell.env, cell.shots, cell.adapt)
+                if key not in adaptations:  # once per environment and adaptation, shared by its runs
+                    adaptations[key] = adapt_prior(
+                        cell.env,
+                        config.backend,
+                        cell.shots,
+                        cell.adapt,
+                        model_path=config.model_path,
+                        device=config.device,
+                        max_steps=cell.max_episode_steps,
+                        base=None if cell.adapt in ("lora", "both") else backend,
+                    )
+                adaptation = adaptations[key]
+            summary = run_experiment(cell, encoder=encoder, progress=False, adaptation=adaptation)
             if on_run is not None:
                 on_run(cell, summary)
             write_report(Path(config.out))

@@ -42,6 +42,7 @@ _METHOD_ORDER = [
     "direct-llm",
     "react",
     "dqn",
+    "dqn-prior-uncached-0shot",
     REFERENCE_METHOD,
     "dqn-prior-static",
     "dqn-prior-adaptive",
@@ -81,6 +82,8 @@ class RunFolder:
 
     @property
     def method(self) -> str:
+        if self.config.get("label"):
+            return str(self.config["label"])
         cache = self.config["cache"]
         return method_label(self.config["agent"], cache["mode"], (cache.get("kl_budget") or {}).get("target_kl"))
 

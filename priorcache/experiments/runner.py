@@ -76,6 +76,7 @@ class RunConfig:
     adapt: str = "none"  # none | icl | lora | both
     max_examples: int = 10  # in-context pairs at most (icl, both)
     tensorboard: bool = False
+    label: str | None = None  # the method's name in reports (default: from agent and cache mode)
 
     def __post_init__(self) -> None:
         agent_spec(self.agent)  # ConfigError naming the choices for an unknown agent
