@@ -27,15 +27,17 @@ class Transition:
 
 
 class ReplayBuffer:
-    """A ring buffer of ``size`` transitions in preallocated arrays (dim: the encoder's)."""
+    """A ring buffer of ``size`` transitions in preallocated arrays (``dim``: the encoder's, of
+    actions; ``state_dim``: of the stored state features, ``dim`` when None)."""
 
-    def __init__(self, size: int, dim: int, support: int) -> None:
-        self.states = np.zeros((size, dim), np.float32)
+    def __init__(self, size: int, dim: int, support: int, state_dim: int | None = None) -> None:
+        state_dim = dim if state_dim is None else state_dim
+        self.states = np.zeros((size, state_dim), np.float32)
         self.actions = np.zeros((size, dim), np.float32)
         self.rewards = np.zeros(size, np.float32)
         self.dones = np.zeros(size, np.float32)
         self.hits = np.zeros(size, bool)
-        self.next_states = np.zeros((size, dim), np.float32)
+        self.next_states = np.zeros((size, state_dim), np.float32)
         self.next_support = np.zeros((size, support, dim), np.float32)
         self.next_mask = np.zeros((size, support), bool)
         self.size, self.pos, self.full = size, 0, False

@@ -1,7 +1,12 @@
 """Plain DQN over text actions (the ``dqn`` baseline), and the base class of DQN-Prior.
 
-Q(s, a) is a small MLP on [e(s), e(a), e(s)·e(a)], with e(·) the sentence encoder (the one the prior
-cache uses, so a state is encoded once per step and repeats are memoised).
+Q(s, g, a) is a small MLP on [e(s), e(g), e(a), e(s)·e(a), e(g)·e(a)], with e(·) the sentence
+encoder (the one the prior cache uses, so a state is encoded once per step and repeats are
+memoised) and g the episode's objective. The objective is part of Q's input because most state
+texts do not name it (BabyAI's view, ALFWorld's room, the shop's result pages): without it, Q
+cannot tell "go to the red ball" from "go to the green key" in the same room, and cannot carry
+anything over to held-out games with other goals. ``goal_conditioned=False`` drops it (the
+ablation; Q on [e(s), e(a), e(s)·e(a)]).
 Behaviour: a ~ π(a|s) ∝ p(a|s)·exp(Q(s,a)/α) (F1). Plain DQN's prior is uniform, so F1 is
 Boltzmann exploration over Q at α_0, and it never calls the LLM. Target:
 r + γ·max_{a' ∈ C(s')} Q_target(s', a'), C(s') the top-k next actions by the prior (by Q here).
@@ -48,6 +53,7 @@ class DQNConfig:
     target_tau: float = 0.05
     grad_clip: float = 10.0
     hidden_size: int = 128
+    goal_conditioned: bool = True  # the episode's objective is part of Q's input
     support_top_k: int = 5
     alpha_0: float = 1.0
     alpha_min: float = 0.25
@@ -64,14 +70,24 @@ class DQNConfig:
 
 
 class QNetwork(nn.Module):
-    def __init__(self, dim: int, hidden: int) -> None:
+    """Q from state features (e(s), or [e(s), e(g)] when goal-conditioned) and e(a)."""
+
+    def __init__(self, dim: int, hidden: int, goal_conditioned: bool = False) -> None:
         super().__init__()
+        self.dim = dim
+        self.goal_conditioned = goal_conditioned
+        inputs = 5 * dim if goal_conditioned else 3 * dim
         self.net = nn.Sequential(
-            nn.Linear(3 * dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1)
+            nn.Linear(inputs, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1)
         )
 
     def forward(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        return self.net(torch.cat([state, action, state * action], dim=-1)).squeeze(-1)
+        if self.goal_conditioned:
+            s, g = state[..., : self.dim], state[..., self.dim :]
+            x = torch.cat([s, g, action, s * action, g * action], dim=-1)
+        else:
+            x = torch.cat([state, action, state * action], dim=-1)
+        return self.net(x).squeeze(-1)
 
 
 class DQNConfigMixin:
@@ -93,6 +109,7 @@ class DQNConfigMixin:
             for key, want in traits.items():
                 if key in data and data.pop(key) != want:
                     raise ConfigError(f"the saved config has {key}={not want}, which a {cls.__name__} is not")
+            data.setdefault("goal_conditioned", False)  # saved before Q read the objective
         return super().config_from_json(data)  # type: ignore[misc]
 
 
@@ -115,15 +132,18 @@ class DQNAgent(DQNConfigMixin, Agent):
         # predict(deterministic=False) draws from its own stream, never from the training one.
         self._predict_rng = np.random.default_rng([seed, 1])
         dim = encoder.dim
+        goal = config.goal_conditioned
         with torch.random.fork_rng(devices=[]):  # seeded weights without touching torch's global RNG
             torch.manual_seed(seed)
-            self.q = QNetwork(dim, config.hidden_size)
-        self.q_target = QNetwork(dim, config.hidden_size)
+            self.q = QNetwork(dim, config.hidden_size, goal)
+        self.q_target = QNetwork(dim, config.hidden_size, goal)
         self.q_target.load_state_dict(self.q.state_dict())
         self.optimizer = torch.optim.Adam(self.q.parameters(), lr=config.learning_rate)
-        self.buffer = ReplayBuffer(config.buffer_size, dim, config.support_top_k)
+        # Stored states are Q's state features: [e(s), e(g)] when goal-conditioned.
+        self.buffer = ReplayBuffer(config.buffer_size, dim, config.support_top_k, state_dim=2 * dim if goal else dim)
         self._pending: Transition | None = None
         self._objective = ""
+        self._goal_vec = np.zeros(dim, np.float32)
         self.step_count = 0
         self.train_time_s = 0.0
 
@@ -156,30 +176,39 @@ class DQNAgent(DQNConfigMixin, Agent):
     def begin_episode(self, objective: str) -> None:
         self._objective = objective
         self._pending = None
+        if self.config.goal_conditioned:
+            self._goal_vec = self.encoder.encode([objective])[0]
 
-    def _q_values(self, state_vec: np.ndarray, action_vecs: np.ndarray) -> np.ndarray:
+    def _features(self, state_vec: np.ndarray) -> np.ndarray:
+        """Q's state features of e(s) in the current episode: [e(s), e(g)] when goal-conditioned."""
+        if self.config.goal_conditioned:
+            return np.concatenate([state_vec, self._goal_vec]).astype(np.float32)
+        return state_vec
+
+    def _q_values(self, features: np.ndarray, action_vecs: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            s = torch.as_tensor(state_vec).expand(len(action_vecs), -1)
+            s = torch.as_tensor(features).expand(len(action_vecs), -1)
             return self.q(s, torch.as_tensor(action_vecs)).numpy().astype(np.float64)
 
     def q_values(self, state_text: str, candidates: list[str]) -> np.ndarray:
-        """Q(s, a) for every candidate (float64), with no side effect."""
+        """Q(s, g, a) for every candidate (float64) under the current episode's objective, with no side effect."""
         candidates = check_candidates(candidates)
-        return self._q_values(self.encoder.encode([state_text])[0], self.encoder.encode(candidates))
+        return self._q_values(self._features(self.encoder.encode([state_text])[0]), self.encoder.encode(candidates))
 
     def act(self, state_text: str, candidates: list[str]) -> Decision:
         """Draw an action from F1; completes the previous transition with C(s)."""
         start = time.perf_counter()
         candidates = check_candidates(candidates)
         state_vec = self.encoder.encode([state_text])[0]
+        features = self._features(state_vec)
         action_vecs = self.encoder.encode(candidates)
-        q_values = self._q_values(state_vec, action_vecs)
+        q_values = self._q_values(features, action_vecs)
         alpha = self.sampler.schedule.alpha  # the α the prior is looked up with; F2 may move it below
         log_prior, lookup = self._prior(state_text, candidates, q_values, alpha, state_vec, acting=True)
         index, _ = self.sampler.sample(log_prior, q_values)
         support = action_vecs[self._support(candidates, q_values, lookup)]
-        self._complete_pending(state_vec, support)
-        self._pending = Transition(state_vec, action_vecs[index], hit=lookup is not None and lookup.hit)
+        self._complete_pending(features, support)
+        self._pending = Transition(features, action_vecs[index], hit=lookup is not None and lookup.hit)
         self.step_count += 1
         return Decision(candidates[index], time.perf_counter() - start, alpha, lookup)
 
@@ -189,7 +218,7 @@ class DQNAgent(DQNConfigMixin, Agent):
         buffer, pending transition, training RNG, temperature and step count stay as they were."""
         candidates = check_candidates(candidates)
         state_vec = self.encoder.encode([state_text])[0]
-        q_values = self._q_values(state_vec, self.encoder.encode(candidates))
+        q_values = self._q_values(self._features(state_vec), self.encoder.encode(candidates))
         alpha = self.sampler.schedule.alpha
         log_prior, _ = self._prior(state_text, candidates, q_values, alpha, state_vec, acting=False)
         if deterministic:
@@ -210,7 +239,7 @@ class DQNAgent(DQNConfigMixin, Agent):
         if terminated or truncated:
             # No next decision will complete this transition. Terminal: no bootstrap. Truncated:
             # bootstrap from the top-k next actions by Q rather than pay an LLM call for C(s').
-            next_vec = self.encoder.encode([next_state_text])[0]
+            next_vec = self._features(self.encoder.encode([next_state_text])[0])
             support = np.zeros((0, self.encoder.dim), np.float32)
             if truncated and not terminated and next_candidates:
                 vecs = self.encoder.encode(next_candidates)
@@ -232,8 +261,8 @@ class DQNAgent(DQNConfigMixin, Agent):
         batch = self.buffer.sample(cfg.batch_size, self.rng)
         with torch.no_grad():
             b, k, d = batch["next_support"].shape
-            next_s = batch["next_states"].unsqueeze(1).expand(b, k, d)
-            q_next = self.q_target(next_s.reshape(-1, d), batch["next_support"].reshape(-1, d)).view(b, k)
+            next_s = batch["next_states"].unsqueeze(1).expand(b, k, -1)
+            q_next = self.q_target(next_s.reshape(b * k, -1), batch["next_support"].reshape(-1, d)).view(b, k)
             q_next = q_next.masked_fill(~batch["next_mask"], -torch.inf).max(dim=1).values
             q_next = torch.where(batch["next_mask"].any(dim=1), q_next, torch.zeros_like(q_next))
             target = batch["rewards"] + cfg.gamma * (1.0 - batch["dones"]) * q_next
