@@ -130,7 +130,7 @@ def _check_pairs(pairs: Sequence[Pair]) -> list[tuple[Prompt, str, tuple[str, ..
         if not isinstance(action, str) or not action.strip():
             raise ConfigError(f"an action must be a non-empty string, got {action!r}")
         candidates = None
-        if len(item) == 3:
+        if len(item) == 3 and item[2] is not None:
             if isinstance(item[2], str) or not all(isinstance(c, str) and c.strip() for c in item[2]):
                 raise ConfigError(f"candidates must be a sequence of non-empty strings, got {item[2]!r}")
             candidates = tuple(item[2])
@@ -213,15 +213,61 @@ def apply_adapter(model: Any, model_path: str | os.PathLike[str], adapter: str |
 
 
 def _choice_scores(backend: Any, context: list[int], action_ids: list[list[int]]) -> Any:
-    """The F3 scores ℓ (mean token log-probability) of every candidate after ``context``, with gradients,
-    from the backend's own scoring forward (packed trie where the model allows it, else padded)."""
+    """The F3 scores ℓ (mean token log-probability) of every candidate after ``context``, with gradients.
+
+    One forward of one packed row, the layout the backend scores with: the context tokens, then a
+    trie of the candidates' proper token prefixes (shared prefixes run once); a boolean attention
+    mask lets each trie node see the context and its own ancestors only, and position ids place it
+    where it sits in its own sequence. The logits at the node for a[:k] are then those of token k of
+    a after the context. (Eager attention gets the mask as additive −inf, sdpa as booleans.)"""
     import torch
 
-    if backend._can_pack():
-        first, later = backend._run_packed(None, 0, context, action_ids)
+    node_of: dict[tuple[int, ...], int] = {}
+    tokens: list[int] = []
+    parents: list[int] = []
+    depths: list[int] = []
+    for ids in action_ids:
+        for k in range(1, len(ids)):
+            key = tuple(ids[:k])
+            if key not in node_of:
+                node_of[key] = len(tokens)
+                tokens.append(ids[k - 1])
+                parents.append(node_of.get(key[:-1], -1))
+                depths.append(k - 1)
+    c, q = len(context), len(tokens)
+    allowed = torch.zeros(c + q, c + q, dtype=torch.bool)
+    allowed[:c, :c] = torch.ones(c, c, dtype=torch.bool).tril()
+    allowed[c:, :c] = True
+    for i in range(q):
+        node = i
+        while node >= 0:
+            allowed[c + i, c + node] = True
+            node = parents[node]
+    model = backend._model
+    if getattr(model.config, "_attn_implementation", None) == "sdpa":
+        mask = allowed[None, None]
     else:
-        first, later = backend._run_padded(None, 0, context, action_ids)
-    return torch.stack([(first[ids[0]] + later[j].sum()) / len(ids) for j, ids in enumerate(action_ids)])
+        mask = torch.zeros(allowed.shape, dtype=model.dtype).masked_fill(~allowed, torch.finfo(model.dtype).min)[
+            None, None
+        ]
+    positions = list(range(c)) + [c + d for d in depths]
+    logits = model(
+        input_ids=backend._tensor([context + tokens]),
+        attention_mask=mask.to(backend.device),
+        position_ids=backend._tensor([positions]),
+        use_cache=False,
+        logits_to_keep=q + 1,  # the last context position and the trie nodes predict scored tokens
+    ).logits[0]
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    first, nodes = logprobs[0], logprobs[1:]
+    scores = []
+    for ids in action_ids:
+        total = first[ids[0]]
+        if len(ids) > 1:
+            rows = torch.tensor([node_of[tuple(ids[:k])] for k in range(1, len(ids))], device=logprobs.device)
+            total = total + nodes[rows, torch.tensor(ids[1:], device=logprobs.device)].sum()
+        scores.append(total / len(ids))
+    return torch.stack(scores)
 
 
 def _train(
