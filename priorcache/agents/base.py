@@ -20,9 +20,11 @@ the names in ``cls.components``, so the runner and ``load`` build any agent the 
 
 from __future__ import annotations
 
+import copy
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
@@ -238,3 +240,73 @@ class Agent(ABC):
         except ConfigError as e:
             raise ConfigError(f"{path} does not fit a {cls.name} agent built from these components: {e}") from None
         return agent
+
+    # --- several environments in lockstep (priorcache.agents.vector) ---------------------------
+    #: The attributes that hold one episode's state (objective, pending transition, history, …).
+    #: ``begin_episodes`` keeps one copy of them per environment slot, and the batch methods swap a
+    #: slot's copy in around that slot's work, so N episodes run interleaved in one agent, each with
+    #: its own objective, while everything else (networks, replay buffer, RNG, temperature, step
+    #: count) is shared.
+    episode_fields: ClassVar[tuple[str, ...]] = ()
+
+    def begin_episodes(self, objectives: Sequence[str]) -> None:
+        """Start one episode per environment slot 0..N-1 (``objectives[i]`` for slot i), as
+        ``begin_episode`` does for one."""
+        slots = []
+        for objective in objectives:
+            self.begin_episode(objective)
+            slots.append({name: copy.copy(getattr(self, name)) for name in self.episode_fields})
+        self._episode_slots = slots
+
+    @contextmanager
+    def _episode_slot(self, slot: int) -> Iterator[None]:
+        """The agent with slot ``slot``'s episode state swapped in, and out again afterwards."""
+        slots: list[dict[str, Any]] | None = getattr(self, "_episode_slots", None)
+        if slots is None or not 0 <= slot < len(slots):
+            raise RuntimeError(f"no episode in slot {slot}: call begin_episodes() first")
+        own = {name: getattr(self, name) for name in self.episode_fields}
+        for name, value in slots[slot].items():
+            setattr(self, name, value)
+        try:
+            yield
+        finally:
+            for name in self.episode_fields:
+                slots[slot][name] = getattr(self, name)
+                setattr(self, name, own[name])
+
+    @staticmethod
+    def _slot_list(slots: Sequence[int] | None, n: int) -> list[int]:
+        if slots is None:
+            return list(range(n))
+        slots = list(slots)
+        if len(slots) != n or len(set(slots)) != n:
+            raise ConfigError(f"need {n} distinct slots, one per state, got {slots}")
+        return slots
+
+    def act_batch(
+        self, states: Sequence[str], candidates: Sequence[list[str]], slots: Sequence[int] | None = None
+    ) -> list[Decision]:
+        """``act`` for several environments at once: ``states[i]`` is the state of the episode in slot
+        ``slots[i]`` (default: slot i). This default calls ``act`` slot by slot, in order, each in its
+        own episode; agents that can share work across the batch (one LLM call) override it."""
+        decisions = []
+        for slot, state, cands in zip(self._slot_list(slots, len(states)), states, candidates):
+            with self._episode_slot(slot):
+                decisions.append(self.act(state, cands))
+        return decisions
+
+    def observe_batch(
+        self,
+        rewards: Sequence[float],
+        terminated: Sequence[bool],
+        truncated: Sequence[bool],
+        next_states: Sequence[str],
+        next_candidates: Sequence[list[str]],
+        slots: Sequence[int] | None = None,
+    ) -> None:
+        """``observe`` for the slots of the last ``act_batch``, slot by slot in order, each in its own
+        episode: a learning agent learns per environment step (DQN: one gradient step each), so
+        learning per step of experience is the same at any number of environments."""
+        for i, slot in enumerate(self._slot_list(slots, len(rewards))):
+            with self._episode_slot(slot):
+                self.observe(rewards[i], terminated[i], truncated[i], next_states[i], next_candidates[i])

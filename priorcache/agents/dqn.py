@@ -22,6 +22,7 @@ torch's global RNG alone. Runs with the same seed therefore take the same action
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -120,6 +121,7 @@ class DQNAgent(DQNConfigMixin, Agent):
     config_class = DQNConfig
     components = ("encoder",)
     learns = True
+    episode_fields = ("_objective", "_pending", "_goal_vec")
 
     def __init__(self, config: DQNConfig, encoder: Encoder, seed: int = 0) -> None:
         self.config = config
@@ -211,6 +213,63 @@ class DQNAgent(DQNConfigMixin, Agent):
         self._pending = Transition(features, action_vecs[index], hit=lookup is not None and lookup.hit)
         self.step_count += 1
         return Decision(candidates[index], time.perf_counter() - start, alpha, lookup)
+
+    def act_batch(
+        self, states: Sequence[str], candidates: Sequence[list[str]], slots: Sequence[int] | None = None
+    ) -> list[Decision]:
+        """``act`` for several environments: their states and candidates are encoded in ONE encoder
+        call and their priors asked together (``_prior_batch``: one LLM call for DQN-Prior); then,
+        slot by slot in order and in each slot's episode, what ``act`` does after its lookup: F2's
+        update, the draw, the pending transition. So it equals ``act`` on each slot in order (the
+        base class's loop), draw for draw, except that every lookup of the batch is made with the α
+        of before the batch (α only enters the cache's audits) and is planned against the cache as
+        it was then (``PriorCache.lookup_batch``). A decision's time is its own work plus an even
+        share of the batch's shared work (encoding, lookups)."""
+        start = time.perf_counter()
+        slots = self._slot_list(slots, len(states))
+        cands = [check_candidates(c) for c in candidates]
+        vecs = self.encoder.encode(list(states) + [a for c in cands for a in c])
+        bounds = np.cumsum([len(states)] + [len(c) for c in cands])
+        action_vecs = [vecs[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:])]
+        features, q_values, objectives = [], [], []
+        for slot, state_vec, a_vecs in zip(slots, vecs[: len(states)], action_vecs):
+            with self._episode_slot(slot):
+                features.append(self._features(state_vec))
+                q_values.append(self._q_values(features[-1], a_vecs))
+                objectives.append(self._objective)
+        alpha = self.sampler.schedule.alpha
+        steps = [self.step_count + i for i in range(len(states))]
+        priors = self._prior_batch(list(states), cands, q_values, alpha, vecs[: len(states)], objectives, steps)
+        shared = (time.perf_counter() - start) / len(states)
+        decisions = []
+        for i, slot in enumerate(slots):
+            own = time.perf_counter()
+            log_prior, lookup = priors[i]
+            if lookup is not None:
+                self.sampler.schedule.update(lookup.hit)  # F2, before the draw, as in act
+            with self._episode_slot(slot):
+                index, _ = self.sampler.sample(log_prior, q_values[i])
+                support = action_vecs[i][self._support(cands[i], q_values[i], lookup)]
+                self._complete_pending(features[i], support)
+                hit = lookup is not None and lookup.hit
+                self._pending = Transition(features[i], action_vecs[i][index], hit=hit)
+            self.step_count += 1
+            decisions.append(Decision(cands[i][index], shared + time.perf_counter() - own, alpha, lookup))
+        return decisions
+
+    def _prior_batch(
+        self,
+        states: list[str],
+        candidates: list[list[str]],
+        q_values: list[np.ndarray],
+        alpha: float,
+        state_vecs: np.ndarray,
+        objectives: list[str],
+        steps: list[int],
+    ) -> list[tuple[np.ndarray, PriorLookup | None]]:
+        """``_prior`` for a batch of states (each under its episode's objective, at its step), with no
+        F2 update (``act_batch`` makes it per slot). Plain DQN: the uniform prior."""
+        return [(np.full(len(c), -np.log(len(c))), None) for c in candidates]
 
     def predict(self, state_text: str, candidates: list[str], deterministic: bool = True) -> str:
         """The posterior's mode, argmax log p(a|s) + Q(s,a)/α at the current α (plain DQN: argmax Q);

@@ -13,7 +13,7 @@ cache gets the state's embedding with every lookup, so a state is encoded once p
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -21,6 +21,7 @@ import torch
 
 from priorcache.agents.base import Agent, Decision
 from priorcache.agents.dqn import DQNAgent, DQNConfig, DQNConfigMixin
+from priorcache.cache.batch import LookupRequest
 from priorcache.errors import ConfigError
 from priorcache.posterior import TemperatureSchedule
 from priorcache.prior.action_prior import check_candidates
@@ -70,6 +71,23 @@ class DQNPriorAgent(DQNAgent):
             self.sampler.schedule.update(lookup.hit)  # F2, before the draw: the draw uses the new α
         return lookup.log_prior, lookup
 
+    def _prior_batch(
+        self,
+        states: list[str],
+        candidates: list[list[str]],
+        q_values: list[np.ndarray],
+        alpha: float,
+        state_vecs: np.ndarray,
+        objectives: list[str],
+        steps: list[int],
+    ) -> list[tuple[np.ndarray, PriorLookup | None]]:
+        """The priors of a batch from ONE ``lookup_batch`` (one LLM call for all its misses)."""
+        requests = [
+            LookupRequest(s, self.prompt_builder(o, s), c, q_values=q, alpha=alpha, embedding=v, step=t)
+            for s, c, q, v, o, t in zip(states, candidates, q_values, state_vecs, objectives, steps)
+        ]
+        return [(lookup.log_prior, lookup) for lookup in self.prior_cache.lookup_batch(requests)]
+
     def _support(self, candidates: list[str], q_values: np.ndarray, lookup: PriorLookup | None) -> list[int]:
         position = {a: i for i, a in enumerate(candidates)}
         return [position[a] for a in lookup.prior.support(self.config.support_top_k)]  # the prior's top-k
@@ -95,6 +113,7 @@ class DirectLLMAgent(DQNConfigMixin, Agent):
     components = ("encoder", "prior_cache", "prompt_builder")
     uses_prior = True
     deterministic = True
+    episode_fields = ("_objective", "_acted")
 
     def __init__(
         self, config: DQNConfig, encoder: Encoder, prior_cache: PriorCache, prompt_builder: PromptBuilder, seed: int = 0
@@ -141,6 +160,47 @@ class DirectLLMAgent(DQNConfigMixin, Agent):
         self.step_count += 1
         self._acted = True
         return Decision(candidates[int(np.argmax(lookup.log_prior))], time.perf_counter() - start, alpha, lookup)
+
+    def act_batch(
+        self, states: Sequence[str], candidates: Sequence[list[str]], slots: Sequence[int] | None = None
+    ) -> list[Decision]:
+        """``act`` for several environments: states encoded in ONE encoder call, priors from ONE
+        ``lookup_batch`` (one LLM call), then per slot in order F2's update and the argmax. With the
+        cache in mode "none" each decision is exactly ``act``'s (the argmax of a fresh prior does
+        not depend on α or on the other slots). A decision's time is an even share of the batch's."""
+        start = time.perf_counter()
+        slots = self._slot_list(slots, len(states))
+        cands = [check_candidates(c) for c in candidates]
+        vecs = self.encoder.encode(list(states))
+        objectives = []
+        for slot in slots:
+            with self._episode_slot(slot):
+                objectives.append(self._objective)
+        alpha = self.schedule.alpha
+        requests = [
+            LookupRequest(
+                s,
+                self.prompt_builder(o, s),
+                c,
+                q_values=np.zeros(len(c)),
+                alpha=alpha,
+                embedding=v,
+                step=self.step_count + i,
+            )
+            for i, (s, c, o, v) in enumerate(zip(states, cands, objectives, vecs))
+        ]
+        lookups = self.prior_cache.lookup_batch(requests)
+        decisions = []
+        for slot, c, lookup in zip(slots, cands, lookups):
+            self.schedule.update(lookup.hit)
+            with self._episode_slot(slot):
+                self._acted = True
+            self.step_count += 1
+            decisions.append(Decision(c[int(np.argmax(lookup.log_prior))], 0.0, alpha, lookup))
+        share = (time.perf_counter() - start) / len(decisions)
+        for decision in decisions:
+            decision.decision_time_s = share
+        return decisions
 
     def predict(self, state_text: str, candidates: list[str], deterministic: bool = True) -> str:
         """The prior's argmax (``deterministic=False``: a draw from the prior on an RNG of its own).

@@ -66,6 +66,7 @@ class ReActAgent(Agent):
     config_class = ReActConfig
     components = ("backend", "encoder")
     deterministic = True
+    episode_fields = ("_objective", "_history")  # per environment slot in batched rollouts
 
     def __init__(self, backend: Any, encoder: Encoder, config: ReActConfig | None = None, seed: int = 0) -> None:
         if not callable(getattr(backend, "generate", None)):

@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from priorcache.cache import store
+from priorcache.cache.batch import LLMCall, LookupRequest, ask_backend_batch, encode_states
 from priorcache.cache.calls import ask_backend, check_embedding, check_q, encode_state
 from priorcache.cache.config import CacheConfig
 from priorcache.cache.controllers import make_controller
@@ -78,6 +79,36 @@ class _Nearest:
     servable: bool  # that entry covers enough candidates to be served at some δ
     rejected_for_coverage: bool  # sim ≥ δ, but too few candidates known
     shadow: Match | None  # a near-miss (floor ≤ sim < δ) to audit for free on the miss's LLM call
+
+
+@dataclass
+class _Checked:
+    """A lookup's arguments after checking; ``emb`` is filled in when the cache encodes the state."""
+
+    state_text: str
+    prompt: Prompt
+    cands: list[str]
+    q: np.ndarray | None
+    alpha: float
+    emb: np.ndarray | None
+    step: int | None
+    p_hash: str
+
+
+@dataclass
+class _Planned:
+    """A lookup between planning (under the lock) and finishing: what the search found, the clock
+    it was planned at, and its kind: "uncached", "miss", "refresh" or "hit"."""
+
+    near: _Nearest | None
+    now: int
+    kind: str
+
+
+def _kind_of(near: _Nearest) -> str:
+    if near.match is None:
+        return "miss"
+    return "refresh" if near.match.refresh else "hit"
 
 
 class PriorCache:
@@ -149,47 +180,138 @@ class PriorCache:
         posterior); ``embedding`` is e(state_text) when the caller already has it; ``step`` is the
         clock for recency and utility (an internal lookup counter when None)."""
         start = time.perf_counter()
-        if not isinstance(state_text, str):
-            raise ConfigError(f"state_text must be a string, got {type(state_text).__name__}")
+        request = self._check(LookupRequest(state_text, prompt, candidates, q_values, alpha, embedding, step))
+        cost = LookupCost()
+        if self.config.mode == "none":
+            fresh = self._ask(request.prompt, request.cands, cost, partial=False)
+            return self._finish(request, _Planned(None, 0, "uncached"), fresh, cost, start)
+
+        with self._lock:
+            now = self._tick(step)
+            match = self._plan_exact(request.p_hash, state_text, request.cands)
+        near = _Nearest(match, 1.0, True, False, None) if match is not None else None
+        if near is None:
+            if request.emb is None:
+                request.emb = self._encode(state_text, cost)
+            with self._lock:
+                near = self._plan_similar(request.p_hash, request.emb, request.cands)
+        plan = _Planned(near, now, _kind_of(near))
+        call = self._call_of(request, plan, cost)
+        fresh = self._ask(call.prompt, call.actions, cost, partial=call.partial) if call is not None else None
+        return self._finish(request, plan, fresh, cost, start)
+
+    def lookup_batch(self, requests: Sequence[LookupRequest]) -> list[PriorLookup]:
+        """The priors of several lookups (e.g. N environments stepped in lockstep), with ONE backend
+        call for every LLM call of the batch (misses, refreshes and F7 partial calls alike) and ONE
+        encoder call for every state that came without an embedding.
+
+        The same as ``lookup`` on each request in order (kinds, counters, audits, controller
+        updates, clock), except that every lookup is planned against the entries as they were when
+        the batch began: a state cannot hit an entry inserted (or refreshed) by an earlier state of
+        the same batch, and K, δ, r moved by a meta-update within the batch apply from the next
+        batch. Two equal states in one batch thus both miss and both pay a full call; the second
+        insert extends the first's entry. A batch also encodes states that turn out to be exact hits
+        (``lookup`` skips that); the encoder's memo makes such repeats cheap. LLM and encoder time and
+        tokens are shared evenly among the lookups that took part (:mod:`priorcache.cache.batch`);
+        each lookup's own time is an even share of the batch's."""
+        start = time.perf_counter()
+        checked = [self._check(r) for r in requests]  # all validated before anything changes
+        costs = [LookupCost() for _ in checked]
+        if not checked:
+            return []
+        if self.config.mode == "none":
+            plans = [_Planned(None, 0, "uncached") for _ in checked]
+        else:
+            missing = [i for i, r in enumerate(checked) if r.emb is None]
+            vectors = encode_states(
+                self.encoder,
+                self.encoder_name,
+                self.dim,
+                [checked[i].state_text for i in missing],
+                [costs[i] for i in missing],
+            )
+            for i, vector in zip(missing, vectors):
+                checked[i].emb = vector
+            plans = []
+            with self._lock:
+                for r in checked:
+                    now = self._tick(r.step)
+                    match = self._plan_exact(r.p_hash, r.state_text, r.cands)
+                    near = _Nearest(match, 1.0, True, False, None) if match is not None else None
+                    if near is None:
+                        near = self._plan_similar(r.p_hash, r.emb, r.cands)
+                    plans.append(_Planned(near, now, _kind_of(near)))
+        calls = [self._call_of(r, plan, cost) for r, plan, cost in zip(checked, plans, costs)]
+        wanted = [call for call in calls if call is not None]
+        scores = iter(ask_backend_batch(self.backend, self.backend_name, wanted))
+        results = []
+        for r, plan, cost, call in zip(checked, plans, costs, calls):
+            fresh = self.prior_kind.from_scores(call.actions, next(scores), self.prior_config) if call else None
+            results.append(self._finish(r, plan, fresh, cost, None))
+        own = max(0.0, time.perf_counter() - start - sum(c.external_wall_s for c in costs))
+        with self._lock:
+            self._counters.lookup_time_s += own
+        for result in results:
+            result.lookup_time_s = own / len(results)
+        return results
+
+    def _check(self, request: LookupRequest) -> _Checked:
+        """A request's arguments checked (ConfigError otherwise), candidates and Q as the cache uses them."""
+        if not isinstance(request.state_text, str):
+            raise ConfigError(f"state_text must be a string, got {type(request.state_text).__name__}")
+        prompt = request.prompt
         if not isinstance(getattr(prompt, "prefix", None), str):
             raise ConfigError("prompt must be a Prompt with a string prefix")
-        cands = check_candidates(candidates)
-        q = check_q(q_values, len(cands), alpha)
-        emb = check_embedding(embedding, self.dim, self.encoder_name) if embedding is not None else None
+        cands = check_candidates(request.candidates)
+        q = check_q(request.q_values, len(cands), request.alpha)
+        emb = check_embedding(request.embedding, self.dim, self.encoder_name) if request.embedding is not None else None
+        step = request.step
         if step is not None and (not is_int(step) or step < 0):
             raise ConfigError(f"step must be an integer ≥ 0 or None, got {step!r}")
-        cost = LookupCost()
+        return _Checked(request.state_text, prompt, cands, q, request.alpha, emb, step, prefix_hash(prompt.prefix))
 
-        if self.config.mode == "none":
-            fresh = self._ask(prompt, cands, cost, partial=False)
+    def _call_of(self, request: _Checked, plan: _Planned, cost: LookupCost) -> LLMCall | None:
+        """The LLM call a planned lookup needs: a full one (uncached, miss, refresh), a partial one
+        for the candidates a hit's entry does not know (F7, ``partial`` mode), or none."""
+        if plan.kind != "hit":
+            return LLMCall(request.prompt, request.cands, cost, partial=False)
+        known = set(plan.near.match.prior.actions)
+        unknown = [a for a in request.cands if a not in known]
+        if unknown and self.config.unknown_candidates == "partial":
+            return LLMCall(request.prompt, unknown, cost, partial=True)
+        return None
+
+    def _finish(
+        self, request: _Checked, plan: _Planned, fresh: Prior | None, cost: LookupCost, start: float | None
+    ) -> PriorLookup:
+        """Apply a planned lookup, given its LLM call's prior (``fresh``: the full or the partial
+        one; None when it made no call). ``start``: the lookup's start, for its own time; None in a
+        batch, which books its own time once for all (``lookup_batch``)."""
+        cands, q, alpha, emb, now, near = request.cands, request.q, request.alpha, request.emb, plan.now, plan.near
+        if plan.kind == "uncached":
+            assert fresh is not None
             with self._lock:
-                self._tick(step)
+                self._tick(request.step)
                 self._counters.uncached += 1
                 self._count(cost, start, llm_calls=1, partial_calls=0)
             return self._result(cands, fresh, "uncached", None, cost, start, llm_calls=1, embedding=emb)
 
-        p_hash = prefix_hash(prompt.prefix)
-        with self._lock:
-            now = self._tick(step)
-            evictions_before = self._table.evictions
-            match = self._plan_exact(p_hash, state_text, cands)
-        near = _Nearest(match, 1.0, True, False, None) if match is not None else None
-        if near is None:
-            if emb is None:
-                emb = self._encode(state_text, cost)
-            with self._lock:
-                near = self._plan_similar(p_hash, emb, cands)
-        match = near.match
-
-        if match is None:
-            fresh = self._ask(prompt, cands, cost, partial=False)
+        if plan.kind == "miss":
+            assert fresh is not None and emb is not None
             shadow_audit = None
             if near.shadow is not None:  # free audit: what the near-miss entry would have served
                 with cost.timed("adaptation_time_s"):
                     shadow_audit = self._would_serve(near.shadow, cands, fresh).divergence(fresh, q, alpha)
             with self._lock:
+                evictions_before = self._table.evictions
                 eid = self._table.upsert(
-                    p_hash, prompt.prefix, state_text, emb, fresh, now, self.controller.params.capacity
+                    request.p_hash,
+                    request.prompt.prefix,
+                    request.state_text,
+                    emb,
+                    fresh,
+                    now,
+                    self.controller.params.capacity,
                 )
                 self._counters.misses += 1
                 self._counters.coverage_rejections += int(near.rejected_for_coverage)
@@ -212,12 +334,22 @@ class PriorCache:
                 meta_update=update,
             )
 
-        if match.refresh:
-            fresh = self._ask(prompt, cands, cost, partial=False)
+        match = near.match
+        if plan.kind == "refresh":
+            assert fresh is not None
             audit = self._would_serve(match, cands, fresh).divergence(fresh, q, alpha)
             with self._lock:
+                evictions_before = self._table.evictions
                 self._table.apply_refresh(
-                    match, p_hash, prompt.prefix, state_text, emb, fresh, audit, now, self.controller.params.capacity
+                    match,
+                    request.p_hash,
+                    request.prompt.prefix,
+                    request.state_text,
+                    emb,
+                    fresh,
+                    audit,
+                    now,
+                    self.controller.params.capacity,
                 )
                 self._counters.refreshes += 1
                 self._counters.add_audit(audit)
@@ -240,22 +372,19 @@ class PriorCache:
                 meta_update=update,
             )
 
-        # A hit: F7 completion of the candidates the entry does not know.
-        known = set(match.prior.actions)
-        unknown = [a for a in cands if a not in known]
-        partial: Prior | None = None
-        if unknown and self.config.unknown_candidates == "partial":
-            partial = self._ask(prompt, unknown, cost, partial=True)
-        served = match.prior.restrict(cands, fill=partial)
-        partial_calls = int(partial is not None)
+        # A hit: F7 completion of the candidates the entry does not know (``fresh``: their partial call).
+        unknown = [a for a in cands if a not in set(match.prior.actions)]
+        served = match.prior.restrict(cands, fill=fresh)
+        partial_calls = int(fresh is not None)
         with self._lock:
-            self._table.apply_hit(match, partial, now)
+            evictions_before = self._table.evictions
+            self._table.apply_hit(match, fresh, now)
             c = self._counters
             if match.kind == "exact":
                 c.exact_hits += 1
             else:
                 c.similar_hits += 1
-            n_partial = len(partial.actions) if partial is not None else 0
+            n_partial = len(fresh.actions) if fresh is not None else 0
             c.partial_actions += n_partial
             c.floor_filled += len(unknown) - n_partial
             update = self._adapt(
@@ -507,13 +636,15 @@ class PriorCache:
                 self._table.evict_to(self.controller.params.capacity, self._clock)
         return update
 
-    def _count(self, cost: LookupCost, start: float, *, llm_calls: int, partial_calls: int) -> None:
+    def _count(self, cost: LookupCost, start: float | None, *, llm_calls: int, partial_calls: int) -> None:
+        """Count a finished lookup; its own time from ``start`` (None: a batch's, booked by the batch)."""
         c = self._counters
         c.lookups += 1
         c.llm_calls += llm_calls
         c.partial_calls += partial_calls
         c.add_cost(cost)
-        c.lookup_time_s += max(0.0, time.perf_counter() - start - cost.external_wall_s)
+        if start is not None:
+            c.lookup_time_s += max(0.0, time.perf_counter() - start - cost.external_wall_s)
 
     # --- outside calls (never under the lock) ---------------------------------------------------
     def _ask(self, prompt: Prompt, actions: list[str], cost: LookupCost, *, partial: bool) -> Prior:
@@ -530,10 +661,10 @@ class PriorCache:
         kind: str,
         similarity: float | None,
         cost: LookupCost,
-        start: float,
+        start: float | None,
         **fields: Any,
     ) -> PriorLookup:
-        lookup_time = max(0.0, time.perf_counter() - start - cost.external_wall_s)
+        lookup_time = max(0.0, time.perf_counter() - start - cost.external_wall_s) if start is not None else 0.0
         hit = kind in ("exact", "similar")
         return PriorLookup(cands, prior, kind, hit, similarity, cost=cost, lookup_time_s=lookup_time, **fields)
 
