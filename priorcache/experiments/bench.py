@@ -87,6 +87,7 @@ class BenchConfig:
     eval_every: int = 0
     shots: int = 0
     adapt: str = "none"
+    num_envs: int = 1
     backend: str = "embedded"
     model_path: str | None = None
     device: str = "cpu"
@@ -123,6 +124,7 @@ class BenchConfig:
             eval_every=self.eval_every,
             shots=self.shots if adapted else 0,
             adapt=self.adapt if adapted else "none",
+            num_envs=self.num_envs,
             label=method,
         )
 

@@ -1,7 +1,8 @@
 """Experiments (docs/design.md §1): any registered agent on an environment, over episodes and seeds,
 under the train / evaluate protocol.
 
-Training episode ``e`` of every seed plays training game ``e mod train_games`` (game seeds
+Training episode ``e`` of every seed plays training game ``e mod train_games`` (``num_envs`` > 1:
+episodes are played that many at a time, in lockstep, with one batched LLM call per step) (game seeds
 ``game_seeds(env, "train", train_games)``, the same games for every seed and method). Every
 ``eval_every`` episodes, and after the last, the agent plays each of ``eval_games`` held-out games
 once with its greedy policy and no learning (:mod:`priorcache.experiments.evaluation`); the final
@@ -24,6 +25,7 @@ leaves the episodes it finished readable:
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,7 @@ from tqdm.auto import tqdm
 
 from priorcache.agents.base import Agent, episode_seed
 from priorcache.agents.registry import AGENTS, agent_spec, make_agent
+from priorcache.agents.vector import run_episodes_batched
 from priorcache.cache.encoder import MiniLMEncoder
 from priorcache.cache.prior_cache import CacheConfig, PriorCache
 from priorcache.cache.store import has_saved_cache
@@ -76,11 +79,12 @@ class RunConfig:
     adapt: str = "none"  # none | icl | lora | both
     max_examples: int = 10  # in-context pairs at most (icl, both)
     tensorboard: bool = False
+    num_envs: int = 1  # training episodes played in lockstep (one batched LLM call per step)
     label: str | None = None  # the method's name in reports (default: from agent and cache mode)
 
     def __post_init__(self) -> None:
         agent_spec(self.agent)  # ConfigError naming the choices for an unknown agent
-        for name in ("episodes", "train_games", "eval_games"):
+        for name in ("episodes", "train_games", "eval_games", "num_envs"):
             value = getattr(self, name)
             if not is_int(value) or value < 1:
                 raise ConfigError(f"{name} must be an integer ≥ 1, got {value!r}")
@@ -122,16 +126,22 @@ class _Games:
             self.kwargs["max_episode_steps"] = config.max_episode_steps
         self.train_seeds = game_seeds(config.env, "train", config.train_games)
         self.eval_seeds = game_seeds(config.env, "eval", config.eval_games)
-        self._open: dict[tuple[str, int], Any] = {}
+        self._open: dict[tuple[str, int, int], Any] = {}
 
-    def get(self, split: str, game_seed: int) -> Any:
-        if (split, game_seed) not in self._open:
-            self._open[split, game_seed] = make_split_env(self.env, split, game_seed, **self.kwargs)
-        return self._open[split, game_seed]
+    def get(self, split: str, game_seed: int, copy: int = 0) -> Any:
+        """The environment of a game; ``copy`` k > 0: another instance of it (batched rollouts
+        playing one game in two slots need two objects)."""
+        if (split, game_seed, copy) not in self._open:
+            self._open[split, game_seed, copy] = make_split_env(self.env, split, game_seed, **self.kwargs)
+        return self._open[split, game_seed, copy]
 
-    def train_game(self, episode: int) -> tuple[int, Any]:
-        game = self.train_seeds[episode % len(self.train_seeds)]
-        return game, self.get("train", game)
+    def train_games(self, first_episode: int, n: int) -> list[tuple[int, Any]]:
+        """(game seed, environment) of training episodes ``first_episode`` … ``first_episode + n - 1``."""
+        out = []
+        for episode in range(first_episode, first_episode + n):
+            game = self.train_seeds[episode % len(self.train_seeds)]
+            out.append((game, self.get("train", game, sum(g == game for g, _ in out))))
+        return out
 
     def eval_games(self) -> list[tuple[int, Any]]:
         return [(game, self.get("eval", game)) for game in self.eval_seeds]
@@ -165,7 +175,7 @@ def run_experiment(
     agent_config = config.agent_config()
     games = _Games(config)
     try:
-        games.train_game(0)  # refuses bad environment settings now
+        games.train_games(0, 1)  # refuses bad environment settings now
         needs_llm = spec.needs_llm
         examples: list[tuple[str, str]] = []
         adaptation_info: dict[str, Any] | None = None
@@ -278,22 +288,24 @@ def _train_and_evaluate(
             steps = queries = 0
             if every:
                 run_eval(seed, agent, 0, 0, 0)
-            for episode in range(config.episodes):
-                game_seed, env = games.train_game(episode)
+            for first in range(0, config.episodes, config.num_envs):
+                batch = games.train_games(first, min(config.num_envs, config.episodes - first))
                 adapted_before = cache.stats()["adaptation_time_s"] if cache is not None else 0.0
-                record = _run_episode(env, agent, seed, episode)
-                record.game_seed = game_seed
-                if cache is not None:
-                    record.cache_params = cache.params()
-                    record.adaptation_time_s = cache.stats()["adaptation_time_s"] - adapted_before
-                steps += record.steps
-                queries += record.llm_calls + record.partial_calls
-                records.append(record.to_json())
-                log.episode(seed, record, steps, queries)
+                played = _run_episodes(batch, agent, seed, first)
+                for record in played:
+                    if cache is not None:
+                        record.cache_params = cache.params()
+                        # the cache's own work during the batch, shared evenly by its episodes
+                        record.adaptation_time_s = (cache.stats()["adaptation_time_s"] - adapted_before) / len(played)
+                    steps += record.steps
+                    queries += record.llm_calls + record.partial_calls
+                    records.append(record.to_json())
+                    log.episode(seed, record, steps, queries)
+                    bar.update(1)
                 _write_progress(out, records, evals)
-                bar.update(1)
-                if (every and (episode + 1) % every == 0) or episode + 1 == config.episodes:
-                    run_eval(seed, agent, episode + 1, steps, queries)
+                done = first + len(played)
+                if (every and done // every > first // every) or done == config.episodes:
+                    run_eval(seed, agent, done, steps, queries)
     finally:
         bar.close()
         log.close()
@@ -304,14 +316,27 @@ def _train_and_evaluate(
     return records, evals
 
 
-def _run_episode(env: Any, agent: Agent, seed: int, episode: int) -> EpisodeRecord:
-    """One episode by the agent's own loop, recorded step by step into a metrics.jsonl line."""
-    record = EpisodeRecord(seed=seed, episode=episode)
-    outcome = agent.run_episode(env, episode_seed(seed, episode), on_step=record.add)
-    record.success = outcome.success
-    record.train_time_s = outcome.train_time_s
-    record.wall_time_s = outcome.wall_time_s
-    return record
+def _run_episodes(batch: list[tuple[int, Any]], agent: Agent, seed: int, first: int) -> list[EpisodeRecord]:
+    """Episodes ``first``, ``first + 1``, … on the (game seed, environment) pairs of ``batch``, each
+    recorded step by step into a metrics.jsonl line: by the agent's own loop for one environment,
+    in lockstep (:func:`priorcache.agents.vector.run_episodes_batched`) for several."""
+    records = [EpisodeRecord(seed=seed, episode=first + i, game_seed=game) for i, (game, _) in enumerate(batch)]
+    reset_seeds = [episode_seed(seed, r.episode) for r in records]
+    start = time.perf_counter()
+    if len(batch) == 1:
+        outcomes = [agent.run_episode(batch[0][1], reset_seeds[0], on_step=records[0].add)]
+    else:
+        outcomes = run_episodes_batched(
+            agent, [env for _, env in batch], reset_seeds, on_step=lambda i, d, r: records[i].add(d, r)
+        )
+    wall = time.perf_counter() - start
+    for record, outcome in zip(records, outcomes):
+        record.success = outcome.success
+        record.train_time_s = outcome.train_time_s
+        # Lockstep episodes overlap in time: each gets an even share of the batch's wall time, so
+        # that the run's wall time is their sum, as for episodes played one after another.
+        record.wall_time_s = outcome.wall_time_s if len(batch) == 1 else wall / len(batch)
+    return records
 
 
 def _write_progress(out: Path, records: list[dict[str, Any]], evals: list[dict[str, Any]]) -> None:

@@ -110,3 +110,27 @@ def test_bad_protocol_settings_are_refused(tmp_path, settings, message):
     with pytest.raises(ConfigError, match=message):
         RunConfig(env="webshop", out=tmp_path / "run", **settings)
     assert not (tmp_path / "run").exists()
+
+
+def test_lockstep_training_episodes_record_what_one_at_a_time_records(tmp_path):
+    """``num_envs``: the direct LLM on an uncached prior acts the same whether its episodes run one
+    after another or two at a time (each on its own environment object, even for one game)."""
+    actions = {}
+    for num_envs in (1, 2, 3):
+        out = tmp_path / f"n{num_envs}"
+        config = RunConfig(
+            env="webshop",
+            agent="direct-llm",
+            cache=CacheConfig(mode="none"),
+            episodes=5,
+            max_episode_steps=5,
+            train_games=2,
+            eval_games=1,
+            num_envs=num_envs,
+            out=out,
+        )
+        summary = run_experiment(config, backend=FakeBackend(), encoder=HashEncoder(dim=32), progress=False)
+        records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        assert [r["game_seed"] for r in records] == [0, 1, 0, 1, 0] and summary["episodes"] == 5
+        actions[num_envs] = [r["actions"] for r in records]
+    assert actions[1] == actions[2] == actions[3]
