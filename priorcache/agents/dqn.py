@@ -227,6 +227,8 @@ class DQNAgent(DQNConfigMixin, Agent):
         share of the batch's shared work (encoding, lookups)."""
         start = time.perf_counter()
         slots = self._slot_list(slots, len(states))
+        if not slots:
+            return []
         cands = [check_candidates(c) for c in candidates]
         vecs = self.encoder.encode(list(states) + [a for c in cands for a in c])
         bounds = np.cumsum([len(states)] + [len(c) for c in cands])

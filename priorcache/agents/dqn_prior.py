@@ -170,6 +170,8 @@ class DirectLLMAgent(DQNConfigMixin, Agent):
         not depend on α or on the other slots). A decision's time is an even share of the batch's."""
         start = time.perf_counter()
         slots = self._slot_list(slots, len(states))
+        if not slots:
+            return []
         cands = [check_candidates(c) for c in candidates]
         vecs = self.encoder.encode(list(states))
         objectives = []

@@ -20,6 +20,10 @@ Lookup:
    of their own kind.
 6. A miss makes a full call and inserts (evicting at capacity by the eviction policy).
 
+``lookup_batch`` serves several lookups (N environments in lockstep) with one LLM call and one
+encoder call for all of them, planned against the entries as they were when the batch began
+(:mod:`priorcache.cache.batch`).
+
 K, δ and r come from the mode's controller (:mod:`priorcache.cache.controllers`); which entry goes
 at capacity from the eviction policy (:mod:`priorcache.cache.eviction`).
 
