@@ -137,6 +137,9 @@ def run(
     eval_every: int = typer.Option(
         0, min=0, help="evaluate on the held-out games every N training episodes (0: after the last only)"
     ),
+    eval_policy: str = typer.Option(
+        "greedy", help="held-out episodes by the policy's mode (greedy) or by draws from it (sample)"
+    ),
     shots: int = typer.Option(0, min=0, help="training games whose oracle episodes adapt the LLM prior (F8)"),
     adapt: str = typer.Option(
         "none", help="F8 adaptation on the --shots games: none, icl (in-context pairs), lora (LoRA fine-tune) or both"
@@ -223,6 +226,7 @@ def run(
             train_games=train_games,
             eval_games=eval_games,
             eval_every=eval_every,
+            eval_policy=eval_policy,
             shots=shots,
             adapt=adapt,
             max_examples=max_examples,
@@ -322,6 +326,7 @@ def bench_text(
     train_games: int = typer.Option(10, min=1, help="training games, played in turn"),
     eval_games: int = typer.Option(10, min=1, help="held-out evaluation games"),
     eval_every: int = typer.Option(0, min=0, help="evaluate every N training episodes (0: after the last only)"),
+    eval_policy: str = typer.Option("greedy", help="held-out episodes by the policy's mode (greedy) or draws (sample)"),
     shots: int = typer.Option(0, min=0, help="training games whose oracle episodes adapt the prior (F8)"),
     adapt: str = typer.Option("none", help="F8 adaptation of every LLM method but the 0-shot reference"),
     num_envs: int = typer.Option(1, min=1, help="training episodes played in lockstep, one batched LLM call per step"),
@@ -354,6 +359,7 @@ def bench_text(
             model_path=model_path,
             device=device,
             eval_every=eval_every,
+            eval_policy=eval_policy,
             shots=shots,
             adapt=adapt,
             num_envs=num_envs,

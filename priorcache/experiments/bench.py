@@ -85,6 +85,7 @@ class BenchConfig:
     train_games: int = 10
     eval_games: int = 10
     eval_every: int = 0
+    eval_policy: str = "greedy"
     shots: int = 0
     adapt: str = "none"
     num_envs: int = 1
@@ -122,6 +123,7 @@ class BenchConfig:
             train_games=self.train_games,
             eval_games=self.eval_games,
             eval_every=self.eval_every,
+            eval_policy=self.eval_policy,
             shots=self.shots if adapted else 0,
             adapt=self.adapt if adapted else "none",
             num_envs=self.num_envs,

@@ -1,9 +1,11 @@
 """Held-out evaluation (docs/design.md §1, "Train / evaluate protocol"): the agent's greedy policy on
 evaluation games, with no learning.
 
-Every evaluation episode is played with ``Agent.predict`` (the posterior's mode for DQN-Prior, the
-prior's argmax for the direct LLM), so neither the agent's weights, replay buffer, RNG streams nor
-temperature change. An agent that asks the prior cache asks a *copy* of it, made for this
+Every evaluation episode is played with ``Agent.predict``: ``greedy`` (the default) takes the
+posterior's mode for DQN-Prior, the prior's argmax for the direct LLM; ``sample`` draws from the
+agent's policy (F1) on the agent's evaluation RNG, which is what a memoryless policy needs in games
+where the greedy one walks in circles (a coin-collector maze). Neither the agent's weights, replay
+buffer, training RNG nor temperature change. An agent that asks the prior cache asks a *copy* of it, made for this
 evaluation and dropped after it: the cache serves the evaluation as it would serve a deployed agent
 (hits, misses that call the LLM, refreshes), but nothing an evaluation game taught it reaches
 training, and the LLM queries the evaluation made are counted apart from training's.
@@ -69,13 +71,18 @@ def _queries(cache: PriorCache | None) -> int | None:
     return int(stats["llm_calls"] + stats["partial_calls"])
 
 
-def play_greedy(agent: Agent, env: Any, reset_seed: int = EVAL_RESET_SEED) -> tuple[bool, float, int]:
+EVAL_POLICIES = ("greedy", "sample")
+
+
+def play_policy(
+    agent: Agent, env: Any, reset_seed: int = EVAL_RESET_SEED, policy: str = "greedy"
+) -> tuple[bool, float, int]:
     """One episode of ``env`` by ``agent.predict`` (no learning): (won, return, steps)."""
     _, info = env.reset(seed=reset_seed)
     agent.begin_episode(info["objective"])
     total, steps = 0.0, 0
     while True:
-        action = agent.predict(info["state_text"], info["admissible_actions"], deterministic=True)
+        action = agent.predict(info["state_text"], info["admissible_actions"], deterministic=policy == "greedy")
         _, reward, terminated, truncated, info = env.step(action)
         total += float(reward)
         steps += 1
@@ -91,15 +98,16 @@ def evaluate(
     after_episodes: int,
     train_steps: int,
     train_llm_queries: int,
+    policy: str = "greedy",
 ) -> list[EvalEpisode]:
-    """One greedy episode on each ``(game_seed, env)`` of ``games`` (held-out games), on a copy of the
-    agent's prior cache; the agent's training state is left as it was."""
+    """One episode by ``policy`` on each ``(game_seed, env)`` of ``games`` (held-out games), on a copy
+    of the agent's prior cache; the agent's training state is left as it was."""
     out: list[EvalEpisode] = []
     with _evaluation_cache(agent) as cache:
         for game_seed, env in games:
             start = time.perf_counter()
             before = _queries(cache)
-            won, total, steps = play_greedy(agent, env)
+            won, total, steps = play_policy(agent, env, policy=policy)
             after = _queries(cache)
             out.append(
                 EvalEpisode(

@@ -41,7 +41,7 @@ from priorcache.cache.store import has_saved_cache
 from priorcache.envs.registry import game_seeds, make_split_env
 from priorcache.errors import ConfigError
 from priorcache.experiments.adapt import Adaptation, adapt_prior, check_adaptation
-from priorcache.experiments.evaluation import EvalEpisode, evaluate
+from priorcache.experiments.evaluation import EVAL_POLICIES, EvalEpisode, evaluate
 from priorcache.experiments.metrics import EpisodeRecord, summarise, summarise_held_out
 from priorcache.experiments.tensorboard_log import ScalarLog
 from priorcache.io import atomic_write_json, atomic_write_text
@@ -75,6 +75,7 @@ class RunConfig:
     train_games: int = 10  # training games, played in turn
     eval_games: int = 10  # held-out games of every evaluation
     eval_every: int = 0  # evaluate every this many training episodes (and after the last); 0: after the last only
+    eval_policy: str = "greedy"  # greedy (the policy's mode) or sample (draws from it)
     shots: int = 0  # training games whose oracle episodes adapt the prior (F8)
     adapt: str = "none"  # none | icl | lora | both
     max_examples: int = 10  # in-context pairs at most (icl, both)
@@ -97,6 +98,8 @@ class RunConfig:
         if self.max_episode_steps is not None and self.max_episode_steps < 1:
             raise ConfigError(f"max_episode_steps must be ≥ 1, got {self.max_episode_steps}")
         check_adaptation(self.shots, self.adapt)
+        if self.eval_policy not in EVAL_POLICIES:
+            raise ConfigError(f"eval_policy must be one of {', '.join(EVAL_POLICIES)}, not {self.eval_policy!r}")
         if self.adapt != "none" and not agent_spec(self.agent).needs_llm:
             raise ConfigError(f"--adapt {self.adapt} adapts the LLM prior, which the {self.agent} agent does not use")
         game_seeds(self.env, "train", max(self.train_games, self.shots))  # refuses more games than the split has
@@ -275,7 +278,13 @@ def _train_and_evaluate(
 
     def run_eval(seed: int, agent: Agent, done: int, steps: int, queries: int) -> None:
         found: list[EvalEpisode] = evaluate(
-            agent, games.eval_games(), seed=seed, after_episodes=done, train_steps=steps, train_llm_queries=queries
+            agent,
+            games.eval_games(),
+            seed=seed,
+            after_episodes=done,
+            train_steps=steps,
+            train_llm_queries=queries,
+            policy=config.eval_policy,
         )
         evals.extend(e.to_json() for e in found)
         log.evaluation(seed, found)
