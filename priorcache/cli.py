@@ -67,6 +67,7 @@ def summary_table(summary: dict, title: str) -> Table:
         ),
         ("LLM queries per step", f"{summary['llm_queries_per_step']:.3f}"),
         ("cache hit rate", f"{summary['hit_rate']:.3f}"),
+        *_savings_rows(summary),
         ("decision latency p50 / p95 (ms)", f"{lat['p50']:.1f} / {lat['p95']:.1f}"),
         ("LLM wall time (s)", f"{summary['llm_wall_time_s']:.1f}"),
         (
@@ -114,6 +115,31 @@ def summary_table(summary: dict, title: str) -> Table:
     for name, value in rows:
         table.add_row(name, value)
     return table
+
+
+def _savings_rows(summary: dict) -> list[tuple[str, str]]:
+    """What the cache saved in training: queries against one per decision (what the uncached agent
+    pays), and LLM time against that many calls at this run's own mean time per call (an estimate)."""
+    if summary.get("cache_mode") in (None, "none", "n/a") or not summary["lookups"]:
+        return []
+    lookups, queries, calls = summary["lookups"], summary["llm_queries"], summary["llm_full_calls"]
+    rows = [
+        (
+            "LLM queries saved by the cache",
+            f"{lookups - queries} of {lookups} decisions ({lookups / queries:.1f}× fewer)"
+            if queries
+            else f"all {lookups} decisions",
+        )
+    ]
+    if calls:
+        per_call = summary["llm_wall_time_s"] / calls
+        rows.append(
+            (
+                "LLM time: spent / uncached estimate (s)",
+                f"{summary['llm_wall_time_s']:.1f} / {per_call * lookups:.1f} ({1e3 * per_call:.0f} ms per call)",
+            )
+        )
+    return rows
 
 
 @app.command()
