@@ -28,9 +28,9 @@ from tqdm.auto import tqdm
 from priorcache.cache.config import MODES, CacheConfig
 from priorcache.envs.registry import ENVIRONMENTS
 from priorcache.errors import ConfigError
-from priorcache.experiments.adapt import Adaptation, adapt_prior
+from priorcache.experiments.adapt import Adaptation
 from priorcache.experiments.report import method_label, write_report
-from priorcache.experiments.runner import DETERMINISTIC_AGENTS, RunConfig, run_experiment
+from priorcache.experiments.runner import DETERMINISTIC_AGENTS, RunConfig, adapt_for, run_experiment
 
 TEXT_ENVS = ("textworld", "alfworld", "babyai", "webshop")
 
@@ -198,16 +198,7 @@ def run_bench(
                     backend = make_backend(config.backend, model_path=config.model_path, device=config.device)
                 key = (cell.env, cell.shots, cell.adapt)
                 if key not in adaptations:  # once per environment and adaptation, shared by its runs
-                    adaptations[key] = adapt_prior(
-                        cell.env,
-                        config.backend,
-                        cell.shots,
-                        cell.adapt,
-                        model_path=config.model_path,
-                        device=config.device,
-                        max_steps=cell.max_episode_steps,
-                        base=None if cell.adapt in ("lora", "both") else backend,
-                    )
+                    adaptations[key] = adapt_for(cell, None if cell.adapt in ("lora", "both") else backend)
                 adaptation = adaptations[key]
             summary = run_experiment(cell, encoder=encoder, progress=False, adaptation=adaptation)
             if on_run is not None:

@@ -186,18 +186,7 @@ def run_experiment(
             if adaptation is None:
                 if backend is not None and config.adapt in ("lora", "both"):
                     raise ConfigError(f"adapt {config.adapt!r} fine-tunes the backend: pass adaptation=, not backend=")
-                adaptation = adapt_prior(
-                    config.env,
-                    config.backend,
-                    config.shots,
-                    config.adapt,
-                    model_path=config.model_path,
-                    device=config.device,
-                    max_examples=config.max_examples,
-                    max_steps=config.max_episode_steps,
-                    base=backend,
-                    progress=progress,
-                )
+                adaptation = adapt_for(config, backend, progress)
             backend, examples, adaptation_info = adaptation.backend, adaptation.examples, adaptation.info
         encoder = encoder or MiniLMEncoder()
         cache = _make_cache(config, encoder, backend) if spec.uses_cache else None
@@ -239,6 +228,23 @@ def run_experiment(
         )
     atomic_write_json(out / "summary.json", summary)
     return summary
+
+
+def adapt_for(config: RunConfig, base: LLMBackend | None = None, progress: bool = False) -> Adaptation:
+    """The F8 adaptation ``config`` asks for; ``base``: an already loaded backend to use (not with a
+    fine-tune, which loads a model of its own)."""
+    return adapt_prior(
+        config.env,
+        config.backend,
+        config.shots,
+        config.adapt,
+        model_path=config.model_path,
+        device=config.device,
+        max_examples=config.max_examples,
+        max_steps=config.max_episode_steps,
+        base=base,
+        progress=progress,
+    )
 
 
 def _make_cache(config: RunConfig, encoder: MiniLMEncoder, backend: LLMBackend | None) -> PriorCache:
