@@ -21,8 +21,11 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
+# The main job (README, "Quick start"): DQN-Prior with the static cache learns TextWorld coin-collector
+# mazes and is evaluated on held-out mazes every 10 episodes; about 5 minutes on 2 cores.
 run: install
-	$(VENV)/bin/priorcache run textworld
+	$(VENV)/bin/priorcache run textworld:tw-coin_collector --episodes 30 --train-games 10 --eval-games 10 \
+		--eval-every 10 --eval-policy sample --seeds 0,1 --out runs/main
 
 # Lint and format check only: `ruff check --fix` / `ruff format` rewrite files, so they are run by hand.
 LINT_PATHS := priorcache tests benchmarks
