@@ -12,7 +12,12 @@ from priorcache.prior.prompts import prompt_builder
 
 @pytest.mark.parametrize(
     ("shots", "adapt", "message"),
-    [(5, "fine", "adapt must be one of"), (0, "lora", "shots ≥ 1"), (-1, "icl", "shots must be"), (True, "icl", "shots must be")],
+    [
+        (5, "fine", "adapt must be one of"),
+        (0, "lora", "shots ≥ 1"),
+        (-1, "icl", "shots must be"),
+        (True, "icl", "shots must be"),
+    ],
 )
 def test_bad_adaptation_settings_are_refused(shots, adapt, message):
     with pytest.raises(ConfigError, match=message):
