@@ -24,8 +24,10 @@ Lookup:
 encoder call for all of them, planned against the entries as they were when the batch began
 (:mod:`priorcache.cache.batch`).
 
-K, δ and r come from the mode's controller (:mod:`priorcache.cache.controllers`); which entry goes
-at capacity from the eviction policy (:mod:`priorcache.cache.eviction`).
+Steps 2-5 are planned by :mod:`priorcache.cache.planning`; counters, audits and what the controller
+is told are kept by :mod:`priorcache.cache.bookkeeping`. K, δ and r come from the mode's controller
+(:mod:`priorcache.cache.controllers`); which entry goes at capacity from the eviction policy
+(:mod:`priorcache.cache.eviction`).
 
 LLM and encoder calls run outside the lock; everything that reads or changes the entries runs
 inside it, so lookups from several threads are safe and the invariants (size ≤ K, one entry per
@@ -34,85 +36,43 @@ exact key, index and entries in step) hold at every release of the lock.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import threading
 import time
-from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from priorcache.cache import store
-from priorcache.cache.batch import LLMCall, LookupRequest, ask_backend_batch, encode_states
-from priorcache.cache.calls import ask_backend, check_embedding, check_q, encode_state
+from priorcache.cache.batch import LookupRequest, ask_backend_batch, encode_states
+from priorcache.cache.bookkeeping import Books, lookup_result
+from priorcache.cache.calls import ask_backend, encode_state
 from priorcache.cache.config import CacheConfig
 from priorcache.cache.controllers import make_controller
-from priorcache.cache.entry_table import EntryTable, Match
+from priorcache.cache.entry_table import EntryTable
 from priorcache.cache.eviction import make_eviction
-from priorcache.cache.records import CacheCounters, CacheEntry, LookupCost, PriorLookup
+from priorcache.cache.planning import (
+    Checked,
+    Planned,
+    Planner,
+    call_of,
+    check_request,
+    exact_hit,
+    plan_of,
+    would_serve,
+)
+from priorcache.cache.records import CacheEntry, LookupCost, PriorLookup
 from priorcache.cache.state import entry_to_json, validate_state
 from priorcache.errors import CacheFormatError, ConfigError
-from priorcache.prior.action_prior import CategoricalPrior, PriorConfig, check_candidates
+from priorcache.prior.action_prior import CategoricalPrior, PriorConfig
 from priorcache.prior.base import LLMBackend, Prompt
-from priorcache.prior.divergence import Audit
 from priorcache.prior.interface import Prior
 from priorcache.validation import is_int, is_number
 
 if TYPE_CHECKING:
     from priorcache.cache.encoder import Encoder
-
-# How many audits ``audit_log`` keeps: enough for a meta-optimiser window, bounded memory.
-AUDIT_LOG_SIZE = 4096
-
-
-def prefix_hash(prefix: str) -> str:
-    """The partition key of a prompt prefix (sha256, hex): entries never cross partitions."""
-    return hashlib.sha256(prefix.encode("utf-8")).hexdigest()
-
-
-@dataclass
-class _Nearest:
-    """What the similarity search found for one lookup."""
-
-    match: Match | None  # the hit, when sim ≥ δ and the entry covers enough candidates
-    similarity: float | None  # of the nearest same-prompt entry; None when the partition is empty
-    servable: bool  # that entry covers enough candidates to be served at some δ
-    rejected_for_coverage: bool  # sim ≥ δ, but too few candidates known
-    shadow: Match | None  # a near-miss (floor ≤ sim < δ) to audit for free on the miss's LLM call
-
-
-@dataclass
-class _Checked:
-    """A lookup's arguments after checking; ``emb`` is filled in when the cache encodes the state."""
-
-    state_text: str
-    prompt: Prompt
-    cands: list[str]
-    q: np.ndarray | None
-    alpha: float
-    emb: np.ndarray | None
-    step: int | None
-    p_hash: str
-
-
-@dataclass
-class _Planned:
-    """A lookup between planning (under the lock) and finishing: what the search found, the clock
-    it was planned at, and its kind: "uncached", "miss", "refresh" or "hit"."""
-
-    near: _Nearest | None
-    now: int
-    kind: str
-
-
-def _kind_of(near: _Nearest) -> str:
-    if near.match is None:
-        return "miss"
-    return "refresh" if near.match.refresh else "hit"
 
 
 class PriorCache:
@@ -150,10 +110,9 @@ class PriorCache:
         self.controller = make_controller(config)
         self.eviction = make_eviction(config.eviction, config.utility_half_life)
         self._table = EntryTable(config.index, self.dim, config.capacity, self.eviction, self.controller.forget)
+        self._planner = Planner(config, self._table, self.controller)
         self._clock = 0
-        self._rng = np.random.default_rng(config.seed)
-        self._counters = CacheCounters()
-        self._audit_log: deque[dict[str, Any]] = deque(maxlen=AUDIT_LOG_SIZE)
+        self._books = Books(self.controller, self._table)
 
     # --- public API -------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -184,23 +143,25 @@ class PriorCache:
         posterior); ``embedding`` is e(state_text) when the caller already has it; ``step`` is the
         clock for recency and utility (an internal lookup counter when None)."""
         start = time.perf_counter()
-        request = self._check(LookupRequest(state_text, prompt, candidates, q_values, alpha, embedding, step))
+        request = check_request(
+            LookupRequest(state_text, prompt, candidates, q_values, alpha, embedding, step), self.dim, self.encoder_name
+        )
         cost = LookupCost()
         if self.config.mode == "none":
             fresh = self._ask(request.prompt, request.cands, cost, partial=False)
-            return self._finish(request, _Planned(None, 0, "uncached"), fresh, cost, start)
+            return self._finish(request, Planned(None, 0, "uncached"), fresh, cost, start)
 
         with self._lock:
             now = self._tick(step)
-            match = self._plan_exact(request.p_hash, state_text, request.cands)
-        near = _Nearest(match, 1.0, True, False, None) if match is not None else None
+            match = self._planner.exact(request.p_hash, state_text, request.cands)
+        near = exact_hit(match) if match is not None else None
         if near is None:
             if request.emb is None:
                 request.emb = self._encode(state_text, cost)
             with self._lock:
-                near = self._plan_similar(request.p_hash, request.emb, request.cands)
-        plan = _Planned(near, now, _kind_of(near))
-        call = self._call_of(request, plan, cost)
+                near = self._planner.similar(request.p_hash, request.emb, request.cands)
+        plan = plan_of(near, now)
+        call = call_of(request, plan, cost, self.config.unknown_candidates)
         fresh = self._ask(call.prompt, call.actions, cost, partial=call.partial) if call is not None else None
         return self._finish(request, plan, fresh, cost, start)
 
@@ -219,12 +180,12 @@ class PriorCache:
         tokens are shared evenly among the lookups that took part (:mod:`priorcache.cache.batch`);
         each lookup's own time is an even share of the batch's."""
         start = time.perf_counter()
-        checked = [self._check(r) for r in requests]  # all validated before anything changes
+        checked = [check_request(r, self.dim, self.encoder_name) for r in requests]  # all checked before any change
         costs = [LookupCost() for _ in checked]
         if not checked:
             return []
         if self.config.mode == "none":
-            plans = [_Planned(None, 0, "uncached") for _ in checked]
+            plans = [Planned(None, 0, "uncached") for _ in checked]
         else:
             missing = [i for i, r in enumerate(checked) if r.emb is None]
             vectors = encode_states(
@@ -240,12 +201,11 @@ class PriorCache:
             with self._lock:
                 for r in checked:
                     now = self._tick(r.step)
-                    match = self._plan_exact(r.p_hash, r.state_text, r.cands)
-                    near = _Nearest(match, 1.0, True, False, None) if match is not None else None
-                    if near is None:
-                        near = self._plan_similar(r.p_hash, r.emb, r.cands)
-                    plans.append(_Planned(near, now, _kind_of(near)))
-        calls = [self._call_of(r, plan, cost) for r, plan, cost in zip(checked, plans, costs)]
+                    match = self._planner.exact(r.p_hash, r.state_text, r.cands)
+                    near = exact_hit(match) if match is not None else self._planner.similar(r.p_hash, r.emb, r.cands)
+                    plans.append(plan_of(near, now))
+        unknown = self.config.unknown_candidates
+        calls = [call_of(r, plan, cost, unknown) for r, plan, cost in zip(checked, plans, costs)]
         wanted = [call for call in calls if call is not None]
         scores = iter(ask_backend_batch(self.backend, self.backend_name, wanted))
         results = []
@@ -254,58 +214,33 @@ class PriorCache:
             results.append(self._finish(r, plan, fresh, cost, None))
         own = max(0.0, time.perf_counter() - start - sum(c.external_wall_s for c in costs))
         with self._lock:
-            self._counters.lookup_time_s += own
+            self._books.counters.lookup_time_s += own
         for result in results:
             result.lookup_time_s = own / len(results)
         return results
 
-    def _check(self, request: LookupRequest) -> _Checked:
-        """A request's arguments checked (ConfigError otherwise), candidates and Q as the cache uses them."""
-        if not isinstance(request.state_text, str):
-            raise ConfigError(f"state_text must be a string, got {type(request.state_text).__name__}")
-        prompt = request.prompt
-        if not isinstance(getattr(prompt, "prefix", None), str):
-            raise ConfigError("prompt must be a Prompt with a string prefix")
-        cands = check_candidates(request.candidates)
-        q = check_q(request.q_values, len(cands), request.alpha)
-        emb = check_embedding(request.embedding, self.dim, self.encoder_name) if request.embedding is not None else None
-        step = request.step
-        if step is not None and (not is_int(step) or step < 0):
-            raise ConfigError(f"step must be an integer ≥ 0 or None, got {step!r}")
-        return _Checked(request.state_text, prompt, cands, q, request.alpha, emb, step, prefix_hash(prompt.prefix))
-
-    def _call_of(self, request: _Checked, plan: _Planned, cost: LookupCost) -> LLMCall | None:
-        """The LLM call a planned lookup needs: a full one (uncached, miss, refresh), a partial one
-        for the candidates a hit's entry does not know (F7, ``partial`` mode), or none."""
-        if plan.kind != "hit":
-            return LLMCall(request.prompt, request.cands, cost, partial=False)
-        known = set(plan.near.match.prior.actions)
-        unknown = [a for a in request.cands if a not in known]
-        if unknown and self.config.unknown_candidates == "partial":
-            return LLMCall(request.prompt, unknown, cost, partial=True)
-        return None
-
     def _finish(
-        self, request: _Checked, plan: _Planned, fresh: Prior | None, cost: LookupCost, start: float | None
+        self, request: Checked, plan: Planned, fresh: Prior | None, cost: LookupCost, start: float | None
     ) -> PriorLookup:
         """Apply a planned lookup, given its LLM call's prior (``fresh``: the full or the partial
         one; None when it made no call). ``start``: the lookup's start, for its own time; None in a
         batch, which books its own time once for all (``lookup_batch``)."""
         cands, q, alpha, emb, now, near = request.cands, request.q, request.alpha, request.emb, plan.now, plan.near
+        completion, books = self.config.unknown_candidates, self._books
         if plan.kind == "uncached":
             assert fresh is not None
             with self._lock:
                 self._tick(request.step)
-                self._counters.uncached += 1
-                self._count(cost, start, llm_calls=1, partial_calls=0)
-            return self._result(cands, fresh, "uncached", None, cost, start, llm_calls=1, embedding=emb)
+                self._books.counters.uncached += 1
+                self._books.count(cost, start, llm_calls=1, partial_calls=0)
+            return lookup_result(cands, fresh, "uncached", None, cost, start, llm_calls=1, embedding=emb)
 
         if plan.kind == "miss":
             assert fresh is not None and emb is not None
             shadow_audit = None
             if near.shadow is not None:  # free audit: what the near-miss entry would have served
                 with cost.timed("adaptation_time_s"):
-                    shadow_audit = self._would_serve(near.shadow, cands, fresh).divergence(fresh, q, alpha)
+                    shadow_audit = would_serve(near.shadow, cands, fresh, completion).divergence(fresh, q, alpha)
             with self._lock:
                 evictions_before = self._table.evictions
                 eid = self._table.upsert(
@@ -317,14 +252,16 @@ class PriorCache:
                     now,
                     self.controller.params.capacity,
                 )
-                self._counters.misses += 1
-                self._counters.coverage_rejections += int(near.rejected_for_coverage)
+                books.counters.misses += 1
+                books.counters.coverage_rejections += int(near.rejected_for_coverage)
                 record = None
                 if shadow_audit is not None:
-                    record = self._log_audit(now, near.shadow, shadow_audit, served=False, cost=cost)
-                update = self._adapt(near, cost, evictions_before, now, hit=False, full_call=True, partial_call=False)
-                self._count(cost, start, llm_calls=1, partial_calls=0)
-            return self._result(
+                    record = books.audit(now, near.shadow, shadow_audit, served=False, cost=cost)
+                update = books.adapt(
+                    near, cost, evictions_before, now, self._clock, hit=False, full_call=True, partial_call=False
+                )
+                books.count(cost, start, llm_calls=1, partial_calls=0)
+            return lookup_result(
                 cands,
                 fresh,
                 "miss",
@@ -341,7 +278,7 @@ class PriorCache:
         match = near.match
         if plan.kind == "refresh":
             assert fresh is not None
-            audit = self._would_serve(match, cands, fresh).divergence(fresh, q, alpha)
+            audit = would_serve(match, cands, fresh, completion).divergence(fresh, q, alpha)
             with self._lock:
                 evictions_before = self._table.evictions
                 self._table.apply_refresh(
@@ -355,12 +292,14 @@ class PriorCache:
                     now,
                     self.controller.params.capacity,
                 )
-                self._counters.refreshes += 1
-                self._counters.add_audit(audit)
-                record = self._log_audit(now, match, audit, served=True, cost=cost)
-                update = self._adapt(near, cost, evictions_before, now, hit=False, full_call=True, partial_call=False)
-                self._count(cost, start, llm_calls=1, partial_calls=0)
-            return self._result(
+                books.counters.refreshes += 1
+                books.counters.add_audit(audit)
+                record = books.audit(now, match, audit, served=True, cost=cost)
+                update = books.adapt(
+                    near, cost, evictions_before, now, self._clock, hit=False, full_call=True, partial_call=False
+                )
+                books.count(cost, start, llm_calls=1, partial_calls=0)
+            return lookup_result(
                 cands,
                 fresh,
                 "refresh",
@@ -383,7 +322,7 @@ class PriorCache:
         with self._lock:
             evictions_before = self._table.evictions
             self._table.apply_hit(match, fresh, now)
-            c = self._counters
+            c = books.counters
             if match.kind == "exact":
                 c.exact_hits += 1
             else:
@@ -391,11 +330,18 @@ class PriorCache:
             n_partial = len(fresh.actions) if fresh is not None else 0
             c.partial_actions += n_partial
             c.floor_filled += len(unknown) - n_partial
-            update = self._adapt(
-                near, cost, evictions_before, now, hit=True, full_call=False, partial_call=bool(partial_calls)
+            update = books.adapt(
+                near,
+                cost,
+                evictions_before,
+                now,
+                self._clock,
+                hit=True,
+                full_call=False,
+                partial_call=bool(partial_calls),
             )
-            self._count(cost, start, llm_calls=0, partial_calls=partial_calls)
-        return self._result(
+            books.count(cost, start, llm_calls=0, partial_calls=partial_calls)
+        return lookup_result(
             cands,
             served,
             match.kind,
@@ -426,10 +372,7 @@ class PriorCache:
         if not (is_number(reward) and math.isfinite(reward)):
             raise ConfigError(f"reward must be a finite number, got {reward!r}")
         with self._lock:
-            cost = LookupCost()
-            with cost.timed("adaptation_time_s"):
-                self.controller.observe_reward(float(reward))
-            self._counters.adaptation_time_s += cost.adaptation_time_s
+            self._books.observe_reward(float(reward))
 
     def observe_td(self, hit: bool, td_sum: float, count: int) -> None:
         """Summed |TD error| of ``count`` replayed transitions that acted on a cached (``hit``) or a fresh
@@ -441,10 +384,7 @@ class PriorCache:
                 f"observe_td needs a finite td_sum ≥ 0 and an integer count ≥ 0, got {td_sum!r}, {count!r}"
             )
         with self._lock:
-            cost = LookupCost()
-            with cost.timed("adaptation_time_s"):
-                self.controller.observe_td(hit, float(td_sum), int(count))
-            self._counters.adaptation_time_s += cost.adaptation_time_s
+            self._books.observe_td(hit, float(td_sum), int(count))
 
     def meta_log(self) -> list[dict[str, Any]]:
         """The controller's parameter updates (the meta-optimiser's windows in adaptive mode), oldest first."""
@@ -458,7 +398,7 @@ class PriorCache:
         with self._lock:
             return {
                 "mode": self.config.mode,
-                **self._counters.stats(),
+                **self._books.counters.stats(),
                 "evictions": self._table.evictions,
                 "size": len(self._table),
                 "capacity": self.config.capacity,
@@ -469,7 +409,7 @@ class PriorCache:
     def audit_log(self) -> list[dict[str, Any]]:
         """The most recent audits (step, kind, similarity, coverage, ε, KL, bound), oldest first."""
         with self._lock:
-            return [dict(a) for a in self._audit_log]
+            return [dict(a) for a in self._books.audits]
 
     def entries(self) -> list[CacheEntry]:
         """Copies of the entries, in insertion order."""
@@ -537,118 +477,14 @@ class PriorCache:
         except CacheFormatError as e:
             raise CacheFormatError(f"{where}: {e}") from None
 
-    # --- planning (under the lock) ------------------------------------------------------------
+    # --- under the lock ---------------------------------------------------------------------------
     def _tick(self, step: int | None) -> int:
+        """Advance the clock; the step a lookup is planned at."""
         if step is None:
             self._clock += 1
             return self._clock
         self._clock = max(self._clock, int(step))
         return int(step)
-
-    def _coverage(self, entry: CacheEntry, cands: list[str]) -> tuple[int, float]:
-        known = set(entry.prior.actions)
-        n = sum(a in known for a in cands)
-        return n, n / len(cands)
-
-    def _make_match(
-        self, entry: CacheEntry, kind: str, similarity: float, coverage: float, draw_refresh: bool = True
-    ) -> Match:
-        r = self.controller.params.refresh_rate
-        refresh = draw_refresh and r > 0 and bool(self._rng.random() < r)
-        return Match(entry.id, entry.version, kind, similarity, entry.prior, coverage, refresh, self._table.epoch, r)
-
-    def _plan_exact(self, p_hash: str, state_text: str, cands: list[str]) -> Match | None:
-        entry = self._table.by_state(p_hash, state_text)
-        if entry is None:
-            return None
-        known, coverage = self._coverage(entry, cands)
-        # The same state under the same prompt: a partial call scores the unknown candidates exactly
-        # as a full call would, so coverage only matters when they would get the floor score.
-        # An entry knowing none of them is no hit at all.
-        if known == 0 or (self.config.unknown_candidates == "floor" and coverage < self.config.min_coverage):
-            return None
-        return self._make_match(entry, "exact", 1.0, coverage)
-
-    def _plan_similar(self, p_hash: str, emb: np.ndarray, cands: list[str]) -> _Nearest:
-        found = self._table.nearest(p_hash, emb)
-        if found is None:
-            return _Nearest(None, None, False, False, None)
-        entry, sim = found
-        known, coverage = self._coverage(entry, cands)
-        servable = known > 0 and coverage >= self.config.min_coverage
-        if sim < self.controller.threshold_for(entry.id):
-            shadow = None
-            floor = self.controller.shadow_floor
-            if servable and floor is not None and sim >= floor:
-                shadow = self._make_match(entry, "shadow", sim, coverage, draw_refresh=False)
-            return _Nearest(None, sim, servable, False, shadow)
-        if not servable:
-            return _Nearest(None, sim, False, True, None)
-        return _Nearest(self._make_match(entry, "similar", sim, coverage), sim, True, False, None)
-
-    def _would_serve(self, match: Match, cands: list[str], fresh: Prior) -> Prior:
-        """The prior a hit on ``match`` would have served. With partial completion its unknown
-        candidates would have been scored with this very prompt, i.e. exactly as in the fresh call."""
-        return match.prior.restrict(cands, fill=fresh if self.config.unknown_candidates == "partial" else None)
-
-    def _log_audit(self, now: int, match: Match, audit: Audit, *, served: bool, cost: LookupCost) -> dict[str, Any]:
-        """Keep the audit in the log and hand it to the controller (under the lock)."""
-        with cost.timed("adaptation_time_s"):
-            # A refresh is drawn with probability r among hits, so it stands for 1/r of them; a shadow
-            # audit is taken on every eligible near-miss.
-            rate = match.refresh_rate if served else 1.0
-            record = {
-                "step": now,
-                "kind": match.kind,
-                "served": served,
-                "similarity": match.similarity,
-                "coverage": match.coverage,
-                "entry_id": match.entry_id,
-                **audit.to_dict(),
-                "refresh_rate": rate,
-                "weight": 1.0 / rate,
-            }
-            self._audit_log.append(record)
-            if not served:
-                self._counters.shadow_audits += 1
-            self.controller.observe_audit(match.similarity, audit.kl, 1.0 / rate, served, match.entry_id)
-        return dict(record)
-
-    def _adapt(
-        self,
-        near: _Nearest,
-        cost: LookupCost,
-        evictions_before: int,
-        now: int,
-        *,
-        hit: bool,
-        full_call: bool,
-        partial_call: bool,
-    ) -> dict[str, Any] | None:
-        """Feed the lookup to the controller and apply a changed K."""
-        with cost.timed("adaptation_time_s"):
-            update = self.controller.observe_lookup(
-                near.similarity,
-                near.servable,
-                hit=hit,
-                full_call=full_call,
-                partial_call=partial_call,
-                evictions=self._table.evictions - evictions_before,
-                step=now,
-            )
-            if update is not None:
-                self._table.evict_to(self.controller.params.capacity, self._clock)
-        return update
-
-    def _count(self, cost: LookupCost, start: float | None, *, llm_calls: int, partial_calls: int) -> None:
-        """Count a finished lookup; its own time from ``start`` (None: a batch's, booked by the batch)."""
-        c = self._counters
-        c.lookups += 1
-        c.llm_calls += llm_calls
-        c.partial_calls += partial_calls
-        c.add_cost(cost)
-        if start is not None:
-            c.lookup_time_s += max(0.0, time.perf_counter() - start - cost.external_wall_s)
 
     # --- outside calls (never under the lock) ---------------------------------------------------
     def _ask(self, prompt: Prompt, actions: list[str], cost: LookupCost, *, partial: bool) -> Prior:
@@ -657,20 +493,6 @@ class PriorCache:
 
     def _encode(self, state_text: str, cost: LookupCost) -> np.ndarray:
         return encode_state(self.encoder, self.encoder_name, self.dim, state_text, cost)
-
-    @staticmethod
-    def _result(
-        cands: list[str],
-        prior: Prior,
-        kind: str,
-        similarity: float | None,
-        cost: LookupCost,
-        start: float | None,
-        **fields: Any,
-    ) -> PriorLookup:
-        lookup_time = max(0.0, time.perf_counter() - start - cost.external_wall_s) if start is not None else 0.0
-        hit = kind in ("exact", "similar")
-        return PriorLookup(cands, prior, kind, hit, similarity, cost=cost, lookup_time_s=lookup_time, **fields)
 
     def _assert_consistent(self) -> None:
         """Invariants, for tests: size ≤ K, one entry per exact key, index in step with the entries."""
