@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from priorcache.prior.base import Prompt
-from priorcache.prior.transformers_backend import TransformersBackend, _PackedPrompt
+from priorcache.prior.packed_scoring import PackedPrompt, plan_rows
+from priorcache.prior.transformers_backend import TransformersBackend
 
 PREFIXES = [
     "You control an agent in a grid world.\nMission: go to the red ball\n\n",
@@ -57,20 +58,17 @@ def test_tiny_model_rows_are_planned_by_estimated_work(tiny_model_dir):
     backend = TransformersBackend(tiny_model_dir)
     prompts, candidates = _prompts()
     packed = [
-        _PackedPrompt(
+        PackedPrompt(
             backend._prefix_state(p.prefix, True)[0], backend._encode(p.state), [backend._action_ids(a) for a in c]
         )
         for p, c in zip(prompts, candidates)
     ]
-    backend._key_cost = 0.0
-    assert len(backend._plan_rows(packed)) == 1  # attention free: no padding at all
-    backend._key_cost = 1e9  # attention dear: rows no wider than the longest prompt, so as few keys as can be
-    rows = backend._plan_rows(packed)
+    assert len(plan_rows(packed, 0.0)) == 1  # attention free: no padding at all
+    rows = plan_rows(packed, 1e9)  # attention dear: rows no wider than the longest prompt, so as few keys as can be
     assert len(rows) > 1
     assert max(sum(packed[i].length for i in row) for row in rows) == max(item.length for item in packed)
     for cost in (0.0, 1e-3, 1e9):
-        backend._key_cost = cost
-        rows = backend._plan_rows(packed)
+        rows = plan_rows(packed, cost)
         assert sorted(i for row in rows for i in row) == list(range(len(packed)))
 
 
