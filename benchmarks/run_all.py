@@ -16,6 +16,7 @@ BENCHMARKS = [
     ["bench_scoring.py", "--reps", "30"],
     ["bench_envs.py"],
     ["bench_textworld_cache.py", "--seeds", "0,1,2", "--episodes", "10"],
+    ["batched_rollouts.py"],
 ]
 
 
