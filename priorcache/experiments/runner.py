@@ -130,12 +130,17 @@ class _Games:
         self.train_seeds = game_seeds(config.env, "train", config.train_games)
         self.eval_seeds = game_seeds(config.env, "eval", config.eval_games)
         self._open: dict[tuple[str, int, int], Any] = {}
+        #: Where the games came from (e.g. ALFWorld "generated" or "official:valid_unseen").
+        self.sources: set[str] = set()
 
     def get(self, split: str, game_seed: int, copy: int = 0) -> Any:
         """The environment of a game; ``copy`` k > 0: another instance of it (batched rollouts
         playing one game in two slots need two objects)."""
         if (split, game_seed, copy) not in self._open:
-            self._open[split, game_seed, copy] = make_split_env(self.env, split, game_seed, **self.kwargs)
+            env = make_split_env(self.env, split, game_seed, **self.kwargs)
+            self._open[split, game_seed, copy] = env
+            if getattr(env, "source", None):
+                self.sources.add(str(env.source))
         return self._open[split, game_seed, copy]
 
     def train_games(self, first_episode: int, n: int) -> list[tuple[int, Any]]:
@@ -148,11 +153,6 @@ class _Games:
 
     def eval_games(self) -> list[tuple[int, Any]]:
         return [(game, self.get("eval", game)) for game in self.eval_seeds]
-
-    @property
-    def sources(self) -> set[str]:
-        """Where the games came from (e.g. ALFWorld "generated" or "official:valid_unseen")."""
-        return {str(env.source) for env in self._open.values() if getattr(env, "source", None)}
 
     def close(self) -> None:
         for env in self._open.values():
