@@ -154,6 +154,7 @@ def aggregate(runs: list[RunFolder]) -> list[dict[str, Any]]:
             "held_out_success_ci95": held["success"]["ci95"] if held else None,
             "held_out_games": held["games"] if held else None,
             "held_out_curve": held["curve"] if held else [],
+            "eval_policy": members[0].config.get("eval_policy", "greedy") if held else None,
             "success": summary["success_rate"]["mean"],
             "success_ci95": summary["success_rate"]["ci95"],
             "return": summary["mean_return"]["mean"],
@@ -285,7 +286,9 @@ def render_markdown(rows: list[dict[str, Any]], incomplete: list[str]) -> str:
     seeds = sorted({tuple(r["seeds"]) for r in rows})
     lines += [
         "",
-        "Held-out success: the greedy policy after training, one episode on each held-out game (games "
+        "Held-out success: the policy after training (evaluation policy: "
+        f"{', '.join(sorted({r['eval_policy'] for r in rows if r['eval_policy']})) or 'none recorded'}; greedy "
+        "is its mode, sample draws from it), one episode on each held-out game (games "
         "disjoint from training), mean over seeds ± 95 % CI (Student's t). Training success and return: the "
         "exploring agent on training games, the same way. Query reduction, latency and retention "
         f"are against `{REFERENCE_METHOD}` on the same environment; queries count full and partial LLM calls "
