@@ -292,8 +292,8 @@ def render_markdown(rows: list[dict[str, Any]], incomplete: list[str]) -> str:
         "disjoint from training), mean over seeds ± 95 % CI (Student's t). Training success and return: the "
         "exploring agent on training games, the same way. Query reduction, latency and retention "
         f"are against `{REFERENCE_METHOD}` on the same environment; queries count full and partial LLM calls "
-        "per episode. Deterministic baselines (direct-llm, react) replay the same episode on a fixed game, "
-        "so they run one episode per seed. Environments marked (generated) use problems generated offline, "
+        "per training episode. Baselines that do not learn (direct-llm, react) play one training episode per "
+        "seed before their held-out evaluation. Environments marked (generated) use problems generated offline, "
         "not an official split.",
         f"Seeds: {', '.join(str(list(s)) for s in seeds) or 'none'}.",
     ]
