@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 
 from tqdm.auto import tqdm
 
+from priorcache.agents.registry import agent_spec
 from priorcache.cache.config import MODES, CacheConfig
 from priorcache.envs.registry import ENVIRONMENTS
 from priorcache.errors import ConfigError
@@ -107,8 +108,7 @@ class BenchConfig:
 
     def run_config(self, env: str, method: str, seed: int) -> RunConfig:
         m = METHODS[method]
-        needs_llm = m.agent != "dqn"
-        adapted = needs_llm and not m.zero_shot
+        adapted = agent_spec(m.agent).needs_llm and not m.zero_shot
         return RunConfig(
             env=env,
             agent=m.agent,
@@ -191,7 +191,7 @@ def run_bench(
 
                 encoder = MiniLMEncoder()
             adaptation = None
-            if cell.agent != "dqn":
+            if agent_spec(cell.agent).needs_llm:
                 if backend is None:
                     from priorcache.prior.registry import make_backend
 

@@ -151,30 +151,32 @@ def summarise_held_out(evals: list[dict[str, Any]]) -> dict[str, Any] | None:
     steps and LLM queries spent by then (means over seeds). None without evaluations."""
     if not evals:
         return None
-    seeds = sorted({e["seed"] for e in evals})
-    points = sorted({e["after_episodes"] for e in evals})
+    groups: dict[tuple[int, int], list[dict[str, Any]]] = {}  # (seed, after_episodes) -> its episodes
+    for e in evals:
+        groups.setdefault((e["seed"], e["after_episodes"]), []).append(e)
+    seeds = sorted({seed for seed, _ in groups})
 
-    def at(seed: int, point: int) -> list[dict[str, Any]]:
-        return [e for e in evals if e["seed"] == seed and e["after_episodes"] == point]
+    def mean(key: str, group: list[dict[str, Any]]) -> float:
+        return float(np.mean([e[key] for e in group]))
 
     curve = []
-    for point in points:
-        per_seed = [at(s, point) for s in seeds if at(s, point)]
+    for point in sorted({point for _, point in groups}):
+        per_seed = [groups[s, point] for s in seeds if (s, point) in groups]
         curve.append(
             {
                 "after_episodes": point,
                 "seeds": len(per_seed),
                 "train_steps": float(np.mean([p[0]["train_steps"] for p in per_seed])),
                 "train_llm_queries": float(np.mean([p[0]["train_llm_queries"] for p in per_seed])),
-                "success": mean_ci95([float(np.mean([e["success"] for e in p])) for p in per_seed]),
-                "return": mean_ci95([float(np.mean([e["episode_return"] for e in p])) for p in per_seed]),
+                "success": mean_ci95([mean("success", p) for p in per_seed]),
+                "return": mean_ci95([mean("episode_return", p) for p in per_seed]),
             }
         )
-    final = [at(s, max(e["after_episodes"] for e in evals if e["seed"] == s)) for s in seeds]
+    final = [groups[s, max(point for seed, point in groups if seed == s)] for s in seeds]
     queries = [e["llm_queries"] for e in evals if e["llm_queries"] is not None]
     return {
-        "success": mean_ci95([float(np.mean([e["success"] for e in f])) for f in final]),
-        "return": mean_ci95([float(np.mean([e["episode_return"] for e in f])) for f in final]),
+        "success": mean_ci95([mean("success", f) for f in final]),
+        "return": mean_ci95([mean("episode_return", f) for f in final]),
         "games": len({e["game_seed"] for e in evals}),
         "after_episodes": [f[0]["after_episodes"] for f in final],
         "steps": sum(e["steps"] for e in evals),
