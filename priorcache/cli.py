@@ -17,6 +17,7 @@ from priorcache.errors import ConfigError, PriorCacheError
 from priorcache.experiments.bench import METHODS, QUICK, TEXT_ENVS, BenchConfig, run_bench
 from priorcache.experiments.metrics import compare as compare_summaries
 from priorcache.experiments.report import write_report
+from priorcache.experiments.run_folder import plan_run_folder
 from priorcache.experiments.runner import RunConfig, load_summary, run_experiment
 
 app = typer.Typer(
@@ -193,6 +194,8 @@ def run(
     alpha_min: float = typer.Option(0.25, help="temperature at a 100% hit rate (F2); = --alpha turns F2 off"),
     cache_path: Path | None = typer.Option(None, help="warm-start from this saved cache; saved back at the end"),
     out: Path | None = typer.Option(None, help="output folder (default runs/ENV-AGENT-CACHE-TIME)"),
+    resume: bool = typer.Option(False, help="continue the killed run in --out from its last checkpoint"),
+    overwrite: bool = typer.Option(False, help="replace a run of another configuration in --out"),
     quiet: bool = typer.Option(False, help="no progress bar"),
 ) -> None:
     """Run an agent on an environment and write metrics.jsonl, summary.json and the cache."""
@@ -264,7 +267,10 @@ def run(
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-        summary = run_experiment(config, progress=not quiet)
+        folder = plan_run_folder(out, config.to_json(), cache_path, resume=resume, overwrite=overwrite)
+        if folder.note:
+            console.print(escape(folder.note))
+        summary = run_experiment(config, progress=not quiet, resume=resume, overwrite=overwrite)
     except PriorCacheError as e:
         console.print(f"[bold red]error:[/] {e}")
         raise typer.Exit(2) from None

@@ -12,6 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from priorcache.errors import ConfigError
+from priorcache.validation import is_json_int
+
 FIELDS = ("states", "actions", "rewards", "dones", "hits", "next_states", "next_support", "next_mask")
 
 
@@ -61,3 +64,28 @@ class ReplayBuffer:
         """``n`` transitions drawn uniformly with replacement (one ``rng.integers`` draw)."""
         idx = rng.integers(0, len(self), size=n)
         return {k: torch.as_tensor(getattr(self, k)[idx]) for k in FIELDS}
+
+    def to_arrays(self) -> tuple[dict[str, np.ndarray], dict[str, int | bool]]:
+        """The stored transitions (the filled rows only) and the ring's position, for saving."""
+        n = len(self)
+        return {k: np.ascontiguousarray(getattr(self, k)[:n]) for k in FIELDS}, {"pos": self.pos, "full": self.full}
+
+    def load_arrays(self, arrays: dict[str, np.ndarray], pos: int, full: bool) -> None:
+        """Inverse of :meth:`to_arrays`; ConfigError (nothing changed) when they do not fit this buffer."""
+        if not (is_json_int(pos) and isinstance(full, bool) and 0 <= pos < self.size):
+            raise ConfigError(f"replay buffer position {pos!r} (full={full!r}) does not fit a buffer of {self.size}")
+        n = self.size if full else pos
+        if sorted(arrays) != sorted(FIELDS):
+            raise ConfigError(f"replay buffer arrays {sorted(arrays)}, expected {sorted(FIELDS)}")
+        for k in FIELDS:
+            mine = getattr(self, k)
+            if arrays[k].shape != (n, *mine.shape[1:]) or arrays[k].dtype != mine.dtype:
+                raise ConfigError(
+                    f"replay buffer array {k!r} is {arrays[k].dtype}{list(arrays[k].shape)}, "
+                    f"expected {mine.dtype}{[n, *mine.shape[1:]]}"
+                )
+            if mine.dtype.kind == "f" and not np.isfinite(arrays[k]).all():
+                raise ConfigError(f"replay buffer array {k!r} holds non-finite numbers")
+        for k in FIELDS:
+            getattr(self, k)[:n] = arrays[k]
+        self.pos, self.full = pos, full

@@ -24,6 +24,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -32,6 +33,7 @@ from torch import nn
 
 from priorcache.agents.base import Agent, Decision
 from priorcache.agents.buffers import ReplayBuffer, Transition
+from priorcache.agents.saving import read_arrays, write_arrays
 from priorcache.errors import ConfigError
 from priorcache.posterior import PosteriorSampler, TemperatureSchedule
 from priorcache.prior.action_prior import check_candidates
@@ -340,9 +342,9 @@ class DQNAgent(DQNConfigMixin, Agent):
         self.train_time_s += time.perf_counter() - start
 
     # --- persistence --------------------------------------------------------------------------
-    # Saved: both networks, Adam's moments, the training RNG, F2's hit rate and the step count.
+    # Saved: both networks, Adam's moments, both RNGs, F2's hit rate and the step count.
     # Not saved (as in Stable-Baselines3's default): the replay buffer; a loaded agent acts exactly
-    # as the saved one, and trains on from an empty buffer.
+    # as the saved one, and trains on from an empty buffer unless ``load_replay_buffer`` restores it.
     def _state(self) -> tuple[dict[str, Any], dict[str, Any]]:
         tensors = {f"q.{k}": v for k, v in self.q.state_dict().items()}
         tensors.update({f"q_target.{k}": v for k, v in self.q_target.state_dict().items()})
@@ -353,6 +355,7 @@ class DQNAgent(DQNConfigMixin, Agent):
             "step_count": self.step_count,
             "hit_rate": self.sampler.schedule.hit_rate,
             "rng": self.rng.bit_generator.state,
+            "predict_rng": self._predict_rng.bit_generator.state,
             "encoder": {"name": getattr(self.encoder, "name", None), "dim": int(self.encoder.dim)},
         }
         return state, tensors
@@ -380,6 +383,8 @@ class DQNAgent(DQNConfigMixin, Agent):
             param_groups = self.optimizer.state_dict()["param_groups"]
             self.optimizer.load_state_dict({"state": opt_state, "param_groups": param_groups})
             self.rng.bit_generator.state = state["rng"]  # in place: the sampler shares this generator
+            if "predict_rng" in state:  # saves from before it was kept lack it
+                self._predict_rng.bit_generator.state = state["predict_rng"]
             hit_rate, step_count = float(state["hit_rate"]), state["step_count"]
         except (KeyError, RuntimeError, TypeError, ValueError) as e:
             raise ConfigError(f"the saved networks or state do not fit: {e}") from None
@@ -387,3 +392,17 @@ class DQNAgent(DQNConfigMixin, Agent):
             raise ConfigError(f"bad hit_rate {hit_rate!r} or step_count {step_count!r}")
         self.sampler.schedule.hit_rate = hit_rate
         self.step_count = step_count
+
+    def save_replay_buffer(self, path: str | Path) -> None:
+        """Write the replay buffer's transitions to the file ``path`` (safetensors, atomic)."""
+        arrays, position = self.buffer.to_arrays()
+        write_arrays(Path(path), arrays, position)
+
+    def load_replay_buffer(self, path: str | Path) -> None:
+        """Restore the transitions :meth:`save_replay_buffer` wrote; ConfigError (buffer unchanged)
+        when the file is damaged or from a buffer of another shape."""
+        arrays, position = read_arrays(Path(path))
+        try:
+            self.buffer.load_arrays(arrays, position.get("pos"), position.get("full"))
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None

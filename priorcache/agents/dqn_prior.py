@@ -226,7 +226,8 @@ class DirectLLMAgent(DQNConfigMixin, Agent):
             self._acted = False
 
     def _state(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        return {"step_count": self.step_count, "hit_rate": self.schedule.hit_rate}, {}
+        state = {"step_count": self.step_count, "hit_rate": self.schedule.hit_rate}
+        return {**state, "predict_rng": self._predict_rng.bit_generator.state}, {}
 
     def _restore(self, state: dict[str, Any], tensors: dict[str, Any]) -> None:
         hit_rate, step_count = state.get("hit_rate"), state.get("step_count")
@@ -238,5 +239,10 @@ class DirectLLMAgent(DQNConfigMixin, Agent):
             or step_count < 0
         ):
             raise ConfigError(f"bad direct-LLM state {state!r:.120} (with {len(tensors)} tensors)")
+        if "predict_rng" in state:  # saves from before it was kept lack it
+            try:
+                self._predict_rng.bit_generator.state = state["predict_rng"]
+            except (TypeError, ValueError, KeyError) as e:
+                raise ConfigError(f"bad direct-LLM predict_rng state: {e}") from None
         self.schedule.hit_rate = float(hit_rate)
         self.step_count = step_count

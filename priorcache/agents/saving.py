@@ -9,6 +9,9 @@
 The weights are written first and ``agent.json`` last, each atomically, and ``agent.json`` holds the
 weights' sha256: a save cut short or a file changed afterwards is refused on load, never half-read.
 Every refusal is a ConfigError that says what is wrong with which folder.
+
+Other state that is plain arrays (a replay buffer) is saved by :func:`write_arrays` as one
+safetensors file whose metadata holds a JSON header.
 """
 
 from __future__ import annotations
@@ -18,8 +21,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save as save_arrays
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
@@ -30,6 +35,7 @@ FORMAT = "priorcache-agent"
 VERSION = 1
 MANIFEST = "agent.json"
 WEIGHTS = "weights.safetensors"
+ARRAYS_FORMAT = "priorcache-arrays"
 
 
 def write_agent(path: Path, doc: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
@@ -108,3 +114,31 @@ def _get(doc: Any, key: str) -> Any:
 
 def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
+
+
+def write_arrays(path: Path, arrays: dict[str, np.ndarray], header: dict[str, Any]) -> None:
+    """Save named NumPy arrays and a JSON ``header`` as one safetensors file, atomically."""
+    data = save_arrays(arrays, metadata={"format": ARRAYS_FORMAT, "header": json.dumps(header)})
+    atomic_write_bytes(Path(path), data)
+
+
+def read_arrays(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Inverse of :func:`write_arrays`; ConfigError naming the file when it is not one."""
+    path = Path(path)
+    try:
+        with safe_open(path, framework="numpy") as f:
+            arrays = {k: f.get_tensor(k) for k in f.keys()}
+            meta = f.metadata() or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path} does not exist") from None
+    except (OSError, SafetensorError, ValueError) as e:
+        raise ConfigError(f"{path} is not a readable safetensors file: {e}") from None
+    if meta.get("format") != ARRAYS_FORMAT:
+        raise ConfigError(f"{path} is not a priorcache arrays file (format {meta.get('format')!r})")
+    try:
+        header = json.loads(meta.get("header", ""), parse_constant=_no_constants)
+    except ValueError as e:
+        raise ConfigError(f"{path} has a damaged header: {e}") from None
+    if not isinstance(header, dict):
+        raise ConfigError(f"{path} has a damaged header: not a JSON object")
+    return arrays, header

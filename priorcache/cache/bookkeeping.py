@@ -10,6 +10,7 @@ its time is booked as adaptation time. Everything here runs under the cache's lo
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import deque
 from typing import Any
@@ -18,8 +19,10 @@ from priorcache.cache.controllers import CacheController
 from priorcache.cache.entry_table import EntryTable, Match
 from priorcache.cache.planning import Nearest
 from priorcache.cache.records import CacheCounters, LookupCost, PriorLookup
+from priorcache.errors import CacheFormatError
 from priorcache.prior.divergence import Audit
 from priorcache.prior.interface import Prior
+from priorcache.validation import is_json_number
 
 # How many audits the log keeps: enough for a meta-optimiser window, bounded memory.
 AUDIT_LOG_SIZE = 4096
@@ -105,6 +108,31 @@ class Books:
         with cost.timed("adaptation_time_s"):
             self.controller.observe_td(hit, td_sum, count)
         self.counters.adaptation_time_s += cost.adaptation_time_s
+
+    # --- a run's checkpoint -------------------------------------------------------------------
+    def runtime_state(self) -> dict[str, Any]:
+        """The counters and the audit log as plain data."""
+        return {"counters": dataclasses.asdict(self.counters), "audits": [dict(a) for a in self.audits]}
+
+    def load_runtime_state(self, state: Any) -> None:
+        """Inverse of :meth:`runtime_state`; CacheFormatError (nothing changed) when it does not fit."""
+        if not isinstance(state, dict) or not isinstance(state.get("counters"), dict):
+            raise CacheFormatError("the cache's run-time state needs 'counters' and 'audits'")
+        names = {f.name: f.type for f in dataclasses.fields(CacheCounters)}
+        counters = state["counters"]
+        if set(counters) != set(names) or not all(
+            is_json_number(v) and v >= 0 and (isinstance(v, int) or names[k] == "float") for k, v in counters.items()
+        ):
+            raise CacheFormatError(f"damaged cache counters: need {sorted(names)} as numbers ≥ 0")
+        audits = state.get("audits")
+        if not isinstance(audits, list) or not all(
+            isinstance(a, dict)
+            and all(v is None or isinstance(v, (str, bool)) or is_json_number(v) for v in a.values())
+            for a in audits
+        ):
+            raise CacheFormatError("damaged audit log: it must be a list of flat records")
+        self.counters = CacheCounters(**counters)
+        self.audits = deque(audits[-AUDIT_LOG_SIZE:], maxlen=AUDIT_LOG_SIZE)
 
 
 def lookup_result(

@@ -124,7 +124,7 @@ class Planner:
         self.config = config
         self.table = table
         self.controller = controller
-        self._rng = np.random.default_rng(config.seed)
+        self.rng = np.random.default_rng(config.seed)  # refresh draws
 
     def exact(self, p_hash: str, state_text: str, cands: list[str]) -> Match | None:
         """The exact fast path: the entry of this very prompt prefix and state text, when servable."""
@@ -161,7 +161,7 @@ class Planner:
         self, entry: CacheEntry, kind: str, similarity: float, coverage: float, draw_refresh: bool = True
     ) -> Match:
         r = self.controller.params.refresh_rate
-        refresh = draw_refresh and r > 0 and bool(self._rng.random() < r)
+        refresh = draw_refresh and r > 0 and bool(self.rng.random() < r)
         return Match(entry.id, entry.version, kind, similarity, entry.prior, coverage, refresh, self.table.epoch, r)
 
 

@@ -477,6 +477,32 @@ class PriorCache:
         except CacheFormatError as e:
             raise CacheFormatError(f"{where}: {e}") from None
 
+    def runtime_state(self) -> dict[str, Any]:
+        """What a run's checkpoint keeps beside :meth:`state_dict`: counters, audit log, clock,
+        evictions and the refresh draws' RNG, so that a resumed run counts and draws on."""
+        with self._lock:
+            return {
+                **self._books.runtime_state(),
+                "clock": self._clock,
+                "evictions": self._table.evictions,
+                "rng": self._planner.rng.bit_generator.state,
+            }
+
+    def load_runtime_state(self, state: Mapping[str, Any]) -> None:
+        """Inverse of :meth:`runtime_state` (call it before ``load_state_dict``, which rebases the
+        entries onto the restored clock); CacheFormatError when it does not fit."""
+        clock, evictions = state.get("clock"), state.get("evictions")
+        if not all(is_int(v) and 0 <= v <= 2**53 for v in (clock, evictions)):
+            raise CacheFormatError(f"damaged run-time state: clock {clock!r}, evictions {evictions!r}")
+        rng = np.random.default_rng()
+        try:
+            rng.bit_generator.state = state.get("rng")
+        except (TypeError, ValueError, KeyError) as e:
+            raise CacheFormatError(f"damaged run-time state: rng: {e}") from None
+        with self._lock:
+            self._books.load_runtime_state(dict(state))
+            self._clock, self._table.evictions, self._planner.rng = clock, evictions, rng
+
     # --- under the lock ---------------------------------------------------------------------------
     def _tick(self, step: int | None) -> int:
         """Advance the clock; the step a lookup is planned at."""

@@ -17,7 +17,9 @@ leaves the episodes it finished readable:
 - ``config.json``   what was run;
 - ``metrics.jsonl`` one line per training episode (docs/design.md §1);
 - ``evals.jsonl``   one line per evaluation episode (held-out game, after how many training episodes);
-- ``summary.json``  the aggregate over seeds, held-out success first;
+- ``summary.json``  the aggregate over seeds, held-out success first (``"partial": true`` until done);
+- ``checkpoint/``   agent, replay buffer, prior cache and progress after the last finished episode,
+  which ``resume=True`` continues from (:mod:`priorcache.experiments.run_folder`); removed at the end;
 - ``cache/``        the prior cache at the end of the run (and ``--cache-path`` is written back);
 - ``tensorboard/``  scalars per seed, with ``tensorboard=True``.
 """
@@ -26,6 +28,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +47,16 @@ from priorcache.errors import ConfigError
 from priorcache.experiments.adapt import Adaptation, adapt_prior, check_adaptation
 from priorcache.experiments.evaluation import EVAL_POLICIES, EvalEpisode, evaluate
 from priorcache.experiments.metrics import EpisodeRecord, summarise, summarise_held_out
+from priorcache.experiments.run_folder import (
+    Progress,
+    plan_run_folder,
+    read_lines,
+    read_progress,
+    remove_checkpoint,
+    restore_agent,
+    restore_cache,
+    write_checkpoint,
+)
 from priorcache.experiments.tensorboard_log import ScalarLog
 from priorcache.io import atomic_write_json, atomic_write_text
 from priorcache.prior.action_prior import PriorConfig
@@ -52,6 +66,8 @@ from priorcache.validation import is_int
 
 #: Agents whose episodes on a fixed game repeat exactly (greedy, no learning, no sampling).
 DETERMINISTIC_AGENTS = frozenset(name for name, spec in AGENTS.items() if spec.cls.deterministic)
+#: Checkpoints wait until the run has worked this many times as long as the last one took (≤ 2 %).
+CHECKPOINT_COST_RATIO = 50
 
 
 @dataclass
@@ -166,14 +182,23 @@ def run_experiment(
     encoder: MiniLMEncoder | None = None,
     progress: bool = True,
     adaptation: Adaptation | None = None,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Run ``config`` and return its summary.
 
     ``backend``/``encoder`` may be passed to share loaded models; ``adaptation`` (from
     :func:`priorcache.experiments.adapt.adapt_prior`) to share an adapted backend and its examples.
-    A plain ``backend`` cannot stand for a fine-tuned one: with ``adapt`` lora/both, pass ``adaptation``."""
-    # Everything that can refuse bad input (env name and settings, backend, saved cache) is built
-    # before the output folder is touched, so a bad invocation writes nothing.
+    A plain ``backend`` cannot stand for a fine-tuned one: with ``adapt`` lora/both, pass ``adaptation``.
+    ``config.out`` must be new, empty or hold a run of this configuration, which is replaced, or
+    continued from its checkpoint with ``resume``; ``overwrite`` replaces a run of another one
+    (:mod:`priorcache.experiments.run_folder`)."""
+    # Everything that can refuse bad input (output folder, env name and settings, backend, saved
+    # cache) is checked before the output folder is touched, so a bad invocation writes nothing.
+    folder = plan_run_folder(Path(config.out), config.to_json(), config.cache_path, resume=resume, overwrite=overwrite)
+    if folder.state == "finished":
+        return load_summary(folder.out)
     spec = agent_spec(config.agent)
     agent_config = config.agent_config()
     games = _Games(config)
@@ -199,10 +224,11 @@ def run_experiment(
         # One agent per seed, the first built now: it refuses unusable components (e.g. a backend
         # ReAct cannot generate with) before anything is written.
         agents = [make_agent(config.agent, agent_config, seed=config.seeds[0], **components)]
-        out = Path(config.out)
-        out.mkdir(parents=True, exist_ok=True)
+        out = folder.out
+        folder.prepare()
         atomic_write_json(out / "config.json", config.to_json())
-        records, evals = _train_and_evaluate(config, games, agents, components, cache, out, progress)
+        resume_from = read_progress(out) if folder.state == "resume" else None
+        records, evals = _train_and_evaluate(config, games, agents, components, cache, out, progress, resume_from)
     finally:
         games.close()
     summary = summarise(records)
@@ -227,6 +253,7 @@ def run_experiment(
             summary["adaptation_time_s"] / summary["wall_time_s"] if summary["wall_time_s"] > 0 else None
         )
     atomic_write_json(out / "summary.json", summary)
+    remove_checkpoint(out)  # after the summary: a kill in between leaves a finished run
     return summary
 
 
@@ -269,18 +296,25 @@ def _train_and_evaluate(
     cache: PriorCache | None,
     out: Path,
     progress: bool,
+    resume_from: tuple[Progress, Path] | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Every seed's training episodes with its evaluations; returns (metrics lines, evals lines)."""
-    records: list[dict[str, Any]] = []
-    evals: list[dict[str, Any]] = []
+    """Every seed's training episodes with its evaluations, from the checkpoint ``resume_from`` when
+    given; returns (metrics lines, evals lines)."""
+    at, folder = resume_from if resume_from is not None else (Progress(), None)
+    records = read_lines(out / "metrics.jsonl", at.metrics_lines) if folder else []
+    evals = read_lines(out / "evals.jsonl", at.eval_lines) if folder else []
+    if folder is not None and cache is not None:
+        restore_cache(folder, cache)
     log = ScalarLog(out / "tensorboard" if config.tensorboard else None)
     every = config.eval_every
     bar = tqdm(
         total=config.episodes * len(config.seeds),
+        initial=config.episodes * at.seed_index + at.episodes_done,
         desc=f"{config.env} {config.agent}/{config.cache.mode}",
         unit="ep",
         disable=not progress,
     )
+    checkpoints = _CheckpointClock()
 
     def run_eval(seed: int, agent: Agent, done: int, steps: int, queries: int) -> None:
         found: list[EvalEpisode] = evaluate(
@@ -297,13 +331,23 @@ def _train_and_evaluate(
         _write_progress(out, records, evals)
         bar.set_postfix(held_out=f"{sum(e.success for e in found) / len(found):.2f}", llm=queries)
 
+    def checkpoint(state: Progress, agent: Agent | None, force: bool = False) -> None:
+        state.metrics_lines, state.eval_lines = len(records), len(evals)
+        if force or checkpoints.due():
+            with checkpoints.timed():
+                write_checkpoint(out, state, agent, cache)
+
     try:
-        for i, seed in enumerate(config.seeds):
+        for i in range(at.seed_index, len(config.seeds)):
+            seed = config.seeds[i]
+            here = at if i == at.seed_index else Progress(seed_index=i)
             agent = agents[0] if i == 0 else make_agent(config.agent, config.agent_config(), seed=seed, **components)
-            steps = queries = 0
-            if every:
+            if folder is not None and i == at.seed_index and (folder / "agent").is_dir():
+                agent = restore_agent(folder, agent, components)
+            if every and here.last_eval < 0:
                 run_eval(seed, agent, 0, 0, 0)
-            for first in range(0, config.episodes, config.num_envs):
+                here.last_eval = 0
+            for first in range(here.episodes_done, config.episodes, config.num_envs):
                 batch = games.train_games(first, min(config.num_envs, config.episodes - first))
                 adapted_before = cache.stats()["adaptation_time_s"] if cache is not None else 0.0
                 played = _run_episodes(batch, agent, seed, first)
@@ -312,15 +356,19 @@ def _train_and_evaluate(
                         record.cache_params = cache.params()
                         # the cache's own work during the batch, shared evenly by its episodes
                         record.adaptation_time_s = (cache.stats()["adaptation_time_s"] - adapted_before) / len(played)
-                    steps += record.steps
-                    queries += record.llm_calls + record.partial_calls
+                    here.steps += record.steps
+                    here.queries += record.llm_calls + record.partial_calls
                     records.append(record.to_json())
-                    log.episode(seed, record, steps, queries)
+                    log.episode(seed, record, here.steps, here.queries)
                     bar.update(1)
                 _write_progress(out, records, evals)
-                done = first + len(played)
+                here.episodes_done = done = first + len(played)
                 if (every and done // every > first // every) or done == config.episodes:
-                    run_eval(seed, agent, done, steps, queries)
+                    run_eval(seed, agent, done, here.steps, here.queries)
+                    here.last_eval = done
+                if done < config.episodes:
+                    checkpoint(here, agent)
+            checkpoint(Progress(seed_index=i + 1), None, force=True)  # the seed is done: no agent to keep
     finally:
         bar.close()
         log.close()
@@ -329,6 +377,26 @@ def _train_and_evaluate(
             if config.cache_path is not None:
                 cache.save(config.cache_path)
     return records, evals
+
+
+class _CheckpointClock:
+    """When to checkpoint: after an episode once the time since the last checkpoint is at least
+    ``CHECKPOINT_COST_RATIO`` times what that checkpoint took, so checkpoints cost at most about
+    1/ratio of the run's time (every episode when episodes are long, every few when they are short)."""
+
+    def __init__(self) -> None:
+        self.last_end = time.perf_counter()
+        self.last_cost = 0.0
+
+    def due(self) -> bool:
+        return time.perf_counter() - self.last_end >= CHECKPOINT_COST_RATIO * self.last_cost
+
+    @contextmanager
+    def timed(self) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        self.last_end = time.perf_counter()
+        self.last_cost = self.last_end - start
 
 
 def _run_episodes(batch: list[tuple[int, Any]], agent: Agent, seed: int, first: int) -> list[EpisodeRecord]:
