@@ -228,7 +228,11 @@ def run_experiment(
         folder.prepare()
         atomic_write_json(out / "config.json", config.to_json())
         resume_from = read_progress(out) if folder.state == "resume" else None
-        records, evals = _train_and_evaluate(config, games, agents, components, cache, out, progress, resume_from)
+        started = time.perf_counter()
+        records, evals, checkpoint_s = _train_and_evaluate(
+            config, games, agents, components, cache, out, progress, resume_from
+        )
+        elapsed = time.perf_counter() - started
     finally:
         games.close()
     summary = summarise(records)
@@ -244,6 +248,9 @@ def run_experiment(
             "env_source": ",".join(sorted(games.sources)) or None,
             "cache_stats": cache.stats() if cache is not None else None,
             "adaptation": adaptation_info,
+            # checkpoints of this process (a resumed run: since the resume) against its elapsed time
+            "checkpoint_time_s": checkpoint_s,
+            "checkpoint_share": checkpoint_s / elapsed if elapsed > 0 else None,
         }
     )
     if cache is not None:
@@ -297,9 +304,9 @@ def _train_and_evaluate(
     out: Path,
     progress: bool,
     resume_from: tuple[Progress, Path] | None = None,
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], float]:
     """Every seed's training episodes with its evaluations, from the checkpoint ``resume_from`` when
-    given; returns (metrics lines, evals lines)."""
+    given; returns (metrics lines, evals lines, seconds spent checkpointing)."""
     at, folder = resume_from if resume_from is not None else (Progress(), None)
     records = read_lines(out / "metrics.jsonl", at.metrics_lines) if folder else []
     evals = read_lines(out / "evals.jsonl", at.eval_lines) if folder else []
@@ -376,7 +383,7 @@ def _train_and_evaluate(
             cache.save(out / "cache")
             if config.cache_path is not None:
                 cache.save(config.cache_path)
-    return records, evals
+    return records, evals, checkpoints.total
 
 
 class _CheckpointClock:
@@ -387,6 +394,7 @@ class _CheckpointClock:
     def __init__(self) -> None:
         self.last_end = time.perf_counter()
         self.last_cost = 0.0
+        self.total = 0.0
 
     def due(self) -> bool:
         return time.perf_counter() - self.last_end >= CHECKPOINT_COST_RATIO * self.last_cost
@@ -397,6 +405,7 @@ class _CheckpointClock:
         yield
         self.last_end = time.perf_counter()
         self.last_cost = self.last_end - start
+        self.total += self.last_cost
 
 
 def _run_episodes(batch: list[tuple[int, Any]], agent: Agent, seed: int, first: int) -> list[EpisodeRecord]:

@@ -244,6 +244,39 @@ def test_save_load_round_trip_gives_the_same_q_values_and_greedy_actions(tmp_pat
     assert sorted(p.name for p in (tmp_path / "agent").iterdir()) == ["agent.json", "weights.safetensors"]
 
 
+def test_replay_buffer_round_trip_continues_training_identically(tmp_path):
+    """A loaded agent with its replay buffer (and both RNGs) trains on exactly as the saved one does."""
+    agent = build("dqn", seed=3).learn(GymCorridor(), 4, seed=3)
+    agent.predict("corridor cell number 1 stone", ACTIONS, deterministic=False)  # moves predict's RNG
+    agent.save(tmp_path / "agent")
+    agent.save_replay_buffer(tmp_path / "replay.safetensors")
+    loaded = DQNAgent.load(tmp_path / "agent", encoder=agent.encoder)
+    loaded.load_replay_buffer(tmp_path / "replay.safetensors")
+    assert len(loaded.buffer) == len(agent.buffer) > 0 and loaded.buffer.pos == agent.buffer.pos
+    agent.learn(GymCorridor(), 2, seed=9)
+    loaded.learn(GymCorridor(), 2, seed=9)
+    for a, b in zip(agent.q.parameters(), loaded.q.parameters()):
+        assert torch.equal(a, b)
+    state = "corridor cell number 2 stone stone"
+    assert [agent.predict(state, ACTIONS, deterministic=False) for _ in range(8)] == [
+        loaded.predict(state, ACTIONS, deterministic=False) for _ in range(8)
+    ]
+
+
+def test_a_damaged_or_foreign_replay_buffer_is_refused_and_changes_nothing(tmp_path):
+    agent = build("dqn").learn(GymCorridor(), 2)
+    agent.save_replay_buffer(tmp_path / "replay.safetensors")
+    other = DQNAgent(DQNConfig(goal_conditioned=False), agent.encoder)  # states of another width
+    with pytest.raises(ConfigError, match="replay buffer array 'states'"):
+        other.load_replay_buffer(tmp_path / "replay.safetensors")
+    assert len(other.buffer) == 0
+    (tmp_path / "junk.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(ConfigError, match="not a readable safetensors file"):
+        agent.load_replay_buffer(tmp_path / "junk.safetensors")
+    with pytest.raises(ConfigError, match="does not exist"):
+        agent.load_replay_buffer(tmp_path / "missing.safetensors")
+
+
 def test_save_load_of_agents_without_weights(tmp_path):
     direct = build("direct-llm").learn(GymCorridor(), 2)
     direct.save(tmp_path / "direct")
