@@ -294,7 +294,8 @@ def _train(
     loss_kind = next(name for name, text in LOSSES.items() if text == hyper["loss"])
     rows = []
     for prompt, action, candidates in pairs:
-        context = backend._prefix_ids(prompt.prefix) + backend._encode(prompt.state)
+        # Fitted to the model's context as scoring fits it, so training sees the ids the prior is scored on.
+        context, _ = backend._context_ids(prompt)
         if not context:
             raise ConfigError(backend._empty_context_message())
         if loss_kind == "token":

@@ -146,7 +146,8 @@ def embedded_model_dir(cache_dir: Path | None = None) -> Path:
 
 class EmbeddedBackend(TransformersBackend):
     """:class:`TransformersBackend` on the converted SmolLM2-135M-Instruct folder (``adapter``: a LoRA
-    adapter folder trained on it, merged in; see :class:`TransformersBackend`)."""
+    adapter folder trained on it, merged in; ``long_prompts`` / ``max_prompt_tokens``: what a prompt
+    longer than its 8192-position context meets; see :class:`TransformersBackend`)."""
 
     name = "embedded"
 
@@ -156,7 +157,15 @@ class EmbeddedBackend(TransformersBackend):
         dtype: Any = None,
         prefix_cache_size: int = 8,
         adapter: str | os.PathLike[str] | None = None,
+        long_prompts: str = "truncate",
+        max_prompt_tokens: int | None = None,
     ) -> None:
         super().__init__(
-            embedded_model_dir(), device=device, dtype=dtype, prefix_cache_size=prefix_cache_size, adapter=adapter
+            embedded_model_dir(),
+            device=device,
+            dtype=dtype,
+            prefix_cache_size=prefix_cache_size,
+            adapter=adapter,
+            long_prompts=long_prompts,
+            max_prompt_tokens=max_prompt_tokens,
         )

@@ -8,6 +8,10 @@ space, so every template's state part ends in a cue (``Command:``) that the acti
 The state part depends on the state text alone: the prior cache serves a prior by state text,
 and a state part that carried anything else (step count, last feedback, the candidate list)
 would make one cached prior stand for different prompts.
+
+A prompt marks its state part's label (``Current location:``) and cue (``\nCommand:``), so that a
+state too long for the model is cut in the state text only, from its front, with label and cue kept
+(:mod:`priorcache.prior.context_limit`); a prompt that fits is unchanged by the marks.
 """
 
 from __future__ import annotations
@@ -117,7 +121,10 @@ def text_game_prompt(
         ) from None
     block = "".join(chosen.example.format(state=_one_line(s), action=_one_line(a)) for s, a in examples)
     prefix = chosen.prefix.format(objective=_one_line(objective), examples=block)
-    return Prompt(prefix=prefix, state=chosen.state.format(state=_one_line(state_text)))
+    head, _, cue = chosen.state.partition("{state}")
+    # The label without its trailing space: a cut state reads "Current location: ... <its end>".
+    label = head.rstrip()
+    return Prompt.marked(prefix, label, head[len(label) :] + _one_line(state_text), cue)
 
 
 def prompt_builder(env: str, examples: Sequence[tuple[str, str]] = ()) -> Callable[[str, str], Prompt]:

@@ -36,22 +36,33 @@ def backend_model_path(name: str, model_path: str | None = None) -> Path:
 
 
 def make_backend(
-    name: str, model_path: str | None = None, device: str = "cpu", adapter: str | os.PathLike[str] | None = None
+    name: str,
+    model_path: str | None = None,
+    device: str = "cpu",
+    adapter: str | os.PathLike[str] | None = None,
+    long_prompts: str = "truncate",
+    max_prompt_tokens: int | None = None,
 ) -> LLMBackend:
     """Build the backend ``name`` on ``device``; ``transformers`` needs ``model_path``, a local folder.
-    ``adapter``: a LoRA adapter folder (F8 (b), ``priorcache.prior.adaptation``) merged into the model."""
+    ``adapter``: a LoRA adapter folder (F8 (b), ``priorcache.prior.adaptation``) merged into the model.
+    ``long_prompts`` (``"truncate"`` or ``"refuse"``) and ``max_prompt_tokens``: what a prompt too long
+    for the model's context meets (``priorcache.prior.context_limit``)."""
     if name == "embedded":
         from priorcache.prior.embedded import EmbeddedBackend
 
         if model_path is not None:
             raise ConfigError("the embedded backend uses its packaged model; model_path is only for 'transformers'")
-        return EmbeddedBackend(device=device, adapter=adapter)
+        return EmbeddedBackend(
+            device=device, adapter=adapter, long_prompts=long_prompts, max_prompt_tokens=max_prompt_tokens
+        )
     if name == "transformers":
         from priorcache.prior.transformers_backend import TransformersBackend
 
         if not model_path:
             raise ConfigError("the transformers backend needs model_path: a local folder holding a causal LM")
-        return TransformersBackend(model_path, device=device, adapter=adapter)
+        return TransformersBackend(
+            model_path, device=device, adapter=adapter, long_prompts=long_prompts, max_prompt_tokens=max_prompt_tokens
+        )
     _unknown(name)
 
 

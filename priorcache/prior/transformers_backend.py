@@ -16,6 +16,10 @@ the prefix string, so a call runs only the state part and the candidates. The pr
 are tokenised separately and their ids concatenated, so every path (cached prefix, fresh prefix,
 naive full rows) sees exactly the same token ids and gives the same scores up to float rounding.
 
+A prompt longer than the model's context has the front of its state part cut (or is refused, with
+``long_prompts="refuse"``) in every path, scoring and generation alike; the backend counts the cuts
+(:meth:`TransformersBackend.long_prompt_stats`). See :mod:`priorcache.prior.context_limit`.
+
 :meth:`TransformersBackend.score_naive` runs every full prompt+action row with no KV reuse at all;
 it is the reference the fast path is tested and benchmarked against. Loading the model folder and
 what differs between transformers releases live in :mod:`priorcache.prior.causal_lm`.
@@ -47,6 +51,13 @@ from priorcache.prior.causal_lm import (
     resolve_dtype,
     returned_cache,
 )
+from priorcache.prior.context_limit import (
+    CONTINUATION_ROOM,
+    PromptLimiter,
+    check_policy,
+    longest_token_chars,
+    model_context_tokens,
+)
 from priorcache.prior.packed_scoring import PackedPrompt, attention_cost_per_key, has_plain_attention_layers, run_packed
 
 
@@ -63,7 +74,10 @@ class TransformersBackend:
     ``adapter``: a LoRA adapter folder made by :func:`priorcache.prior.adaptation.lora_finetune` for
     this model; it is merged into the weights (same scoring speed, same F9 reuse) and its key is
     appended to ``name`` (``"<name>+lora:<key>"``), so scores of the adapted model never pass for the
-    base model's.
+    base model's. ``long_prompts``: ``"truncate"`` (default) cuts the front of the state part of a
+    prompt too long for the model's context, ``"refuse"`` raises BackendError;
+    ``max_prompt_tokens`` caps prompts lower than the context (None: the context less the room kept
+    for the action); see :mod:`priorcache.prior.context_limit`.
     """
 
     name: str = "transformers"
@@ -77,9 +91,12 @@ class TransformersBackend:
         pack_candidates: bool = True,
         attn_implementation: str | None = None,
         adapter: str | os.PathLike[str] | None = None,
+        long_prompts: str = "truncate",
+        max_prompt_tokens: int | None = None,
     ) -> None:
         if not isinstance(prefix_cache_size, int) or prefix_cache_size < 0:
             raise ConfigError(f"prefix_cache_size must be an integer ≥ 0, got {prefix_cache_size!r}")
+        check_policy(long_prompts, max_prompt_tokens)  # before the model is loaded: a bad setting costs nothing
         self.model_path = Path(model_path).expanduser()
         self.device = check_device(device)
         self.prefix_cache_size = prefix_cache_size
@@ -99,6 +116,14 @@ class TransformersBackend:
         self._plain_attention_layers = self.pack_candidates and has_plain_attention_layers(self._model)
         self._key_cost = attention_cost_per_key(self._model)  # the row planner's price of attention
         self._prefixes: OrderedDict[str, PrefixState] = OrderedDict()
+        self._limiter = PromptLimiter(
+            self._encode,
+            token_chars=longest_token_chars(self._tokenizer),
+            context_tokens=model_context_tokens(self._model, self._tokenizer),
+            policy=long_prompts,
+            max_prompt_tokens=max_prompt_tokens,
+            source=self._source(),
+        )
 
     # ------------------------------------------------------------------ public API
 
@@ -118,17 +143,20 @@ class TransformersBackend:
         fills the F9 prefix cache (the prefix is run again), for measuring what F9 saves."""
         pairs = self._check_batch(prompts, candidates)
         start = time.perf_counter()
+        truncated = [0]  # how many of this call's prompts were cut to fit the model
         with torch.inference_mode():
             if self._can_pack():
-                scores, prompt_tokens, continuation_tokens = self._score_packed(pairs, length_normalise, reuse_prefix)
+                scores, prompt_tokens, continuation_tokens = self._score_packed(
+                    pairs, length_normalise, reuse_prefix, truncated
+                )
             else:
                 scores, prompt_tokens, continuation_tokens = [], 0, 0
                 for prompt, cands in pairs:
-                    row, ran, cont = self._score_padded(prompt, cands, length_normalise, reuse_prefix)
+                    row, ran, cont = self._score_padded(prompt, cands, length_normalise, reuse_prefix, truncated)
                     scores.append(row)
                     prompt_tokens += ran
                     continuation_tokens += cont
-        return ScoreResult(scores, time.perf_counter() - start, prompt_tokens, continuation_tokens)
+        return ScoreResult(scores, time.perf_counter() - start, prompt_tokens, continuation_tokens, truncated[0])
 
     def score_naive(
         self,
@@ -142,13 +170,15 @@ class TransformersBackend:
         pairs = self._check_batch(prompts, candidates)
         start = time.perf_counter()
         scores: list[np.ndarray] = []
-        prompt_tokens = continuation_tokens = 0
+        prompt_tokens = continuation_tokens = truncated = 0
         with torch.inference_mode():
             for prompt, cands in pairs:
-                context = self._prefix_ids(prompt.prefix) + self._encode(prompt.state)
+                context, cut = self._context_ids(prompt)
+                truncated += cut
                 if not context:
                     raise BackendError(self._empty_context_message())
                 action_ids = [self._action_ids(a) for a in cands]
+                self._limiter.check_actions(len(context), action_ids, cands)
                 longest = max(len(ids) for ids in action_ids)
                 # The last token of each action is only a target, never an input.
                 rows = [context + ids[:-1] + [self._pad_id] * (longest - len(ids)) for ids in action_ids]
@@ -164,17 +194,25 @@ class TransformersBackend:
                 scores.append(check_scores(row, cands, self._source()))
                 prompt_tokens += len(context) * len(cands)
                 continuation_tokens += sum(len(ids) for ids in action_ids)
-        return ScoreResult(scores, time.perf_counter() - start, prompt_tokens, continuation_tokens)
+        return ScoreResult(scores, time.perf_counter() - start, prompt_tokens, continuation_tokens, truncated)
 
-    def generate(self, prompt: str, max_new_tokens: int = 48, stop: Sequence[str] = ("\n\n",)) -> GenerationResult:
+    def generate(
+        self, prompt: str | Prompt, max_new_tokens: int = 48, stop: Sequence[str] = ("\n\n",)
+    ) -> GenerationResult:
         """Greedy continuation of ``prompt``, at most ``max_new_tokens`` tokens, cut before the first
-        ``stop`` string. For the ReAct baseline; action priors use :meth:`score`."""
-        if not isinstance(prompt, str) or not prompt:
-            raise BackendError(f"generate() needs a non-empty prompt string, got {prompt!r}")
+        ``stop`` string. For the ReAct baseline; action priors use :meth:`score`.
+
+        A prompt too long for the model's context (less ``max_new_tokens``) is cut from the front of
+        its state part: pass a :class:`Prompt` so that the instructions (its prefix), the state's label
+        and the cue are kept; a plain string is all state part, cut from its front."""
+        if isinstance(prompt, str):
+            prompt = Prompt("", prompt)
+        if not isinstance(prompt, Prompt) or not prompt.text:
+            raise BackendError(f"generate() needs a non-empty prompt string or Prompt, got {prompt!r}")
         if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise ConfigError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
         start = time.perf_counter()
-        ids = self._prefix_ids(prompt)
+        ids, cut = self._context_ids(prompt, room=max_new_tokens)
         with torch.inference_mode():
             out = self._model.generate(
                 input_ids=self._tensor([ids]),
@@ -189,7 +227,7 @@ class TransformersBackend:
         text = self._tokenizer.decode(new_ids, skip_special_tokens=True)
         for marker in stop:
             text = text.split(marker, 1)[0]
-        return GenerationResult(text, time.perf_counter() - start, len(ids), len(new_ids))
+        return GenerationResult(text, time.perf_counter() - start, len(ids), len(new_ids), cut)
 
     def clear_prefix_cache(self) -> None:
         """Forget every kept prefix KV cache."""
@@ -204,20 +242,46 @@ class TransformersBackend:
         """Number of tokens of ``text`` as this backend tokenises prompt parts."""
         return len(self._encode(text))
 
+    @property
+    def long_prompts(self) -> str:
+        """What a prompt too long for the model meets: ``"truncate"`` or ``"refuse"``."""
+        return self._limiter.policy
+
+    @property
+    def context_tokens(self) -> int | None:
+        """The positions the model takes (config and tokenizer limits; None when neither says)."""
+        return self._limiter.context_tokens
+
+    @property
+    def max_prompt_tokens(self) -> int | None:
+        """The most prompt tokens (prefix and state part) a scored prompt may have before it is cut."""
+        return self._limiter.budget()
+
+    def long_prompt_stats(self, reset: bool = False) -> dict[str, Any]:
+        """The policy, the limits and the prompts cut since the last reset (``truncated_prompts``);
+        ``reset=True`` starts a new count and re-arms the once-per-count warning. A run reads it
+        with ``reset=True`` for its summary, so a backend shared by several runs counts each run
+        apart. See :meth:`priorcache.prior.context_limit.PromptLimiter.stats`."""
+        return self._limiter.stats(reset)
+
     # ------------------------------------------------------------------ scoring internals
 
     def _score_packed(
-        self, pairs: list[tuple[Prompt, list[str]]], length_normalise: bool, reuse_prefix: bool
+        self, pairs: list[tuple[Prompt, list[str]]], length_normalise: bool, reuse_prefix: bool, truncated: list[int]
     ) -> tuple[list[np.ndarray], int, int]:
         """Scores of every prompt's candidates from ONE packed forward (prefixes first, when not cached)."""
         items: list[PackedPrompt] = []
         prompt_tokens = 0
         for prompt, cands in pairs:
             prefix_state, ran = self._prefix_state(prompt.prefix, reuse_prefix)
-            state_ids = self._encode(prompt.state)
+            prefix_len = prefix_state.length if prefix_state is not None else 0
+            state_ids, cut = self._limiter.state_ids(prompt, prefix_len)
+            truncated[0] += cut
             if prefix_state is None and not state_ids:
                 raise BackendError(self._empty_context_message())
-            items.append(PackedPrompt(prefix_state, state_ids, [self._action_ids(a) for a in cands]))
+            action_ids = [self._action_ids(a) for a in cands]
+            self._limiter.check_actions(prefix_len + len(state_ids), action_ids, cands)
+            items.append(PackedPrompt(prefix_state, state_ids, action_ids))
             prompt_tokens += ran + len(state_ids)
         logprobs = run_packed(
             self._model,
@@ -235,17 +299,19 @@ class TransformersBackend:
         return scores, prompt_tokens, sum(len(ids) for item in items for ids in item.action_ids)
 
     def _score_padded(
-        self, prompt: Prompt, cands: list[str], length_normalise: bool, reuse_prefix: bool
+        self, prompt: Prompt, cands: list[str], length_normalise: bool, reuse_prefix: bool, truncated: list[int]
     ) -> tuple[np.ndarray, int, int]:
         prefix_state, ran = self._prefix_state(prompt.prefix, reuse_prefix)
-        state_ids = self._encode(prompt.state)
+        prefix_len = prefix_state.length if prefix_state is not None else 0
+        state_ids, cut = self._limiter.state_ids(prompt, prefix_len)
+        truncated[0] += cut
         if prefix_state is None and not state_ids:
             raise BackendError(self._empty_context_message())
         action_ids = [self._action_ids(a) for a in cands]
+        self._limiter.check_actions(prefix_len + len(state_ids), action_ids, cands)
         # A fresh copy: the forward passes below grow the cache, and the stored one must stay
         # exactly the prefix for the next call.
         cache = copy.deepcopy(prefix_state.cache) if prefix_state is not None else None
-        prefix_len = prefix_state.length if prefix_state is not None else 0
         first, later = self._run_padded(cache, prefix_len, state_ids, action_ids)
         if first is None:
             first = prefix_state.next_logprobs
@@ -322,6 +388,7 @@ class TransformersBackend:
         ids = self._prefix_ids(prefix)
         if not ids:
             return None, 0
+        self._limiter.check_prefix(len(ids))  # before the forward: an over-long prefix costs nothing
         out = self._model(input_ids=self._tensor([ids]), use_cache=True, logits_to_keep=1)
         state = PrefixState(returned_cache(out), torch.log_softmax(out.logits[0, -1].float(), dim=-1), len(ids))
         if reuse and self.prefix_cache_size > 0:
@@ -354,6 +421,14 @@ class TransformersBackend:
 
     def _prefix_ids(self, prefix: str) -> list[int]:
         return self._lead_ids + self._encode(prefix)
+
+    def _context_ids(self, prompt: Prompt, room: int = CONTINUATION_ROOM) -> tuple[list[int], bool]:
+        """The ids of the whole prompt (leading special tokens, prefix, state part fitted to the model
+        with ``room`` tokens to follow, as every scoring path has them) and whether the state was cut."""
+        prefix_ids = self._prefix_ids(prompt.prefix)
+        self._limiter.check_prefix(len(prefix_ids), room)
+        state_ids, cut = self._limiter.state_ids(prompt, len(prefix_ids), room)
+        return prefix_ids + state_ids, cut
 
     def _action_ids(self, action: str) -> list[int]:
         ids = self._encode(" " + action)
