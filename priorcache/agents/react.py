@@ -27,6 +27,7 @@ import numpy as np
 from priorcache.agents.base import Agent, Decision
 from priorcache.errors import ConfigError
 from priorcache.prior.action_prior import check_candidates
+from priorcache.prior.base import Prompt
 
 if TYPE_CHECKING:
     from priorcache.cache.encoder import Encoder
@@ -88,18 +89,23 @@ class ReActAgent(Agent):
         self._objective = objective
         self._history.clear()
 
-    def prompt(self, state_text: str, candidates: list[str]) -> str:
+    def prompt_parts(self, state_text: str, candidates: list[str]) -> Prompt:
+        """The prompt with its state part marked, so that a state too long for the model is cut
+        there (priorcache.prior.context_limit), never the instructions or the actions."""
         listed = candidates[: self.config.max_listed_actions]
         lines = [_HEADER.format(objective=" ".join(self._objective.split()))]
         lines.append("Admissible actions: " + "; ".join(listed) + "\n\n")
         if self._history:
             lines.append("Your previous actions: " + "; ".join(self._history) + "\n\n")
-        lines.append(f"State: {' '.join(state_text.split())}\nThought:")
-        return "".join(lines)
+        # Split before the blank line: tokenised apart, the two parts give the whole text's token ids.
+        return Prompt.marked("".join(lines)[:-2], "\n\nState:", " " + " ".join(state_text.split()), "\nThought:")
+
+    def prompt(self, state_text: str, candidates: list[str]) -> str:
+        return self.prompt_parts(state_text, candidates).text
 
     def _think(self, state_text: str, candidates: list[str]) -> tuple[str, str, str, dict[str, float]]:
         """(action, thought, written action, LLM cost) for the state, changing nothing."""
-        prompt = self.prompt(state_text, candidates)
+        prompt = self.prompt_parts(state_text, candidates)
         calls = [
             self.backend.generate(
                 prompt, max_new_tokens=self.config.thought_tokens, stop=("\n\n", "\nState:", "\nThought:")
@@ -110,7 +116,14 @@ class ReActAgent(Agent):
             thought = thought.split("\n", 1)[0]
             calls.append(
                 self.backend.generate(
-                    prompt + thought + "\nAction:", max_new_tokens=self.config.action_tokens, stop=("\n",)
+                    Prompt(
+                        prompt.prefix,
+                        prompt.state + thought + "\nAction:",
+                        label_chars=prompt.label_chars,
+                        cue_chars=prompt.cue_chars + len(thought + "\nAction:"),
+                    ),
+                    max_new_tokens=self.config.action_tokens,
+                    stop=("\n",),
                 )
             )
             written = calls[1].text

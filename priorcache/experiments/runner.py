@@ -248,6 +248,8 @@ def run_experiment(
             "env_source": ",".join(sorted(games.sources)) or None,
             "cache_stats": cache.stats() if cache is not None else None,
             "adaptation": adaptation_info,
+            # prompts cut to fit the model (priorcache.prior.context_limit); resets the shared count
+            "long_prompts": backend.long_prompt_stats(reset=True) if hasattr(backend, "long_prompt_stats") else None,
             # checkpoints of this process (a resumed run: since the resume) against its elapsed time
             "checkpoint_time_s": checkpoint_s,
             "checkpoint_share": checkpoint_s / elapsed if elapsed > 0 else None,
@@ -443,11 +445,8 @@ def _write_progress(out: Path, records: list[dict[str, Any]], evals: list[dict[s
 
 
 def load_summary(run_dir: Path) -> dict[str, Any]:
-    """Read a run's summary.json, with a clear error when the folder is not a finished run."""
-    path = Path(run_dir) / "summary.json"
-    if not path.is_file():
-        raise ConfigError(f"{run_dir} is not a run folder: {path} does not exist")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{path} is not valid JSON: {e}") from e
+    """Moved to :func:`priorcache.experiments.summaries.load_summary`, which checks the summary's
+    shape; kept here only for ``run_experiment``'s call above, until that imports it from there."""
+    from priorcache.experiments.summaries import load_summary as load_checked
+
+    return load_checked(run_dir)

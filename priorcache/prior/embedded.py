@@ -144,10 +144,17 @@ def embedded_model_dir(cache_dir: Path | None = None) -> Path:
     return dest
 
 
+#: The embedded model's prompt cap. Its context holds 8,192 positions, but on CPU a prompt of 8k
+#: tokens takes about 2.5 minutes to score and one of 4k about 30 s, while the longest prompt of
+#: the text environments (10 in-context pairs and a state) is under 2k.
+EMBEDDED_MAX_PROMPT_TOKENS = 4096
+
+
 class EmbeddedBackend(TransformersBackend):
     """:class:`TransformersBackend` on the converted SmolLM2-135M-Instruct folder (``adapter``: a LoRA
     adapter folder trained on it, merged in; ``long_prompts`` / ``max_prompt_tokens``: what a prompt
-    longer than its 8192-position context meets; see :class:`TransformersBackend`)."""
+    longer than ``EMBEDDED_MAX_PROMPT_TOKENS`` (or the given cap, at most its 8192-position context)
+    meets; see :class:`TransformersBackend`)."""
 
     name = "embedded"
 
@@ -158,7 +165,7 @@ class EmbeddedBackend(TransformersBackend):
         prefix_cache_size: int = 8,
         adapter: str | os.PathLike[str] | None = None,
         long_prompts: str = "truncate",
-        max_prompt_tokens: int | None = None,
+        max_prompt_tokens: int | None = EMBEDDED_MAX_PROMPT_TOKENS,
     ) -> None:
         super().__init__(
             embedded_model_dir(),

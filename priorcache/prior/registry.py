@@ -52,9 +52,8 @@ def make_backend(
 
         if model_path is not None:
             raise ConfigError("the embedded backend uses its packaged model; model_path is only for 'transformers'")
-        return EmbeddedBackend(
-            device=device, adapter=adapter, long_prompts=long_prompts, max_prompt_tokens=max_prompt_tokens
-        )
+        cap = {} if max_prompt_tokens is None else {"max_prompt_tokens": max_prompt_tokens}  # None: its own default
+        return EmbeddedBackend(device=device, adapter=adapter, long_prompts=long_prompts, **cap)
     if name == "transformers":
         from priorcache.prior.transformers_backend import TransformersBackend
 

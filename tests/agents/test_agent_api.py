@@ -53,7 +53,7 @@ class GymCorridor(gymnasium.Env):
 class Writer(FakeBackend):
     """Scores like the fake backend and writes "go forward" when asked to generate."""
 
-    def generate(self, prompt: str, max_new_tokens: int = 48, stop=("\n\n",)) -> GenerationResult:
+    def generate(self, prompt, max_new_tokens: int = 48, stop=("\n\n",)) -> GenerationResult:
         return GenerationResult(
             " I should move.\nAction: go forward", wall_time_s=0.001, prompt_tokens=10, new_tokens=5
         )

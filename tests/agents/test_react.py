@@ -20,8 +20,8 @@ class ScriptedWriter:
         self.outputs = list(outputs)
         self.prompts: list[str] = []
 
-    def generate(self, prompt: str, max_new_tokens: int = 48, stop=("\n\n",)) -> GenerationResult:
-        self.prompts.append(prompt)
+    def generate(self, prompt, max_new_tokens: int = 48, stop=("\n\n",)) -> GenerationResult:
+        self.prompts.append(getattr(prompt, "text", prompt))
         return GenerationResult(self.outputs.pop(0), wall_time_s=0.25, prompt_tokens=100, new_tokens=7)
 
 

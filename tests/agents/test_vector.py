@@ -72,7 +72,7 @@ class CountingBackend(FakeBackend):
         self.score_calls += 1
         return super().score(prompts, candidates, length_normalise)
 
-    def generate(self, prompt: str, max_new_tokens: int = 48, stop=("\n\n",)) -> GenerationResult:
+    def generate(self, prompt, max_new_tokens: int = 48, stop=("\n\n",)) -> GenerationResult:
         return GenerationResult(" Move.\nAction: go forward", wall_time_s=0.001, prompt_tokens=10, new_tokens=5)
 
 

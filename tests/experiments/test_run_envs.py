@@ -29,6 +29,8 @@ def test_run_each_environment_with_the_embedded_defaults(tmp_path, env):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["lookups"] == summary["steps"] and summary["llm_full_calls"] >= 1
     assert summary["audit_f5_violations"] == 0
+    long_prompts = summary["long_prompts"]  # the embedded model's cap, and no state of these games reaches it
+    assert long_prompts["max_prompt_tokens"] == 4096 and long_prompts["truncated_prompts"] == 0
     if env == "alfworld":
         assert summary["env_source"] in ("generated", "official:valid_seen", "official:valid_unseen", "official:train")
 
