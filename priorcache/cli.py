@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from priorcache.agents.registry import AGENTS
 from priorcache.cache.prior_cache import CacheConfig
@@ -18,7 +19,9 @@ from priorcache.experiments.bench import METHODS, QUICK, TEXT_ENVS, BenchConfig,
 from priorcache.experiments.metrics import compare as compare_summaries
 from priorcache.experiments.report import write_report
 from priorcache.experiments.run_folder import plan_run_folder
-from priorcache.experiments.runner import RunConfig, load_summary, run_experiment
+from priorcache.experiments.runner import RunConfig, run_experiment
+from priorcache.experiments.summaries import CONFIG_FILE, comparison_problems, load_config, load_summary
+from priorcache.validation import MAX_SEEDS, check_seeds
 
 app = typer.Typer(
     add_completion=False,
@@ -29,14 +32,35 @@ console = Console()
 
 
 def _parse_seeds(text: str) -> list[int]:
-    """'0,1,2' or '0-4' → list of ints."""
+    """'0,1,2' or '0-4' → list of distinct ints, checked by ``validation.check_seeds``."""
+    is_range = "-" in text.strip("-")
     try:
-        if "-" in text.strip("-"):
-            lo, hi = text.split("-", 1)
-            return list(range(int(lo), int(hi) + 1))
-        return [int(s) for s in text.split(",") if s.strip()]
+        if is_range:
+            numbers = [int(part) for part in text.split("-", 1)]
+        else:
+            numbers = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise typer.BadParameter(f"seeds must look like '0,1,2' or '0-4', got {text!r}") from None
+        raise ConfigError(f"--seeds must look like '0,1,2' or '0-4', got {text!r}") from None
+    if is_range:
+        lo, hi = numbers
+        # The size first: '0-10000000000' must not build a list of ten billion ints.
+        if hi < lo:
+            raise ConfigError(f"--seeds {text!r} is an empty range (it ends before it starts)")
+        if hi - lo + 1 > MAX_SEEDS:
+            raise ConfigError(f"--seeds {text!r} names {hi - lo + 1} seeds; at most {MAX_SEEDS} per run")
+        numbers = list(range(lo, hi + 1))
+    return check_seeds(numbers)
+
+
+def _error(e: Exception | str) -> None:
+    """The one-line error report. The message is printed as plain text: it quotes user input and
+    data (agent names, actions, paths) whose square brackets rich would read as markup."""
+    console.print(Text.assemble(("error: ", "bold red"), str(e)))
+
+
+def _warning(message: str) -> None:
+    """A one-line warning, printed as plain text like ``_error``."""
+    console.print(Text.assemble(("warning: ", "yellow"), message))
 
 
 def _fmt_ci(stat: dict) -> str:
@@ -44,7 +68,8 @@ def _fmt_ci(stat: dict) -> str:
 
 
 def summary_table(summary: dict, title: str) -> Table:
-    table = Table(title=title, show_header=True)
+    # Text, not markup: the title holds the environment and agent names as given.
+    table = Table(title=Text(title), show_header=True)
     table.add_column("metric")
     table.add_column("value", justify="right")
     lat = summary["decision_latency_ms"]
@@ -114,7 +139,7 @@ def summary_table(summary: dict, title: str) -> Table:
             )
         )
     for name, value in rows:
-        table.add_row(name, value)
+        table.add_row(Text(name), Text(value))
     return table
 
 
@@ -272,7 +297,7 @@ def run(
             console.print(escape(folder.note))
         summary = run_experiment(config, progress=not quiet, resume=resume, overwrite=overwrite)
     except PriorCacheError as e:
-        console.print(f"[bold red]error:[/] {e}")
+        _error(e)
         raise typer.Exit(2) from None
     if summary.get("adaptation"):
         _print_adaptation(summary["adaptation"])
@@ -284,20 +309,44 @@ def run(
 def compare(
     run_a: Path = typer.Argument(..., help="the run to judge (e.g. cached)"),
     run_b: Path = typer.Argument(..., help="the reference run (e.g. uncached, same seeds)"),
+    force: bool = typer.Option(
+        False, help="compare runs that are not like for like (another environment, agent or protocol, or unfinished)"
+    ),
 ) -> None:
-    """Query reduction ×, decision-latency ratio and performance retention of RUN_A against RUN_B."""
+    """Query reduction ×, decision-latency ratio and performance retention of RUN_A against RUN_B.
+
+    The runs must be like for like: one environment, one agent, the same protocol (episodes, seeds,
+    training and held-out games) and both finished; --force turns each refusal into a warning."""
     try:
-        a, b = load_summary(run_a), load_summary(run_b)
+        runs = []
+        for run_dir in (run_a, run_b):
+            summary = load_summary(run_dir)
+            config = load_config(run_dir) if (run_dir / CONFIG_FILE).is_file() else None
+            if config is None:
+                _warning(f"{run_dir} has no {CONFIG_FILE}: only its seeds, episodes and held-out games are checked")
+            runs.append((run_dir, summary, config))
+        found, others = comparison_problems(runs[0], runs[1])
+        if found and not force:
+            raise ConfigError(
+                f"{run_a} and {run_b} are not like for like: " + "; ".join(found) + " (--force compares them anyway)"
+            )
+        for run_dir, summary, _ in runs:
+            if "episodes" not in summary:  # a partial run that has not finished an episode yet
+                raise ConfigError(f"{run_dir} has no finished episode yet: there is nothing to compare")
     except PriorCacheError as e:
-        console.print(f"[bold red]error:[/] {e}")
+        _error(e)
         raise typer.Exit(2) from None
-    if a.get("seeds") != b.get("seeds"):
-        console.print(f"[yellow]warning:[/] the runs used different seeds ({a.get('seeds')} vs {b.get('seeds')})")
+    for problem in found:
+        _warning(problem)
+    if others:
+        console.print(Text("the runs also differ in: " + ", ".join(others), style="dim"))
+    a, b = runs[0][1], runs[1][1]
     result = compare_summaries(a, b)
-    table = Table(title=f"{run_a} vs {run_b}")
+    # Text, not markup: the folder names are the user's.
+    table = Table(title=Text(f"{run_a} vs {run_b}"))
     table.add_column("metric")
-    table.add_column(str(run_a), justify="right")
-    table.add_column(str(run_b), justify="right")
+    table.add_column(Text(str(run_a)), justify="right")
+    table.add_column(Text(str(run_b)), justify="right")
     table.add_column("ratio", justify="right")
     table.add_row(
         "LLM queries", str(a["llm_queries"]), str(b["llm_queries"]), f"{result['query_reduction_x']:.2f}× fewer"
@@ -315,6 +364,10 @@ def compare(
             _fmt_ci(b["held_out"]["success"]),
             f"{100 * result['held_out_retention']:.1f}% retained",
         )
+    elif a.get("held_out") or b.get("held_out"):
+        # The headline is missing on one side: say so rather than leave the row out silently.
+        only = run_a if a.get("held_out") else run_b
+        table.add_row("held-out success", "", "", Text(f"n/a: only {only} has held-out evaluations"))
     table.add_row(
         "training success rate",
         _fmt_ci(a["success_rate"]),
@@ -339,7 +392,9 @@ def envs() -> None:
     table.add_column("description")
     table.add_column("needs")
     for name, info in sorted(ENVIRONMENTS.items()):
-        table.add_row(name, "\n".join(info.variants) or "-", info.description, info.requires)
+        table.add_row(
+            *(Text(cell) for cell in (name, "\n".join(info.variants) or "-", info.description, info.requires))
+        )
     console.print(table)
 
 
@@ -402,13 +457,21 @@ def bench_text(
         hf_logging.disable_progress_bar()
         run_bench(config)
     except PriorCacheError as e:
-        console.print(f"[bold red]error:[/] {e}")
+        _error(e)
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
-        console.print(f"[yellow]interrupted:[/] finished runs are kept in {out}/runs; run the same command to resume")
+        console.print(
+            Text.assemble(
+                ("interrupted: ", "yellow"), f"finished runs are kept in {out}/runs; run the same command to resume"
+            )
+        )
         raise typer.Exit(130) from None
-    console.print((out / "results.md").read_text())
-    console.print(f"table and plots in {out}/ (results.md, results.csv, success_vs_queries.png, learning_curves.png)")
+    # markup=False: the table quotes environment names, method labels and sources as the runs recorded them.
+    console.print((out / "results.md").read_text(), markup=False)
+    console.print(
+        f"table and plots in {out}/ (results.md, results.csv, success_vs_queries.png, learning_curves.png)",
+        markup=False,
+    )
 
 
 @app.command()
@@ -420,10 +483,11 @@ def report(
     try:
         result = write_report(run_dir, out)
     except PriorCacheError as e:
-        console.print(f"[bold red]error:[/] {e}")
+        _error(e)
         raise typer.Exit(2) from None
-    console.print(result["files"][0].read_text())
-    console.print("written: " + ", ".join(str(p) for p in result["files"]))
+    # markup=False: the table quotes environment names, method labels and sources as the runs recorded them.
+    console.print(result["files"][0].read_text(), markup=False)
+    console.print("written: " + ", ".join(str(p) for p in result["files"]), markup=False)
 
 
 def _print_adaptation(info: dict) -> None:
@@ -472,11 +536,11 @@ def prior_quality(
         result["adapt"] = adapt
         result["adaptation"] = adapted.info
     except PriorCacheError as e:
-        console.print(f"[bold red]error:[/] {escape(str(e))}")
+        _error(e)
         raise typer.Exit(2) from None
     _print_adaptation(adapted.info)
     fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
-    table = Table(title=f"prior quality · {env} · {shots}-shot, adapt {adapt} ({len(examples)} in-context pairs)")
+    table = Table(title=Text(f"prior quality · {env} · {shots}-shot, adapt {adapt} ({len(examples)} in-context pairs)"))
     table.add_column("quantity")
     table.add_column("value", justify="right")
     prior, unseen = result["prior"], result["prior_on_unseen_actions"]
@@ -492,7 +556,7 @@ def prior_quality(
     console.print(table)
     if out is not None:
         atomic_write_json(out, result)
-        console.print(f"written: {out}")
+        console.print(f"written: {out}", markup=False)
 
 
 @app.command()
@@ -510,15 +574,16 @@ def demos(
         folder = record_demos(env, shots, out, max_steps=max_steps, progress=not quiet)
         meta = read_demos_meta(folder)
     except PriorCacheError as e:
-        console.print(f"[bold red]error:[/] {e}")
+        _error(e)
         raise typer.Exit(2) from None
     steps = sum(e["steps"] for e in meta["episodes"])
     console.print(
-        f"{len(meta['episodes'])} oracle episodes ({steps} steps, all won) on game seeds {meta['game_seeds']}"
+        f"{len(meta['episodes'])} oracle episodes ({steps} steps, all won) on game seeds {meta['game_seeds']}",
+        markup=False,
     )
     minari_info = meta["minari"]
     extra = f", {minari_info['path']}" if minari_info["written"] else f" (no Minari dataset: {minari_info['reason']})"
-    console.print(f"written: {folder}/ (demos.jsonl, meta.json{extra})")
+    console.print(f"written: {folder}/ (demos.jsonl, meta.json{extra})", markup=False)
 
 
 @app.command("kl-report")
@@ -532,16 +597,16 @@ def kl_report(
     try:
         result = write_kl_report(run_dir, out)
     except PriorCacheError as e:
-        console.print(f"[bold red]error:[/] {e}")
+        _error(e)
         raise typer.Exit(2) from None
     f5, f6, vis, counts = result["f5"], result["f6"], result["visitation"], result["audits"]
     fmt = lambda v: "n/a" if v is None else f"{v:.4g}"  # noqa: E731
-    table = Table(title=f"KL report · {result['env']} · {result['method']}")
+    table = Table(title=Text(f"KL report · {result['env']} · {result['method']}"))
     table.add_column("quantity")
     table.add_column("value", justify="right")
     table.add_row("audits (served + shadow)", f"{counts['total']} ({counts['served']} + {counts['shadow']})")
     colour = "green" if f5["violations"] == 0 else "bold red"
-    table.add_row("F5 violations (KL > 2ε)", f"[{colour}]{f5['violations']}[/]")
+    table.add_row("F5 violations (KL > 2ε)", Text(str(f5["violations"]), style=colour))
     table.add_row("max KL / 2ε", fmt(f5["all"]["max_ratio"]))
     if f6["available"]:
         table.add_row("F6 ε_stale", fmt(f6["epsilon_stale"]))
@@ -558,7 +623,7 @@ def kl_report(
             "E_μ[KL] per decision ≤ bound", f"{fmt(vis['per_decision']['kl'])} ≤ {fmt(vis['per_decision']['kl_bound'])}"
         )
     console.print(table)
-    console.print("written: " + ", ".join(str(p) for p in result["files"]))
+    console.print("written: " + ", ".join(str(p) for p in result["files"]), markup=False)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,9 @@
 turns the 1/r-weighted served audits into E_μ[KL] per decision; and :func:`kl_summary` gathers the
 F5 check (violations beyond ``F5_TOLERANCE``), these and the run's facts into what
 ``kl_report.json`` holds. The definitions are in :mod:`priorcache.experiments.kl_report`, which
-renders the summary as markdown and a figure and writes the files.
+renders the summary as markdown and a figure and writes the files. A metrics line or audit that is
+not what the report reads (an audit without numbers ε and KL, say) is a ConfigError naming the
+episode, not a traceback.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import numpy as np
 
 from priorcache.errors import ConfigError
 from priorcache.experiments.report import RunFolder
+from priorcache.experiments.summaries import describe, problems
 from priorcache.prior.divergence import f6_distance
 
 #: Slack of the F5 check: KL and ε are float64 computations of the same log-probabilities.
@@ -30,16 +33,39 @@ _MAX_LISTED = 20
 # ------------------------------------------------------------------ reading the audits
 
 
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+_LIST_OR_NULL = (lambda x: x is None or isinstance(x, list), "a list or null")
+#: The fields of a metrics.jsonl line the KL report reads, checked where present (older runs lack some).
+_RECORD_FIELDS = {
+    "lookups": (_is_number, "a number"),
+    "hits": (_is_number, "a number"),
+    "audit_records": _LIST_OR_NULL,
+    "audit_epsilons": _LIST_OR_NULL,
+    "audit_kls": _LIST_OR_NULL,
+    "cache_params": (lambda x: x is None or isinstance(x, dict), "an object or null"),
+}
+
+
 def collect_audits(run: RunFolder) -> tuple[list[dict[str, Any]], str]:
     """Every audit of the run as a flat dict (the contract's fields plus seed and episode), and the
     format: ``"audit_records"`` (this version), ``"legacy"`` (ε/KL lists only) or ``"mixed"``."""
     audits: list[dict[str, Any]] = []
     new = old = 0
     for record in run.records:
+        found = problems(record, _RECORD_FIELDS, optional=True)
+        if found:
+            raise ConfigError(
+                f"damaged {run.path / 'metrics.jsonl'}: the line of seed {record.get('seed')}, episode "
+                f"{record.get('episode')}: {describe(found)}"
+            )
         where = {"seed": record.get("seed"), "episode": record.get("episode")}
         if "audit_records" in record:
             new += 1
             for a in record["audit_records"] or []:
+                _check_audit(run, record, a)
                 eps = float(a["epsilon"])
                 r = a.get("refresh_rate")
                 weight = a.get("weight")
@@ -63,7 +89,9 @@ def collect_audits(run: RunFolder) -> tuple[list[dict[str, Any]], str]:
             # Before audit_records: the lists hold the served (refresh) audits only, with no similarity;
             # r was fixed for the whole run, so every audit weighs the same.
             old += 1
-            for eps, kl in zip(record.get("audit_epsilons") or [], record.get("audit_kls") or []):
+            pairs = list(zip(record.get("audit_epsilons") or [], record.get("audit_kls") or []))
+            for eps, kl in pairs:
+                _check_audit(run, record, {"epsilon": eps, "kl": kl})
                 audits.append(
                     {
                         **where,
@@ -79,6 +107,20 @@ def collect_audits(run: RunFolder) -> tuple[list[dict[str, Any]], str]:
                 )
     fmt = "legacy" if new == 0 else ("audit_records" if old == 0 else "mixed")
     return audits, fmt
+
+
+def _check_audit(run: RunFolder, record: dict[str, Any], audit: Any) -> None:
+    """A ConfigError naming the episode unless ``audit`` is an object with numbers ε, KL (and, if
+    given, kl_bound, similarity, weight and refresh_rate): a damaged line must not pass as an audit."""
+    ok = isinstance(audit, dict) and all(_is_number(audit.get(k)) for k in ("epsilon", "kl"))
+    ok = ok and all(
+        audit.get(k) is None or _is_number(audit[k]) for k in ("kl_bound", "similarity", "weight", "refresh_rate")
+    )
+    if not ok:
+        raise ConfigError(
+            f"damaged {run.path / 'metrics.jsonl'}: an audit of seed {record.get('seed')}, episode "
+            f"{record.get('episode')} is not an object with numbers epsilon and kl: {str(audit)[:120]}"
+        )
 
 
 def _no_audit_reason(run: RunFolder) -> str:

@@ -1,7 +1,8 @@
 """The paper-style results table (markdown + CSV) and plots (PNG) from saved runs (docs/design.md §1).
 
 A run folder is any folder holding ``config.json`` and ``metrics.jsonl`` (what ``priorcache run``
-and ``priorcache bench text`` write), and ``evals.jsonl`` with its held-out evaluations. The
+and ``priorcache bench text`` write), and ``evals.jsonl`` with its held-out evaluations; the files are
+read through :mod:`priorcache.experiments.summaries`, so a damaged one is a ConfigError naming it. The
 headline is held-out success: the greedy policy after training on held-out games, mean and 95 % CI
 over seeds; training success (with exploration, on training games) is reported beside it.
 
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,9 +31,18 @@ from typing import Any
 
 import numpy as np
 
-from priorcache.envs.registry import environment_info
 from priorcache.errors import ConfigError
 from priorcache.experiments.metrics import summarise, summarise_held_out
+from priorcache.experiments.summaries import (
+    EVAL_FIELDS,
+    RECORD_KEYS,
+    SUMMARY_FILE,
+    check_records,
+    env_label,
+    load_config,
+    load_summary,
+    read_jsonl,
+)
 from priorcache.io import atomic_path, atomic_write_json, atomic_write_text
 
 #: Method label of (agent, cache mode); the uncached DQN-Prior is the 100 % reference.
@@ -72,13 +81,8 @@ class RunFolder:
 
     @property
     def env_label(self) -> str:
-        """The environment with its variant, "textworld:tw-simple", whether the run named the variant
-        in ``env`` or through the family's variant keyword (the registry's) in ``env_kwargs``."""
-        kwargs = self.config.get("env_kwargs") or {}
-        env = self.config["env"]
-        info = environment_info(env)
-        variant = kwargs.get(info.variant_kwarg) if info is not None and info.variant_kwarg else None
-        return f"{env}:{variant}" if variant and ":" not in env else env
+        """The environment with its variant, "textworld:tw-simple" (see ``summaries.env_label``)."""
+        return env_label(self.config["env"], self.config.get("env_kwargs"))
 
     @property
     def method(self) -> str:
@@ -89,28 +93,17 @@ class RunFolder:
 
 
 def read_run(path: Path) -> RunFolder:
-    """One run folder; a clear error when a file is missing or damaged."""
-    config_path, metrics_path = path / "config.json", path / "metrics.jsonl"
-    try:
-        config = json.loads(config_path.read_text())
-        records = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
-        evals_path = path / "evals.jsonl"
-        evals = (
-            [json.loads(line) for line in evals_path.read_text().splitlines() if line.strip()]
-            if evals_path.is_file()
-            else []
-        )
-    except FileNotFoundError as e:
-        raise ConfigError(f"{path} is not a run folder: {e.filename} is missing") from None
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"damaged run file in {path}: {e}") from None
-    summary: dict[str, Any] = {}
-    if (path / "summary.json").is_file():
-        try:
-            summary = json.loads((path / "summary.json").read_text())
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"damaged {path / 'summary.json'}: {e}") from None
-    finished = bool(summary) and not summary.get("partial", False)
+    """One run folder; a clear error when a file is missing or damaged (``summaries`` checks the shapes)."""
+    path = Path(path)
+    config = load_config(path)
+    metrics_path, evals_path = path / "metrics.jsonl", path / "evals.jsonl"
+    if not metrics_path.is_file():
+        raise ConfigError(f"{path} is not a run folder: {metrics_path} is missing")
+    records = read_jsonl(metrics_path, RECORD_KEYS)
+    evals = read_jsonl(evals_path, EVAL_FIELDS) if evals_path.is_file() else []
+    # No summary.json: the run never finished an episode (or predates it); it is shown as unfinished.
+    summary = load_summary(path) if (path / SUMMARY_FILE).is_file() else {}
+    finished = bool(summary) and summary.get("partial") is not True
     return RunFolder(path, config, records, evals, finished, summary.get("env_source"))
 
 
@@ -140,6 +133,8 @@ def aggregate(runs: list[RunFolder]) -> list[dict[str, Any]]:
                         "report them from separate folders"
                     )
                 seen[seed] = run.path
+        for run in members:
+            check_records(run.records, run.path / "metrics.jsonl")
         records = [r for run in members for r in run.records]
         summary = summarise(records)
         held = summarise_held_out([e for run in members for e in run.evals])
