@@ -302,7 +302,7 @@ def run(
     if summary.get("adaptation"):
         _print_adaptation(summary["adaptation"])
     console.print(summary_table(summary, f"{env} · {agent} · cache {summary['cache_mode']}"))
-    console.print(f"results in {out}/ (metrics.jsonl, evals.jsonl, summary.json, cache/)")
+    console.print(f"results in {out}/ (metrics.jsonl, evals.jsonl, summary.json, cache/)", markup=False)
 
 
 @app.command()

@@ -82,10 +82,14 @@ class EpisodeOutcome:
 StepCallback = Callable[[Decision, float], None]  # (decision, reward), after ``observe``
 
 
+#: Episodes per run seed that get distinct reset seeds (runs are refused more).
+EPISODES_PER_SEED = 100_003
+
+
 def episode_seed(seed: int, episode: int) -> int:
     """The ``env.reset`` seed of episode ``episode`` of run seed ``seed`` (distinct for every pair
-    the experiments use: fewer than 100,003 episodes per seed)."""
-    return seed * 100_003 + episode
+    the experiments use: fewer than ``EPISODES_PER_SEED`` episodes per seed)."""
+    return seed * EPISODES_PER_SEED + episode
 
 
 class Agent(ABC):

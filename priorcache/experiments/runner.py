@@ -36,7 +36,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from priorcache.agents.base import Agent, episode_seed
+from priorcache.agents.base import EPISODES_PER_SEED, Agent, episode_seed
 from priorcache.agents.registry import AGENTS, agent_spec, make_agent
 from priorcache.agents.vector import run_episodes_batched
 from priorcache.cache.encoder import MiniLMEncoder
@@ -57,12 +57,13 @@ from priorcache.experiments.run_folder import (
     restore_cache,
     write_checkpoint,
 )
+from priorcache.experiments.summaries import load_summary
 from priorcache.experiments.tensorboard_log import ScalarLog
 from priorcache.io import atomic_write_json, atomic_write_text
 from priorcache.prior.action_prior import PriorConfig
 from priorcache.prior.base import LLMBackend
 from priorcache.prior.prompts import prompt_builder
-from priorcache.validation import is_int
+from priorcache.validation import check_seeds, is_int
 
 #: Agents whose episodes on a fixed game repeat exactly (greedy, no learning, no sampling).
 DETERMINISTIC_AGENTS = frozenset(name for name, spec in AGENTS.items() if spec.cls.deterministic)
@@ -109,8 +110,11 @@ class RunConfig:
             value = getattr(self, name)
             if not is_int(value) or value < 0:
                 raise ConfigError(f"{name} must be an integer ≥ 0, got {value!r}")
-        if not self.seeds:
-            raise ConfigError("at least one seed is needed")
+        self.seeds = check_seeds(self.seeds)
+        if self.episodes >= EPISODES_PER_SEED:
+            raise ConfigError(
+                f"episodes must be below {EPISODES_PER_SEED:,} (distinct reset seeds), got {self.episodes}"
+            )
         if self.max_episode_steps is not None and self.max_episode_steps < 1:
             raise ConfigError(f"max_episode_steps must be ≥ 1, got {self.max_episode_steps}")
         check_adaptation(self.shots, self.adapt)
@@ -442,11 +446,3 @@ def _write_progress(out: Path, records: list[dict[str, Any]], evals: list[dict[s
     if records:
         partial.update(summarise(records))
     atomic_write_json(out / "summary.json", partial)
-
-
-def load_summary(run_dir: Path) -> dict[str, Any]:
-    """Moved to :func:`priorcache.experiments.summaries.load_summary`, which checks the summary's
-    shape; kept here only for ``run_experiment``'s call above, until that imports it from there."""
-    from priorcache.experiments.summaries import load_summary as load_checked
-
-    return load_checked(run_dir)
