@@ -299,6 +299,25 @@ class Agent(ABC):
                 decisions.append(self.act(state, cands))
         return decisions
 
+    def predict_batch(
+        self,
+        states: Sequence[str],
+        candidates: Sequence[list[str]],
+        deterministic: bool = True,
+        slots: Sequence[int] | None = None,
+    ) -> list[Decision]:
+        """``predict`` for several environments at once (``states[i]`` in slot ``slots[i]``'s episode),
+        as decisions: the action and, for agents with a prior cache, the lookup behind it (what it
+        cost). Nothing is learnt. This default calls ``predict`` slot by slot; agents that can share
+        work across the batch (one LLM call) override it."""
+        decisions = []
+        for slot, state, cands in zip(self._slot_list(slots, len(states)), states, candidates):
+            start = time.perf_counter()
+            with self._episode_slot(slot):
+                action = self.predict(state, cands, deterministic)
+            decisions.append(Decision(action, time.perf_counter() - start, float("nan")))
+        return decisions
+
     def observe_batch(
         self,
         rewards: Sequence[float],

@@ -284,10 +284,49 @@ class DQNAgent(DQNConfigMixin, Agent):
         q_values = self._q_values(self._features(state_vec), self.encoder.encode(candidates))
         alpha = self.sampler.schedule.alpha
         log_prior, _ = self._prior(state_text, candidates, q_values, alpha, state_vec, acting=False)
+        return candidates[self._predict_index(log_prior, q_values, alpha, deterministic)]
+
+    def _predict_index(self, log_prior: np.ndarray, q_values: np.ndarray, alpha: float, deterministic: bool) -> int:
+        """The posterior's mode at ``alpha``, or a draw from F1 on predict's own generator."""
         if deterministic:
-            return candidates[int(np.argmax(log_prior + q_values / alpha))]
+            return int(np.argmax(log_prior + q_values / alpha))
         probs = self.sampler.distribution(log_prior, q_values)
-        return candidates[int(self._predict_rng.choice(probs.size, p=probs / probs.sum()))]
+        return int(self._predict_rng.choice(probs.size, p=probs / probs.sum()))
+
+    def predict_batch(
+        self,
+        states: Sequence[str],
+        candidates: Sequence[list[str]],
+        deterministic: bool = True,
+        slots: Sequence[int] | None = None,
+    ) -> list[Decision]:
+        """``predict`` for several environments: states and candidates encoded in ONE encoder call,
+        priors asked together (``_prior_batch``: one LLM call for DQN-Prior, every lookup planned
+        against the cache as it was before the batch), then per slot in order the mode or a draw on
+        predict's own generator. Nothing training uses changes. A decision's time is an even share
+        of the batch's."""
+        start = time.perf_counter()
+        slots = self._slot_list(slots, len(states))
+        if not slots:
+            return []
+        cands = [check_candidates(c) for c in candidates]
+        vecs = self.encoder.encode(list(states) + [a for c in cands for a in c])
+        bounds = np.cumsum([len(states)] + [len(c) for c in cands])
+        q_values, objectives = [], []
+        for slot, state_vec, lo, hi in zip(slots, vecs[: len(states)], bounds[:-1], bounds[1:]):
+            with self._episode_slot(slot):
+                q_values.append(self._q_values(self._features(state_vec), vecs[lo:hi]))
+                objectives.append(self._objective)
+        alpha = self.sampler.schedule.alpha
+        steps = [self.step_count] * len(states)  # as predict: lookups at the current step
+        priors = self._prior_batch(list(states), cands, q_values, alpha, vecs[: len(states)], objectives, steps)
+        decisions = []
+        for c, q, (log_prior, lookup) in zip(cands, q_values, priors):
+            decisions.append(Decision(c[self._predict_index(log_prior, q, alpha, deterministic)], 0.0, alpha, lookup))
+        share = (time.perf_counter() - start) / len(decisions)
+        for decision in decisions:
+            decision.decision_time_s = share
+        return decisions
 
     # --- learning -----------------------------------------------------------------------------
     def observe(

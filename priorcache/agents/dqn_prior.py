@@ -173,25 +173,7 @@ class DirectLLMAgent(DQNConfigMixin, Agent):
         if not slots:
             return []
         cands = [check_candidates(c) for c in candidates]
-        vecs = self.encoder.encode(list(states))
-        objectives = []
-        for slot in slots:
-            with self._episode_slot(slot):
-                objectives.append(self._objective)
-        alpha = self.schedule.alpha
-        requests = [
-            LookupRequest(
-                s,
-                self.prompt_builder(o, s),
-                c,
-                q_values=np.zeros(len(c)),
-                alpha=alpha,
-                embedding=v,
-                step=self.step_count + i,
-            )
-            for i, (s, c, o, v) in enumerate(zip(states, cands, objectives, vecs))
-        ]
-        lookups = self.prior_cache.lookup_batch(requests)
+        lookups, alpha = self._lookup_batch(states, cands, slots, [self.step_count + i for i in range(len(states))])
         decisions = []
         for slot, c, lookup in zip(slots, cands, lookups):
             self.schedule.update(lookup.hit)
@@ -204,15 +186,59 @@ class DirectLLMAgent(DQNConfigMixin, Agent):
             decision.decision_time_s = share
         return decisions
 
+    def _lookup_batch(
+        self, states: Sequence[str], cands: list[list[str]], slots: list[int], steps: list[int]
+    ) -> tuple[list[PriorLookup], float]:
+        """The priors of a batch (each state under its slot's objective) from ONE ``lookup_batch``."""
+        vecs = self.encoder.encode(list(states))
+        objectives = []
+        for slot in slots:
+            with self._episode_slot(slot):
+                objectives.append(self._objective)
+        alpha = self.schedule.alpha
+        requests = [
+            LookupRequest(s, self.prompt_builder(o, s), c, q_values=np.zeros(len(c)), alpha=alpha, embedding=v, step=t)
+            for s, c, o, v, t in zip(states, cands, objectives, vecs, steps)
+        ]
+        return self.prior_cache.lookup_batch(requests), alpha
+
+    def predict_batch(
+        self,
+        states: Sequence[str],
+        candidates: Sequence[list[str]],
+        deterministic: bool = True,
+        slots: Sequence[int] | None = None,
+    ) -> list[Decision]:
+        """``predict`` for several environments, the priors from ONE ``lookup_batch``; the
+        temperature and step count stay as they were. A decision's time is an even share of the batch's."""
+        start = time.perf_counter()
+        slots = self._slot_list(slots, len(states))
+        if not slots:
+            return []
+        cands = [check_candidates(c) for c in candidates]
+        lookups, alpha = self._lookup_batch(states, cands, slots, [self.step_count] * len(states))
+        decisions = [
+            Decision(c[self._choose(lookup.log_prior, deterministic)], 0.0, alpha, lookup)
+            for c, lookup in zip(cands, lookups)
+        ]
+        share = (time.perf_counter() - start) / len(decisions)
+        for decision in decisions:
+            decision.decision_time_s = share
+        return decisions
+
+    def _choose(self, log_prior: np.ndarray, deterministic: bool) -> int:
+        """The prior's argmax, or a draw from it on predict's own generator."""
+        if deterministic:
+            return int(np.argmax(log_prior))
+        probs = np.exp(log_prior - np.max(log_prior))
+        return int(self._predict_rng.choice(probs.size, p=probs / probs.sum()))
+
     def predict(self, state_text: str, candidates: list[str], deterministic: bool = True) -> str:
         """The prior's argmax (``deterministic=False``: a draw from the prior on an RNG of its own).
         The cache lookup is an ordinary one; the agent's temperature and step count stay as they were."""
         candidates = check_candidates(candidates)
         lookup, _ = self._lookup(state_text, candidates, acting=False)
-        if deterministic:
-            return candidates[int(np.argmax(lookup.log_prior))]
-        probs = np.exp(lookup.log_prior - np.max(lookup.log_prior))
-        return candidates[int(self._predict_rng.choice(probs.size, p=probs / probs.sum()))]
+        return candidates[self._choose(lookup.log_prior, deterministic)]
 
     def observe(
         self, reward: float, terminated: bool, truncated: bool, next_state_text: str, next_candidates: list[str]

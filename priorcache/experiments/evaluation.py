@@ -9,6 +9,12 @@ buffer, training RNG nor temperature change. An agent that asks the prior cache 
 evaluation and dropped after it: the cache serves the evaluation as it would serve a deployed agent
 (hits, misses that call the LLM, refreshes), but nothing an evaluation game taught it reaches
 training, and the LLM queries the evaluation made are counted apart from training's.
+
+With ``num_envs`` > 1 (the run's ``--num-envs``) the games are played that many at a time in
+lockstep by ``Agent.predict_batch``: one batched lookup, so one LLM call, per step for all of them.
+Every lookup of a step is then planned against the cache copy as it was before that step, and
+sampled draws interleave across games, so a batched evaluation is another draw of the same
+evaluation, not the sequential one's replay (in cache mode "none", greedy, they are equal).
 """
 
 from __future__ import annotations
@@ -90,6 +96,50 @@ def play_policy(
             return bool(info.get("won", False)), total, steps
 
 
+@dataclass
+class _Played:
+    won: bool = False
+    episode_return: float = 0.0
+    steps: int = 0
+    llm_queries: int = 0
+    wall_time_s: float = 0.0
+
+
+def play_policy_batched(agent: Agent, envs: Sequence[Any], policy: str = "greedy") -> list[_Played]:
+    """One episode on each of ``envs`` (distinct objects) by ``agent.predict_batch`` in lockstep, no
+    learning: one batched prior lookup (one LLM call) per step for the environments still playing.
+    An episode's LLM queries are those of its own decisions; its wall time is an even share of each
+    lockstep step it took part in."""
+    played = [_Played() for _ in envs]
+    infos = [env.reset(seed=EVAL_RESET_SEED)[1] for env in envs]
+    agent.begin_episodes([info["objective"] for info in infos])
+    active = list(range(len(envs)))
+    while active:
+        start = time.perf_counter()
+        decisions = agent.predict_batch(
+            [infos[i]["state_text"] for i in active],
+            [infos[i]["admissible_actions"] for i in active],
+            deterministic=policy == "greedy",
+            slots=active,
+        )
+        still = []
+        for i, decision in zip(active, decisions):
+            _, reward, terminated, truncated, infos[i] = envs[i].step(decision.action)
+            record = played[i]
+            record.episode_return += float(reward)
+            record.steps += 1
+            record.llm_queries += int(decision.cost("llm_calls") + decision.cost("partial_calls"))
+            if terminated or truncated:
+                record.won = bool(infos[i].get("won", False))
+            else:
+                still.append(i)
+        share = (time.perf_counter() - start) / len(active)
+        for i in active:
+            played[i].wall_time_s += share
+        active = still
+    return played
+
+
 def evaluate(
     agent: Agent,
     games: Sequence[tuple[int, Any]],
@@ -99,28 +149,41 @@ def evaluate(
     train_steps: int,
     train_llm_queries: int,
     policy: str = "greedy",
+    num_envs: int = 1,
 ) -> list[EvalEpisode]:
     """One episode by ``policy`` on each ``(game_seed, env)`` of ``games`` (held-out games), on a copy
-    of the agent's prior cache; the agent's training state is left as it was."""
-    out: list[EvalEpisode] = []
+    of the agent's prior cache; the agent's training state is left as it was. ``num_envs`` > 1:
+    that many games at a time in lockstep (:func:`play_policy_batched`)."""
     with _evaluation_cache(agent) as cache:
-        for game_seed, env in games:
-            start = time.perf_counter()
-            before = _queries(cache)
-            won, total, steps = play_policy(agent, env, policy=policy)
-            after = _queries(cache)
-            out.append(
-                EvalEpisode(
-                    seed=seed,
-                    after_episodes=after_episodes,
-                    train_steps=train_steps,
-                    train_llm_queries=train_llm_queries,
-                    game_seed=game_seed,
-                    success=won,
-                    episode_return=total,
-                    steps=steps,
-                    llm_queries=None if before is None or after is None else after - before,
-                    wall_time_s=time.perf_counter() - start,
-                )
-            )
-    return out
+        if num_envs > 1:
+            played = [
+                p
+                for lo in range(0, len(games), num_envs)
+                for p in play_policy_batched(agent, [env for _, env in games[lo : lo + num_envs]], policy)
+            ]
+        else:
+            played = [_play_one(agent, env, cache, policy) for _, env in games]
+    return [
+        EvalEpisode(
+            seed=seed,
+            after_episodes=after_episodes,
+            train_steps=train_steps,
+            train_llm_queries=train_llm_queries,
+            game_seed=game_seed,
+            success=p.won,
+            episode_return=p.episode_return,
+            steps=p.steps,
+            llm_queries=None if cache is None else p.llm_queries,
+            wall_time_s=p.wall_time_s,
+        )
+        for (game_seed, _), p in zip(games, played)
+    ]
+
+
+def _play_one(agent: Agent, env: Any, cache: PriorCache | None, policy: str) -> _Played:
+    """One episode by :func:`play_policy`; its LLM queries from the cache's counters."""
+    start = time.perf_counter()
+    before = _queries(cache)
+    won, total, steps = play_policy(agent, env, policy=policy)
+    queries = 0 if cache is None else _queries(cache) - before
+    return _Played(won, total, steps, queries, time.perf_counter() - start)

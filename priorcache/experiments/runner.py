@@ -338,6 +338,7 @@ def _train_and_evaluate(
             train_steps=steps,
             train_llm_queries=queries,
             policy=config.eval_policy,
+            num_envs=config.num_envs,
         )
         evals.extend(e.to_json() for e in found)
         log.evaluation(seed, found)

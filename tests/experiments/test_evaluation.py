@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from priorcache.agents import AGENTS, make_agent
 from priorcache.agents.dqn import DQNConfig
 from priorcache.agents.dqn_prior import DQNPriorAgent
 from priorcache.cache.prior_cache import CacheConfig, PriorCache
@@ -134,3 +135,26 @@ def test_lockstep_training_episodes_record_what_one_at_a_time_records(tmp_path):
         assert [r["game_seed"] for r in records] == [0, 1, 0, 1, 0] and summary["episodes"] == 5
         actions[num_envs] = [r["actions"] for r in records]
     assert actions[1] == actions[2] == actions[3]
+
+
+@pytest.mark.parametrize("name", ["dqn", "dqn-prior", "direct-llm"])
+def test_lockstep_evaluation_plays_what_one_game_at_a_time_plays(name):
+    """``num_envs`` > 1: the held-out games in lockstep through ``predict_batch`` (one batched LLM
+    call per step) give, greedy on an uncached prior, the very episodes and query counts the
+    one-at-a-time evaluation gives, and leave the agent's training state as it was."""
+    encoder = HashEncoder(dim=32)
+    cache = PriorCache(CacheConfig(mode="none"), encoder, FakeBackend())
+    config = DQNConfig(learning_starts=4, batch_size=4)
+    parts = {"encoder": encoder, "prior_cache": cache, "prompt_builder": prompt_builder("webshop")}
+    agent = make_agent(name, config, seed=0, **{k: v for k, v in parts.items() if k in AGENTS[name].cls.components})
+    agent.learn(make_split_env("webshop", "train", 0, max_episode_steps=6), 2)
+    before = (agent.step_count, getattr(agent, "rng", None) and agent.rng.bit_generator.state)
+    games = [(seed, make_split_env("webshop", "eval", seed, max_episode_steps=6)) for seed in EVAL_SEEDS[:5]]
+    kwargs = dict(seed=0, after_episodes=2, train_steps=12, train_llm_queries=3)
+    one = evaluate(agent, games, **kwargs)
+    batched = evaluate(agent, games, num_envs=3, **kwargs)
+    fields = ("game_seed", "success", "episode_return", "steps", "llm_queries")
+    assert [[getattr(e, f) for f in fields] for e in batched] == [[getattr(e, f) for f in fields] for e in one]
+    if name != "dqn":
+        assert sum(e.llm_queries for e in batched) == sum(e.steps for e in batched)  # uncached: one per step
+    assert (agent.step_count, getattr(agent, "rng", None) and agent.rng.bit_generator.state) == before
