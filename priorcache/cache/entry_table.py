@@ -1,6 +1,8 @@
 """The prior cache's entries and what finds them: the exact map, the prompt-prefix partitions, the
 vector index and eviction. Not locked itself: the cache calls it under its lock, so the invariants
 (size ≤ K, one entry per exact key, index and entries in step) hold at every release of that lock.
+A load fills a new table (``loaded``) that this one then ``adopt``s, so a load that fails part-way
+leaves the entries as they were.
 """
 
 from __future__ import annotations
@@ -172,27 +174,47 @@ class EntryTable:
             self.prefixes.pop(entry.prefix_hash, None)
         self.index.remove(np.array([eid], dtype=np.int64))
 
-    def _evict(self, now: int) -> None:
-        self.remove(self.eviction.victim(self.entries.values(), now))
+    def _evict(self, now: int) -> int:
+        victim = self.eviction.victim(self.entries.values(), now)
+        self.remove(victim)
         self.evictions += 1
+        return victim
 
-    def evict_to(self, capacity: int, now: int) -> None:
-        """After K shrank (meta update, warm start, smaller cache loading a bigger save)."""
+    def evict_to(self, capacity: int, now: int) -> list[int]:
+        """After K shrank (meta update, warm start, smaller cache loading a bigger save); the evicted ids."""
+        evicted = []
         while len(self.entries) > capacity:
-            self._evict(now)
+            evicted.append(self._evict(now))
+        return evicted
 
-    def replace(self, entries: list[CacheEntry], prefixes: dict[str, str], clock: int, capacity: int) -> None:
-        """Install validated entries, rebasing their steps onto ``clock`` (ages survive)."""
-        for eid in self.entries:  # loaded ids may name other states than the audited ones
-            self.forget(eid)
-        self.index = make_index(self.index_kind, self.dim, capacity)
-        self.entries, self.exact, self.partition_size, self.prefixes = {}, {}, {}, {}
-        self.epoch += 1
+    # --- loading (all or nothing: see PriorCache.load_state_dict) -------------------------------
+    def loaded(self, entries: list[CacheEntry], prefixes: dict[str, str], clock: int, capacity: int) -> EntryTable:
+        """A new table like this one holding validated ``entries``, their steps rebased onto ``clock``
+        (ages survive). This table is not touched, and the new one tells no controller what it
+        evicts (``forget`` does nothing there): the caller forgets those ids once it commits."""
+        table = EntryTable(self.index_kind, self.dim, capacity, self.eviction, lambda eid: None)
         shift = clock - max((e.last_used_step for e in entries), default=clock)
         for e in entries:
             e.created_step += shift
             e.last_used_step += shift
-            self.insert(e, prefixes.get(e.prefix_hash))
+            table.insert(e, prefixes.get(e.prefix_hash))
+        return table
+
+    def forget_all(self) -> None:
+        """Tell the controller every entry goes (ids of a loaded table may name other states)."""
+        for eid in self.entries:
+            self.forget(eid)
+
+    def adopt(self, other: EntryTable) -> None:
+        """Take over ``other``'s entries and index (from ``loaded``): plain assignments, nothing that can fail.
+
+        A new epoch: matches planned against the previous entries no longer apply. Ids keep growing
+        past every id this table gave out, so a new entry never reuses the id of one it forgot."""
+        self.index, self.entries, self.exact = other.index, other.entries, other.exact
+        self.partition_size, self.prefixes = other.partition_size, other.prefixes
+        self.next_id = max(self.next_id, other.next_id)
+        self.evictions += other.evictions
+        self.epoch += 1
 
     def check(self, capacity: int) -> None:
         """Invariants, for tests: size ≤ K, one entry per exact key, index in step with the entries."""

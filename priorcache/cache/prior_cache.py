@@ -36,6 +36,7 @@ exact key, index and entries in step) hold at every release of the lock.
 
 from __future__ import annotations
 
+import copy
 import math
 import threading
 import time
@@ -64,7 +65,7 @@ from priorcache.cache.planning import (
     would_serve,
 )
 from priorcache.cache.records import CacheEntry, LookupCost, PriorLookup
-from priorcache.cache.state import entry_to_json, validate_state
+from priorcache.cache.state import entry_to_json, merge_states, validate_state
 from priorcache.errors import CacheFormatError, ConfigError
 from priorcache.prior.action_prior import CategoricalPrior, PriorConfig
 from priorcache.prior.base import LLMBackend, Prompt
@@ -446,7 +447,12 @@ class PriorCache:
         of it: CacheFormatError naming the problem, and then nothing has changed.
 
         ``check_backend``: refuse a state scored by another LLM backend (raw scores of two models
-        are not comparable). Entries' steps are rebased onto this cache's clock (ages survive)."""
+        are not comparable). Entries' steps are rebased onto this cache's clock (ages survive).
+
+        All or nothing: the new entries are installed in a table of their own and evicted down to
+        capacity there; only when that and the controller's restore have succeeded does the table
+        take them over (plain assignments). If anything fails before, the controller is put back as
+        it was, so the cache is exactly as before the call."""
         loaded = validate_state(
             state,
             encoder_name=self.encoder_name,
@@ -460,14 +466,70 @@ class PriorCache:
         except ConfigError as e:
             raise CacheFormatError(f"damaged 'controller' state: {e}") from None
         with self._lock:
-            self._table.replace(loaded.entries, loaded.prefixes, self._clock, self.config.capacity)
-            restore()
-            self._table.evict_to(self.controller.params.capacity, self._clock)
+            # Loads are rare and a controller is small (θ, or at most a few thousand audits): a deep
+            # copy is the one way to undo whatever a failed restore or forget did to it.
+            controller_before = copy.deepcopy(self.controller.__dict__, {id(self.config): self.config})
+            try:
+                fresh = self._table.loaded(loaded.entries, loaded.prefixes, self._clock, self.config.capacity)
+                self._table.forget_all()  # before the restore: it may bring audits under the same ids
+                restore()
+                evicted = fresh.evict_to(self.controller.params.capacity, self._clock)
+                for eid in evicted:
+                    self.controller.forget(eid)
+            except BaseException as e:
+                self.controller.__dict__.clear()
+                self.controller.__dict__.update(controller_before)
+                if not isinstance(e, Exception):  # Ctrl-C: undone, and passed on as it is
+                    raise
+                raise CacheFormatError(
+                    f"the state passed its checks but could not be installed ({type(e).__name__}: {e}); "
+                    "the cache is unchanged"
+                ) from e
+            self._table.adopt(fresh)
 
-    def save(self, directory: str | Path) -> None:
-        """Write the cache to ``directory`` atomically (see :mod:`priorcache.cache.store`)."""
+    def save(self, directory: str | Path, *, merge: bool = False) -> None:
+        """Write the cache to ``directory`` atomically, under the folder's lock (see :mod:`priorcache.cache.store`).
+
+        ``merge=False``: replace whatever save is there (a run's own output folder). ``merge=True``:
+        for a folder other processes save to as well: write the union of this cache's entries and
+        the save already there (rule in :func:`priorcache.cache.state.merge_states`). The save there
+        is validated as a load would be (CacheFormatError if damaged or from another encoder or
+        backend, and then nothing is written), and the union is evicted by this cache's eviction
+        policy down to the larger of this cache's capacity K and the size of the save there: the
+        file stays bounded by the largest K that saved into it, and a smaller cache merging into a
+        larger shared save does not shrink it."""
         with self._save_lock:
-            store.write_state(directory, self.state_dict())
+            store.write_state(directory, self.state_dict(), merge=merge, combine=self._merged)
+
+    def _merged(self, ours: Mapping[str, Any], saved: Mapping[str, Any]) -> dict[str, Any]:
+        """``ours`` merged with a ``saved`` state, validated and evicted down to size (see ``save``)."""
+        merged = merge_states(ours, saved)
+        # The merged state is what will be written: validate it as a load will, so that a forged or
+        # damaged save on disk is refused now rather than written into an unloadable one.
+        loaded = validate_state(
+            merged,
+            encoder_name=self.encoder_name,
+            dim=self.dim,
+            backend_name=self.backend_name,
+            prior_kind=self.prior_kind,
+            prior_config=self.prior_config,
+        )
+        with self._lock:
+            limit = max(self.controller.params.capacity, len(saved["entries"]))
+        if len(loaded.entries) <= limit:
+            return merged
+        # Eviction picks the lowest rank at a fixed step: dropping the lowest ranks at once is the same.
+        now = merged["clock"]
+        order = sorted(range(len(loaded.entries)), key=lambda i: self.eviction.rank(loaded.entries[i], now))
+        keep = sorted(order[len(order) - limit :])
+        entries = [merged["entries"][i] for i in keep]
+        used = {e["prefix_hash"] for e in entries}
+        return {
+            **merged,
+            "keys": np.asarray(merged["keys"])[keep],
+            "entries": entries,
+            "prefixes": {h: t for h, t in merged["prefixes"].items() if h in used},
+        }
 
     def load(self, directory: str | Path, *, check_backend: bool = True) -> None:
         """Replace the entries with a saved cache's, after validating all of it (CacheFormatError)."""

@@ -14,8 +14,32 @@ caches saved by earlier releases still load.
 Writes are atomic: the files are written and fsynced in a temp directory beside the target, then
 the previous save is renamed to ``.<name>.old``, the temp directory renamed into place, and the
 backup removed. A crash leaves either the previous or the new save at ``<name>``, or (between the
-two renames) the previous one at ``.<name>.old``, which ``read_state`` falls back to. One writer per
-directory at a time (a cache serialises its own saves; two processes must not share a target).
+two renames) the previous one at ``.<name>.old``, which ``read_state`` falls back to. Temp
+directories a killed save left (``.<name>.tmp-*``) are removed by the next save to the same place.
+
+Symbolic links: a target that is a symlink (``--cache-path`` pointing elsewhere) is written through:
+the temp directory, the backup and the lock sit beside the link's target, the target is replaced and
+the link kept. A dangling link is written through too: the save is created where the link points,
+which mends it. A link loop is refused.
+
+Several writers: every save holds the target's ``folder_lock`` (``.<name>.lock`` beside it) from
+reading what is there to the last rename, so saves to one target never interleave, whether from
+threads or processes; a load holds it shared (where a save made the lock file), so it never reads
+a save half replaced. What a save does with a save already there depends on ``merge``:
+
+- ``merge=False`` (a run's own output folder): a plain overwrite; the previous save is replaced.
+- ``merge=True`` (a folder shared by runs, ``--cache-path``): the written state is the union of
+  the save on disk and the writer's (``combine``, by default :func:`priorcache.cache.state.merge_states`:
+  entries identified by (state text, prompt prefix); for one identity the entry with more refreshes,
+  then more hits, then the writer's wins; the on-disk entries' steps are rebased onto the writer's
+  clock; prefixes united; the writer's encoder, backend, config, clock and controller kept). Two
+  runs that share a ``--cache-path`` thus both keep their entries, whichever saves last. A save on
+  disk made with another encoder, key size or LLM backend, or one that is damaged, is refused
+  (CacheFormatError), never merged or overwritten silently. ``PriorCache.save`` also validates the
+  union in full and evicts it down to the larger of its capacity and the size of the save there.
+
+A state that breaks a bound a load enforces (``check_savable``: a score beyond ±1e4 nats from a
+broken backend, a counter past 2**53) is not written: a save must load again.
 
 ``read_state`` checks the files (manifest, sizes, checksums, array dtype, JSON, version) and raises
 CacheFormatError naming the problem; the cache's ``load_state_dict`` checks the content.
@@ -29,15 +53,16 @@ import json
 import os
 import re
 import shutil
-import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from priorcache.cache.state import check_keys
-from priorcache.errors import CacheFormatError
+from priorcache.cache.state import check_keys, check_savable, merge_states
+from priorcache.errors import CacheFormatError, ConfigError
+from priorcache.io import folder_lock, lock_file_of, make_temp_dir, resolve_target
 from priorcache.validation import is_json_int
 
 FORMAT_NAME = "priorcache.prior-cache"
@@ -84,9 +109,45 @@ def _sha256(data: bytes) -> str:
 
 
 # --- save --------------------------------------------------------------------------------------
-def write_state(directory: str | Path, state: Mapping[str, Any]) -> None:
-    """Write a cache's ``state_dict()`` to ``directory`` atomically (see the module docstring)."""
-    directory = Path(directory)
+def write_state(
+    directory: str | Path,
+    state: Mapping[str, Any],
+    *,
+    merge: bool = False,
+    combine: Callable[[Mapping[str, Any], Mapping[str, Any]], Mapping[str, Any]] | None = None,
+) -> None:
+    """Write a cache's ``state_dict()`` to ``directory`` atomically, under its lock (see the module docstring).
+
+    ``merge``: write the union of ``state`` and the save already at ``directory`` (if any), made by
+    ``combine(state, saved_state)`` (default :func:`priorcache.cache.state.merge_states`) while the
+    lock is held; a damaged or incomparable save there is refused with CacheFormatError."""
+    target = _target(directory)
+    with folder_lock(target):
+        _remove_own_temps(target)
+        _check_target(target)
+        if merge and has_saved_cache(target):
+            try:
+                _, saved = _read_unlocked(target)
+                state = (combine or merge_states)(state, saved)
+            except CacheFormatError as e:
+                raise CacheFormatError(
+                    f"cannot merge into {target}: {e}. Save elsewhere, or move that save away to replace it"
+                ) from None
+        try:
+            check_savable(state)
+        except CacheFormatError as e:
+            raise CacheFormatError(f"not saving to {target}: {e}, and a load would refuse the save") from None
+        _write_unlocked(target, state)
+
+
+def _target(directory: str | Path) -> Path:
+    try:
+        return resolve_target(directory)
+    except ConfigError as e:
+        raise CacheFormatError(f"cannot use {directory} for a saved cache: {e}") from None
+
+
+def _write_unlocked(directory: Path, state: Mapping[str, Any]) -> None:
     doc = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **{k: v for k, v in state.items() if k != "keys"}}
     entries_bytes = json.dumps(doc, ensure_ascii=False, allow_nan=False, indent=1).encode("utf-8")
     buf = io.BytesIO()
@@ -102,9 +163,8 @@ def write_state(directory: str | Path, state: Mapping[str, Any]) -> None:
     }
     manifest_bytes = json.dumps(manifest, indent=1).encode("utf-8")
 
-    _check_target(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    tmp = make_temp_dir(directory.parent, _temp_prefix(directory))
     try:
         _write_file(tmp / KEYS, keys_bytes)
         _write_file(tmp / ENTRIES, entries_bytes)
@@ -114,6 +174,23 @@ def write_state(directory: str | Path, state: Mapping[str, Any]) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _temp_prefix(directory: Path) -> str:
+    return f".{directory.name}.tmp-"
+
+
+def _remove_own_temps(directory: Path) -> None:
+    """Remove temp directories earlier saves to ``directory`` left (killed mid-write). Only under the
+    lock: every save holds it while its temp exists, so none of these is a save in progress."""
+    pattern = re.compile(rf"^{re.escape(_temp_prefix(directory))}[a-z0-9_]{{8}}$")
+    try:
+        leftovers = [p for p in directory.parent.iterdir() if pattern.match(p.name)]
+    except OSError:
+        return
+    for path in leftovers:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _check_target(directory: Path) -> None:
@@ -155,14 +232,27 @@ def _swap_into_place(tmp: Path, directory: Path) -> None:
 # --- load --------------------------------------------------------------------------------------
 def has_saved_cache(directory: str | Path) -> bool:
     """Whether ``directory`` (or the backup an interrupted save left beside it) holds a save."""
-    directory = Path(directory)
+    directory = _target(directory)
     return (directory / MANIFEST).is_file() or (_backup_of(directory) / MANIFEST).is_file()
 
 
 def read_state(directory: str | Path) -> tuple[Path, dict[str, Any]]:
     """The state dict saved in ``directory`` (or in the backup an interrupted save left), upgraded to
-    the current version, and the file it came from; CacheFormatError if the files are unusable."""
-    directory = Path(directory)
+    the current version, and the file it came from; CacheFormatError if the files are unusable.
+    Reads under the target's shared lock, so never while a save replaces it."""
+    target = _target(directory)
+    with ExitStack() as stack:
+        # A read creates no lock file (nor folder): where none exists, no save has run yet, and
+        # loading a cache must not litter a folder that is only read (a shipped or shared one).
+        if lock_file_of(target).exists():
+            try:
+                stack.enter_context(folder_lock(target, shared=True))
+            except OSError:  # a lock file this user cannot open: read as before locks existed
+                pass
+        return _read_unlocked(target)
+
+
+def _read_unlocked(directory: Path) -> tuple[Path, dict[str, Any]]:
     source = _source_dir(directory)
     manifest = _parse_json(_read(source / MANIFEST, source), source / MANIFEST)
     _validate_manifest(manifest, source)

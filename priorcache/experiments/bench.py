@@ -10,6 +10,12 @@ in ``OUT/runs/<env>/<method>/seed<N>/``, so the benchmark is resumable: a finish
 in progress. A finished run made with different settings is refused, not overwritten. After every
 run the report (``results.md``, ``results.csv``, PNG plots) is re-rendered from what is on disk.
 
+Several bench processes may share one ``--out`` (e.g. one per GPU): each run holds its folder's lock
+(``OUT/runs/<env>/<method>/.seed<N>.lock``, :func:`priorcache.io.folder_lock`) while it runs. A
+process that finds a run locked skips it and comes back to it after the others, waiting for the lock
+then; a run the other process finished is not run again, and one it left unfinished (killed: the
+kernel releases its lock) is run from the start.
+
 Every run trains on the same training games and is evaluated on the same held-out games (the
 runner's protocol); deterministic baselines (direct LLM and ReAct: greedy, no learning) run one
 training episode per seed, since their held-out evaluation is all that matters.
@@ -32,6 +38,7 @@ from priorcache.errors import ConfigError
 from priorcache.experiments.adapt import Adaptation
 from priorcache.experiments.report import method_label, write_report
 from priorcache.experiments.runner import DETERMINISTIC_AGENTS, RunConfig, adapt_for, run_experiment
+from priorcache.io import folder_lock
 
 TEXT_ENVS = ("textworld", "alfworld", "babyai", "webshop")
 
@@ -170,7 +177,12 @@ def run_bench(
     progress: bool = True,
     on_run: Callable[[RunConfig, dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """Run every missing (environment, method, seed) cell, then write the report; returns the report."""
+    """Run every missing (environment, method, seed) cell, then write the report; returns the report.
+
+    Each cell runs under its run folder's lock (``folder_lock``), so that several bench processes
+    on one ``--out`` share the work: a cell another process is running is skipped and returned to
+    after the others (then waiting for its lock), and a cell found finished once its lock is held
+    is not run again."""
     cells = [
         config.run_config(env, method, seed)
         for env in config.envs
@@ -180,31 +192,46 @@ def run_bench(
     todo = [cell for cell in cells if run_status(cell) == "todo"]  # also refuses mismatched finished runs
     adaptations: dict[tuple[str, int, str], Adaptation] = {}
     bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc="bench text", unit="run", disable=not progress)
-    try:
-        for cell in todo:
-            if run_status(cell) == "finished":  # another bench process on the same folder did it meanwhile
-                bar.update(1)
-                continue
-            bar.set_postfix_str(f"{cell.env} {cell.label} seed {cell.seeds[0]}")
-            if encoder is None:
-                from priorcache.cache.encoder import MiniLMEncoder
+    models = {"backend": backend, "encoder": encoder}
 
-                encoder = MiniLMEncoder()
-            adaptation = None
-            if agent_spec(cell.agent).needs_llm:
-                if backend is None:
-                    from priorcache.prior.registry import make_backend
-
-                    backend = make_backend(config.backend, model_path=config.model_path, device=config.device)
-                key = (cell.env, cell.shots, cell.adapt)
-                if key not in adaptations:  # once per environment and adaptation, shared by its runs
-                    adaptations[key] = adapt_for(cell, None if cell.adapt in ("lora", "both") else backend)
-                adaptation = adaptations[key]
-            summary = run_experiment(cell, encoder=encoder, progress=False, adaptation=adaptation)
-            if on_run is not None:
-                on_run(cell, summary)
-            write_report(Path(config.out))
+    def run_cell(cell: RunConfig) -> None:
+        """Run ``cell``, its lock held, unless another process finished it meanwhile."""
+        if run_status(cell) == "finished":
             bar.update(1)
+            return
+        bar.set_postfix_str(f"{cell.env} {cell.label} seed {cell.seeds[0]}")
+        if models["encoder"] is None:
+            from priorcache.cache.encoder import MiniLMEncoder
+
+            models["encoder"] = MiniLMEncoder()
+        adaptation = None
+        if agent_spec(cell.agent).needs_llm:
+            if models["backend"] is None:
+                from priorcache.prior.registry import make_backend
+
+                models["backend"] = make_backend(config.backend, model_path=config.model_path, device=config.device)
+            key = (cell.env, cell.shots, cell.adapt)
+            if key not in adaptations:  # once per environment and adaptation, shared by its runs
+                base = None if cell.adapt in ("lora", "both") else models["backend"]
+                adaptations[key] = adapt_for(cell, base)
+            adaptation = adaptations[key]
+        summary = run_experiment(cell, encoder=models["encoder"], progress=False, adaptation=adaptation)
+        if on_run is not None:
+            on_run(cell, summary)
+        write_report(Path(config.out))
+        bar.update(1)
+
+    try:
+        busy: list[RunConfig] = []
+        for cell in todo:
+            with folder_lock(cell.out, blocking=False) as held:
+                if not held:  # another bench process is running it: do the others first
+                    busy.append(cell)
+                    continue
+                run_cell(cell)
+        for cell in busy:
+            with folder_lock(cell.out):  # waits for that process; it holds no other lock meanwhile
+                run_cell(cell)
     finally:
         bar.close()
     return write_report(Path(config.out))

@@ -132,7 +132,7 @@ def test_saving_again_replaces_the_previous_save(tmp_path: Path) -> None:
     loaded = make()
     loaded.load(tmp_path / "c")
     assert as_records(loaded) == as_records(cache)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]  # no temp or backup left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".c.lock", "c"]  # no temp or backup left (the lock stays)
 
 
 def test_a_smaller_cache_keeps_only_capacity_entries(tmp_path: Path) -> None:
@@ -240,7 +240,15 @@ DAMAGE = {
     "NaN score": (_nan_score, "not valid JSON"),
     "string score": (_edit_json("entries.json", _set_score("high")), "non-numeric"),
     "missing entry key": (_edit_json("entries.json", lambda d: d["entries"][0].pop("hit_count")), "keys"),
-    "negative hit count": (_edit_json("entries.json", lambda d: d["entries"][0].update(hit_count=-1)), "≥ 0"),
+    "negative hit count": (
+        _edit_json("entries.json", lambda d: d["entries"][0].update(hit_count=-1)),
+        "hit_count must be in",
+    ),
+    "forged score 1e20": (_edit_json("entries.json", _set_score(1e20)), "beyond"),
+    "forged hit count 10**400": (
+        _edit_json("entries.json", lambda d: d["entries"][0].update(hit_count=10**400)),
+        "hit_count must be in",
+    ),
     "duplicate id": (
         _edit_json("entries.json", lambda d: d["entries"][1].update(id=d["entries"][0]["id"])),
         "duplicate id",
@@ -322,7 +330,7 @@ def test_a_crash_while_writing_keeps_the_previous_save(tmp_path: Path, monkeypat
     loaded = make()
     loaded.load(tmp_path / "c")
     assert as_records(loaded) == as_records(first)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]  # the temp directory is gone
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".c.lock", "c"]  # the temp directory is gone
 
 
 def test_a_crash_between_the_renames_keeps_the_previous_save(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -352,7 +360,7 @@ def test_a_crash_between_the_renames_keeps_the_previous_save(tmp_path: Path, mon
 
     # The next save completes the interrupted one and clears the backup.
     second.save(tmp_path / "c")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".c.lock", "c"]
     loaded.load(tmp_path / "c")
     assert as_records(loaded) == as_records(second)
 
@@ -495,3 +503,215 @@ def test_a_damaged_controller_state_is_refused_and_changes_nothing(tmp_path):
     with pytest.raises(CacheFormatError, match="controller"):
         again.load(tmp_path / "c")
     assert len(again) == 0 and again.stats()["kl_budget"]["audits"] == 0
+
+
+# --- symbolic links -----------------------------------------------------------------------------
+def test_saves_through_a_symlinked_directory_update_its_target_and_keep_the_link(tmp_path: Path) -> None:
+    real = tmp_path / "disk" / "shared-cache"
+    real.mkdir(parents=True)
+    link = tmp_path / "cache"
+    link.symlink_to(real, target_is_directory=True)
+    first = populated()
+    first.save(link)  # before: renamed the link away, then "Cannot call rmtree on a symbolic link"
+    second = make()
+    look(second, "a completely different save with one room")
+    second.save(link)
+    assert link.is_symlink() and link.resolve() == real
+    loaded = make()
+    loaded.load(link)
+    assert as_records(loaded) == as_records(second)
+    loaded.load(real)
+    assert as_records(loaded) == as_records(second)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "disk"]  # nothing beside the link
+    assert sorted(p.name for p in real.parent.iterdir()) == [".shared-cache.lock", "shared-cache"]
+
+
+def test_a_dangling_symlink_is_saved_through_and_mended(tmp_path: Path) -> None:
+    link = tmp_path / "cache"
+    link.symlink_to(tmp_path / "not-yet" / "cache")
+    populated().save(link)
+    assert link.is_symlink() and store.has_saved_cache(link)
+    loaded = make()
+    loaded.load(link)
+    assert as_records(loaded) == as_records(populated())
+
+
+def test_a_crash_between_the_renames_through_a_symlink_is_recovered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = tmp_path / "real"
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    first = populated()
+    first.save(link)
+    calls: list[Path] = []
+    real_rename = store._rename
+
+    def crash_on_second(src: Path, dst: Path) -> None:
+        calls.append(dst)
+        if len(calls) == 2:
+            raise OSError("power cut")
+        real_rename(src, dst)
+
+    monkeypatch.setattr(store, "_rename", crash_on_second)
+    with pytest.raises(OSError, match="power cut"):
+        make().save(link)
+    monkeypatch.undo()
+    assert link.is_symlink()
+    loaded = make()
+    loaded.load(link)  # the backup beside the target is found through the link
+    assert as_records(loaded) == as_records(first)
+
+
+def test_a_symlink_loop_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    with pytest.raises(CacheFormatError, match="symbolic link loop"):
+        populated().save(tmp_path / "a")
+    with pytest.raises(CacheFormatError, match="symbolic link loop"):
+        make().load(tmp_path / "a")
+
+
+# --- permissions and leftovers ------------------------------------------------------------------
+def test_saved_files_get_the_umask_permissions(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    old = os.umask(0o027)
+    try:
+        populated().save(tmp_path / "new" / "c")
+    finally:
+        os.umask(old)
+    mode = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "new" / "c").iterdir()}
+    assert mode == {"entries.json": 0o640, "keys.npy": 0o640, "manifest.json": 0o640}
+    assert stat.S_IMODE((tmp_path / "new" / "c").stat().st_mode) == 0o750  # before: 0o700 (mkdtemp)
+    assert stat.S_IMODE((tmp_path / "new").stat().st_mode) == 0o750
+
+
+def test_a_killed_saves_temp_directories_are_removed_by_the_next_save(tmp_path: Path) -> None:
+    populated().save(tmp_path / "c")
+    for name in (".c.tmp-k1ll3d_1", ".c.tmp-k1ll3d_2"):  # left by saves killed mid-write (any age)
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "keys.npy").write_bytes(b"half")
+    (tmp_path / ".other.tmp-k1ll3d_1").mkdir()  # another target's: not this save's to judge
+    populated().save(tmp_path / "c")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".c.lock", ".other.tmp-k1ll3d_1", "c"]
+
+
+# --- several writers: merge on save ------------------------------------------------------------
+def test_merge_keeps_both_writers_entries_and_a_plain_save_replaces(tmp_path: Path) -> None:
+    a, b = make(), make()
+    for i in range(3):
+        look(a, f"room a{i} with a red lamp")
+        look(b, f"room b{i} with a blue lamp")
+    a.save(tmp_path / "c", merge=True)
+    b.save(tmp_path / "c", merge=True)
+    merged = make()
+    merged.load(tmp_path / "c")
+    assert sorted(e.state_text for e in merged.entries()) == sorted(
+        [f"room a{i} with a red lamp" for i in range(3)] + [f"room b{i} with a blue lamp" for i in range(3)]
+    )
+    merged._assert_consistent()
+    b.save(tmp_path / "c")  # merge=False: the run's own folder, a plain overwrite
+    merged.load(tmp_path / "c")
+    assert len(merged) == 3
+
+
+def test_merging_into_a_save_of_another_encoder_or_backend_is_refused(tmp_path: Path) -> None:
+    populated().save(tmp_path / "c")
+    before = (tmp_path / "c" / "entries.json").read_bytes()
+    for other, message in (
+        (PriorCache(CacheConfig(), HashEncoder(name="minilm"), FakeBackend()), "encoder 'fake-hash-bow'"),
+        (PriorCache(CacheConfig(), HashEncoder(dim=32), FakeBackend()), "dim 64"),
+        (PriorCache(CacheConfig(), HashEncoder(), FakeBackend(name="gpt-9")), "backend 'fake-llm'"),
+    ):
+        look(other, "a room of the other cache")
+        with pytest.raises(CacheFormatError, match=f"cannot merge into .*{message}"):
+            other.save(tmp_path / "c", merge=True)
+        assert (tmp_path / "c" / "entries.json").read_bytes() == before  # nothing written
+
+
+def test_merging_into_a_damaged_or_forged_save_is_refused(tmp_path: Path) -> None:
+    populated().save(tmp_path / "c")
+    _edit_json("entries.json", lambda d: d["entries"][0].update(hit_count=10**400))(tmp_path / "c")
+    with pytest.raises(CacheFormatError, match="cannot merge into .*hit_count"):
+        make().save(tmp_path / "c", merge=True)
+    (tmp_path / "c" / "keys.npy").write_bytes(b"garbage")
+    with pytest.raises(CacheFormatError, match="cannot merge into .*keys.npy"):
+        make().save(tmp_path / "c", merge=True)
+
+
+def test_a_merge_into_a_folder_without_a_save_writes_ours(tmp_path: Path) -> None:
+    cache = populated()
+    cache.save(tmp_path / "new", merge=True)
+    loaded = make()
+    loaded.load(tmp_path / "new")
+    assert as_records(loaded) == as_records(cache)
+
+
+def test_a_merged_save_is_bounded_by_the_larger_capacity(tmp_path: Path) -> None:
+    big = make(capacity=10)
+    for i in range(8):
+        look(big, f"room {i} of the big cache")
+    big.save(tmp_path / "c", merge=True)
+    small = make(capacity=4)
+    for i in range(4):
+        look(small, f"room {i} of the small cache")
+    small.save(tmp_path / "c", merge=True)  # 12 distinct entries, the save there holds 8 ≥ K = 4
+    loaded = make()
+    loaded.load(tmp_path / "c")
+    assert len(loaded) == 8  # a small cache does not shrink the shared save, nor grow it past 8
+    again = make(capacity=10)
+    for i in range(10):
+        look(again, f"room {i} of a third cache")
+    again.save(tmp_path / "c", merge=True)
+    loaded.load(tmp_path / "c")
+    assert len(loaded) == 10  # never more than the largest K that saved into it
+
+
+def _save_three_times(folder: str, name: str, barrier) -> None:
+    """One process of the real-process test: three saves of its own new entries to a shared folder."""
+    cache = make()
+    for i in range(3):
+        look(cache, f"{name}: room {i} with a {name} lamp")
+        barrier.wait(60)  # both processes save at the same moment
+        cache.save(folder, merge=True)
+
+
+def test_two_processes_saving_to_one_folder_lose_no_entry(tmp_path: Path) -> None:
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(2)
+    folder = str(tmp_path / "shared")
+    workers = [ctx.Process(target=_save_three_times, args=(folder, name, barrier)) for name in ("red", "blue")]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(120)
+    assert [w.exitcode for w in workers] == [0, 0]
+    loaded = make()
+    loaded.load(folder)
+    # before: 3 of the 6 (the last writer's), or a crash on the other's .shared.old
+    assert sorted(e.state_text for e in loaded.entries()) == sorted(
+        f"{name}: room {i} with a {name} lamp" for name in ("red", "blue") for i in range(3)
+    )
+    loaded._assert_consistent()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".shared.lock", "shared"]
+
+
+def test_a_cache_holding_scores_a_load_would_refuse_is_not_saved(tmp_path: Path) -> None:
+    populated().save(tmp_path / "c")
+    before = (tmp_path / "c" / "entries.json").read_bytes()
+    wild = make(FakeBackend(fn=lambda prompt, action: -2e4))  # a broken backend: no model scores that
+    look(wild, "a room scored by a broken backend")
+    with pytest.raises(CacheFormatError, match="not saving to .*beyond ±10000 nats.*a load would refuse"):
+        wild.save(tmp_path / "c")
+    assert (tmp_path / "c" / "entries.json").read_bytes() == before  # the previous save stays
+
+
+def test_loading_writes_nothing_beside_the_save(tmp_path: Path) -> None:
+    populated().save(tmp_path / "shipped" / "c")
+    (tmp_path / "shipped" / ".c.lock").unlink()  # a save copied elsewhere, e.g. a test fixture
+    make().load(tmp_path / "shipped" / "c")
+    assert sorted(p.name for p in (tmp_path / "shipped").iterdir()) == ["c"]

@@ -1,11 +1,13 @@
-"""`bench text` cells, resumption after an interruption, and refusal to overwrite other settings.
+"""`bench text` cells, resumption after an interruption, refusal to overwrite other settings, and
+several bench processes sharing one ``--out``.
 
-Real TextWorld games; the LLM and encoder are the small deterministic fakes (the real ones run in the
-slow end-to-end test at the bottom)."""
+Real TextWorld and BabyAI games; the LLM and encoder are the small deterministic fakes (the real ones
+run in the slow tests)."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -23,7 +25,9 @@ class WritingFakeBackend(FakeBackend):
     """The fake scorer, plus a fake writer that always proposes going east."""
 
     def generate(self, prompt, max_new_tokens=48, stop=("\n\n",)):
-        return GenerationResult(" go east", wall_time_s=0.001, prompt_tokens=len(prompt.split()), new_tokens=2)
+        return GenerationResult(
+            " go east", wall_time_s=0.001, prompt_tokens=len(getattr(prompt, "text", prompt).split()), new_tokens=2
+        )
 
 
 def bench_config(tmp_path, **overrides):
@@ -118,3 +122,95 @@ def test_runs_saved_before_a_setting_existed_still_count_but_changed_settings_do
     # the kl-budget target is part of the method: another target is another folder, not a clash
     loose = config.run_config(ENV, "dqn-prior-kl-budget-0.2", 0)
     assert loose.out != config.run_config(ENV, "dqn-prior-kl-budget-0.05", 0).out and run_status(loose) == "todo"
+
+
+# --- several bench processes on one --out ---------------------------------------------------------
+#: Plain DQN on BabyAI, as small as a run gets: no LLM, seconds per run.
+TINY_BABYAI = dict(envs=["babyai"], methods=["dqn"], episodes=1, max_episode_steps=3, train_games=1, eval_games=1)
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("other_finishes", [True, False])
+def test_a_run_locked_by_another_process_is_done_last_and_not_redone(tmp_path, other_finishes):
+    from contextlib import ExitStack
+
+    from priorcache.experiments.bench import run_status
+    from priorcache.experiments.runner import run_experiment
+    from priorcache.io import folder_lock
+
+    config = BenchConfig(out=tmp_path / "bench", seeds=[0, 1, 2], **TINY_BABYAI)
+    busy = config.run_config("babyai", "dqn", 0)
+    ran: list[int] = []
+    with ExitStack() as other:  # "another bench process", running seed 0 when this one starts
+        other.enter_context(folder_lock(busy.out))
+
+        def on_run(cell, summary):
+            ran.append(cell.seeds[0])
+            if len(ran) == 2:  # the other process ends seed 0 (finished or killed) and lets go
+                if other_finishes:
+                    run_experiment(busy, encoder=HashEncoder(), progress=False)
+                other.close()
+
+        report = run_bench(config, encoder=HashEncoder(), progress=False, on_run=on_run)
+    assert ran == ([1, 2] if other_finishes else [1, 2, 0])  # skipped first, then waited for
+    assert run_status(busy) == "finished"
+    assert report["rows"][0]["episodes"] == 3
+
+
+def _bench_process(out: str, barrier, results) -> None:
+    """One of the two processes of the test below; reports the seeds it ran, or its traceback."""
+    import traceback
+
+    try:
+        ran: list[int] = []
+        config = BenchConfig(out=Path(out), seeds=[0, 1, 2, 3], **TINY_BABYAI)
+        barrier.wait(300)  # both start at once, on the same first run
+        run_bench(config, encoder=HashEncoder(), progress=False, on_run=lambda cell, s: ran.append(cell.seeds[0]))
+        results.put(ran)
+    except BaseException:
+        results.put(traceback.format_exc())
+        raise
+
+
+@pytest.mark.timeout(900)
+def test_two_bench_processes_on_one_out_share_the_runs(tmp_path):
+    import multiprocessing
+    import queue
+
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(2), ctx.Queue()
+    workers = [ctx.Process(target=_bench_process, args=(str(tmp_path / "b"), barrier, results)) for _ in range(2)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(800)
+    ran = []
+    while True:
+        try:
+            ran.append(results.get(timeout=5))
+        except queue.Empty:
+            break
+    assert [w.exitcode for w in workers] == [0, 0], ran
+    # before: both ran every seed (or one crashed on the other's temp files)
+    assert sorted(ran[0] + ran[1]) == [0, 1, 2, 3]
+    summary = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert summary["rows"][0]["episodes"] == 4 and not summary["incomplete"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_two_bench_commands_on_one_out_neither_crash_nor_repeat_work(tmp_path):
+    """The reported case: two `priorcache bench text` processes on one --out (real CLI and encoder; plain
+    DQN, so no LLM)."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "bench"
+    args = [sys.executable, "-m", "priorcache.cli", "bench", "text", "--env", "babyai", "--method", "dqn"]
+    args += ["--seeds", "0-3", "--episodes", "1", "--max-steps", "3"]
+    args += ["--train-games", "1", "--eval-games", "1", "--out", str(out)]
+    procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    logs = [p.communicate(timeout=850)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], logs
+    runs = sorted(out.glob("runs/babyai/*/seed*/summary.json"))
+    assert len(runs) == 4 and all(not json.loads(r.read_text()).get("partial") for r in runs)
