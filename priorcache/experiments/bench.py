@@ -37,8 +37,10 @@ from priorcache.envs.registry import ENVIRONMENTS
 from priorcache.errors import ConfigError
 from priorcache.experiments.adapt import Adaptation
 from priorcache.experiments.report import method_label, write_report
+from priorcache.experiments.run_folder import plan_run_folder
 from priorcache.experiments.runner import DETERMINISTIC_AGENTS, RunConfig, adapt_for, run_experiment
 from priorcache.io import folder_lock
+from priorcache.validation import check_seeds
 
 TEXT_ENVS = ("textworld", "alfworld", "babyai", "webshop")
 
@@ -108,8 +110,9 @@ class BenchConfig:
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown:
             raise ConfigError(f"unknown method(s) {unknown}; choose from {list(METHODS)}")
-        if not self.envs or not self.methods or not self.seeds:
-            raise ConfigError("bench needs at least one environment, method and seed")
+        if not self.envs or not self.methods:
+            raise ConfigError("bench needs at least one environment and method")
+        self.seeds = check_seeds(self.seeds)
         if self.episodes < 1:
             raise ConfigError(f"episodes must be ≥ 1, got {self.episodes}")
 
@@ -149,7 +152,7 @@ def run_status(config: RunConfig) -> str:
         saved = json.loads((out / "config.json").read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return "todo"
-    if summary.get("partial", False):
+    if not isinstance(summary, dict) or summary.get("partial", False):
         return "todo"
     wanted = json.loads(json.dumps(config.to_json()))  # as it reads back from disk
     differing = sorted(k for k in wanted if k != "out" and k in saved and not _same_settings(saved[k], wanted[k]))
@@ -215,7 +218,16 @@ def run_bench(
                 base = None if cell.adapt in ("lora", "both") else models["backend"]
                 adaptations[key] = adapt_for(cell, base)
             adaptation = adaptations[key]
-        summary = run_experiment(cell, encoder=models["encoder"], progress=False, adaptation=adaptation)
+        # A killed run of these settings continues from its checkpoint; one of other settings (an
+        # older release's) is replaced. Foreign files in the folder are refused either way.
+        try:
+            plan_run_folder(Path(cell.out), cell.to_json(), cell.cache_path, resume=True, overwrite=False)
+            resume = True
+        except ConfigError:
+            resume = False
+        summary = run_experiment(
+            cell, encoder=models["encoder"], progress=False, adaptation=adaptation, resume=resume, overwrite=not resume
+        )
         if on_run is not None:
             on_run(cell, summary)
         write_report(Path(config.out))

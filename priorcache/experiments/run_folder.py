@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,7 @@ from priorcache.agents.base import Agent
 from priorcache.cache.prior_cache import PriorCache
 from priorcache.cache.store import read_state
 from priorcache.errors import CacheFormatError, ConfigError
-from priorcache.io import atomic_write_json
+from priorcache.io import atomic_write_json, make_temp_dir
 from priorcache.validation import is_json_int
 
 CHECKPOINT = "checkpoint"
@@ -85,7 +84,7 @@ class RunFolder:
         for entry in self.out.iterdir():
             if entry.name not in RUN_ENTRIES and not _is_leftover(entry.name):
                 continue
-            if entry.is_symlink():
+            if entry.is_symlink() or entry.name.endswith(".lock"):  # a lock file must outlive its holders
                 continue
             if entry.is_dir():
                 shutil.rmtree(entry)
@@ -114,6 +113,8 @@ def plan_run_folder(
             f"refusing to write into --out {out}: it holds files that are not a priorcache run ({shown}); "
             "give a new or empty folder"
         )
+    if not any(e.name in RUN_ENTRIES for e in out.iterdir()):
+        return RunFolder(out, "replace")  # only leftovers of an earlier run (temps, locks)
     saved = _saved_config(out)
     same = saved is not None and saved == _normalised(config_json)
     if resume:
@@ -204,9 +205,9 @@ def write_checkpoint(out: Path, progress: Progress, agent: Agent | None, cache: 
     """Replace ``<out>/checkpoint`` by one holding ``progress``, ``agent`` and ``cache`` (atomic)."""
     out = Path(out)
     final, backup = out / CHECKPOINT, out / f".{CHECKPOINT}.old"
-    for stale in out.glob(f".{CHECKPOINT}.tmp-*"):  # left by a kill mid-write; this run owns --out
+    for stale in out.glob(f".{CHECKPOINT}.tmp-*"):  # left by a kill mid-write; this run holds --out's lock
         shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{CHECKPOINT}.tmp-", dir=out))
+    tmp = make_temp_dir(out, f".{CHECKPOINT}.tmp-")
     try:
         if agent is not None:
             agent.save(tmp / "agent")

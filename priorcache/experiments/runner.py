@@ -48,6 +48,7 @@ from priorcache.experiments.adapt import Adaptation, adapt_prior, check_adaptati
 from priorcache.experiments.evaluation import EVAL_POLICIES, EvalEpisode, evaluate
 from priorcache.experiments.metrics import EpisodeRecord, summarise, summarise_held_out
 from priorcache.experiments.run_folder import (
+    CHECKPOINT,
     Progress,
     plan_run_folder,
     read_lines,
@@ -59,7 +60,7 @@ from priorcache.experiments.run_folder import (
 )
 from priorcache.experiments.summaries import load_summary
 from priorcache.experiments.tensorboard_log import ScalarLog
-from priorcache.io import atomic_write_json, atomic_write_text
+from priorcache.io import atomic_write_json, atomic_write_text, folder_lock
 from priorcache.prior.action_prior import PriorConfig
 from priorcache.prior.base import LLMBackend
 from priorcache.prior.prompts import prompt_builder
@@ -229,14 +230,19 @@ def run_experiment(
         # ReAct cannot generate with) before anything is written.
         agents = [make_agent(config.agent, agent_config, seed=config.seeds[0], **components)]
         out = folder.out
-        folder.prepare()
-        atomic_write_json(out / "config.json", config.to_json())
-        resume_from = read_progress(out) if folder.state == "resume" else None
-        started = time.perf_counter()
-        records, evals, checkpoint_s = _train_and_evaluate(
-            config, games, agents, components, cache, out, progress, resume_from
-        )
-        elapsed = time.perf_counter() - started
+        with folder_lock(out / CHECKPOINT, blocking=False) as held:
+            if not held:
+                raise ConfigError(
+                    f"another priorcache process is running in --out {out}; wait for it or give another --out"
+                )
+            folder.prepare()
+            atomic_write_json(out / "config.json", config.to_json())
+            resume_from = read_progress(out) if folder.state == "resume" else None
+            started = time.perf_counter()
+            records, evals, checkpoint_s = _train_and_evaluate(
+                config, games, agents, components, cache, out, progress, resume_from
+            )
+            elapsed = time.perf_counter() - started
     finally:
         games.close()
     summary = summarise(records)
@@ -389,7 +395,7 @@ def _train_and_evaluate(
         if cache is not None:
             cache.save(out / "cache")
             if config.cache_path is not None:
-                cache.save(config.cache_path)
+                cache.save(config.cache_path, merge=True)  # other runs may share it: keep their entries
     return records, evals, checkpoints.total
 
 

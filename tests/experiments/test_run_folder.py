@@ -14,6 +14,7 @@ from priorcache.errors import ConfigError
 from priorcache.experiments import runner
 from priorcache.experiments.run_folder import CHECKPOINT, plan_run_folder, read_progress
 from priorcache.experiments.runner import RunConfig, run_experiment
+from priorcache.io import folder_lock
 from tests.cache._fakes import FakeBackend, HashEncoder
 
 
@@ -152,3 +153,29 @@ def test_a_read_only_out_is_refused_before_any_work(tmp_path):
             _plan(tmp_path / "run", _config(tmp_path / "run", cache_path=locked / "cache"))
     finally:
         locked.chmod(0o700)
+
+
+def test_a_second_run_on_a_busy_out_is_refused(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    with folder_lock(out / CHECKPOINT) as held:  # what the first run holds while it runs
+        assert held
+        with pytest.raises(ConfigError, match="another priorcache process is running"):
+            _run(_config(out, seeds=[0], episodes=1))
+    assert not (out / "metrics.jsonl").exists()
+    _run(_config(out, seeds=[0], episodes=1))  # free again
+    assert (out / "summary.json").exists()
+
+
+def test_files_and_folders_get_the_users_permissions(tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "CHECKPOINT_COST_RATIO", 0)
+    old = os.umask(0o022)
+    try:
+        _kill_after(monkeypatch, 1)
+        with pytest.raises(_Killed):
+            _run(_config(tmp_path / "run"))
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "run").rglob("*") if not p.name.startswith(".")}
+    assert modes["summary.json"] == modes["progress.json"] == 0o644
+    assert modes[CHECKPOINT] == modes["agent"] == 0o755
