@@ -52,6 +52,17 @@ def _timeless(path: Path) -> list[dict]:
     return [{k: v for k, v in json.loads(x).items() if not any(t in k for t in COSTS)} for x in lines]
 
 
+def _gap(x: object, y: object) -> float:
+    """The largest relative difference between two JSON values of one shape (inf if they differ otherwise)."""
+    if isinstance(x, float) and isinstance(y, (int, float)):
+        return abs(x - y) / max(abs(x), abs(y), 1e-12)
+    if isinstance(x, dict) and isinstance(y, dict) and x.keys() == y.keys():
+        return max((_gap(x[k], y[k]) for k in x), default=0.0)
+    if isinstance(x, list) and isinstance(y, list) and len(x) == len(y):
+        return max((_gap(a, b) for a, b in zip(x, y)), default=0.0)
+    return 0.0 if x == y else float("inf")
+
+
 def _differing_fields(a: Path, b: Path) -> list[str]:
     """The fields of ``a``'s lines that differ in ``b`` (costs included), for the record."""
     pairs = zip(*(map(json.loads, p.read_text().splitlines()) for p in (a, b)))
@@ -123,6 +134,10 @@ def main() -> None:
             "killed_and_resumed": len(_timeless(killed / "metrics.jsonl")),
         },
         "metrics_identical": _timeless(killed / "metrics.jsonl") == _timeless(args.out / "whole" / "metrics.jsonl"),
+        # audits score a fresh prior, whose last bits depend on whether the prompt prefix's KV was cached
+        "metrics_max_relative_gap": _gap(
+            _timeless(killed / "metrics.jsonl"), _timeless(args.out / "whole" / "metrics.jsonl")
+        ),
         "evals_identical": _timeless(killed / "evals.jsonl") == _timeless(args.out / "whole" / "evals.jsonl"),
         "metrics_fields_differing_with_costs": _differing_fields(
             args.out / "whole" / "metrics.jsonl", killed / "metrics.jsonl"
