@@ -216,6 +216,15 @@ class DQNAgent(DQNConfigMixin, Agent):
         self.step_count += 1
         return Decision(candidates[index], time.perf_counter() - start, alpha, lookup)
 
+    def _encode_batch(
+        self, states: Sequence[str], candidates: Sequence[list[str]]
+    ) -> tuple[list[list[str]], np.ndarray, list[np.ndarray]]:
+        """(checked candidates, e(s) per state, e(a) per state's candidates) from ONE encoder call."""
+        cands = [check_candidates(c) for c in candidates]
+        vecs = self.encoder.encode(list(states) + [a for c in cands for a in c])
+        bounds = np.cumsum([len(states)] + [len(c) for c in cands])
+        return cands, vecs[: len(states)], [vecs[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:])]
+
     def act_batch(
         self, states: Sequence[str], candidates: Sequence[list[str]], slots: Sequence[int] | None = None
     ) -> list[Decision]:
@@ -231,19 +240,16 @@ class DQNAgent(DQNConfigMixin, Agent):
         slots = self._slot_list(slots, len(states))
         if not slots:
             return []
-        cands = [check_candidates(c) for c in candidates]
-        vecs = self.encoder.encode(list(states) + [a for c in cands for a in c])
-        bounds = np.cumsum([len(states)] + [len(c) for c in cands])
-        action_vecs = [vecs[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:])]
+        cands, state_vecs, action_vecs = self._encode_batch(states, candidates)
         features, q_values, objectives = [], [], []
-        for slot, state_vec, a_vecs in zip(slots, vecs[: len(states)], action_vecs):
+        for slot, state_vec, a_vecs in zip(slots, state_vecs, action_vecs):
             with self._episode_slot(slot):
                 features.append(self._features(state_vec))
                 q_values.append(self._q_values(features[-1], a_vecs))
                 objectives.append(self._objective)
         alpha = self.sampler.schedule.alpha
         steps = [self.step_count + i for i in range(len(states))]
-        priors = self._prior_batch(list(states), cands, q_values, alpha, vecs[: len(states)], objectives, steps)
+        priors = self._prior_batch(list(states), cands, q_values, alpha, state_vecs, objectives, steps)
         shared = (time.perf_counter() - start) / len(states)
         decisions = []
         for i, slot in enumerate(slots):
@@ -309,17 +315,15 @@ class DQNAgent(DQNConfigMixin, Agent):
         slots = self._slot_list(slots, len(states))
         if not slots:
             return []
-        cands = [check_candidates(c) for c in candidates]
-        vecs = self.encoder.encode(list(states) + [a for c in cands for a in c])
-        bounds = np.cumsum([len(states)] + [len(c) for c in cands])
+        cands, state_vecs, action_vecs = self._encode_batch(states, candidates)
         q_values, objectives = [], []
-        for slot, state_vec, lo, hi in zip(slots, vecs[: len(states)], bounds[:-1], bounds[1:]):
+        for slot, state_vec, a_vecs in zip(slots, state_vecs, action_vecs):
             with self._episode_slot(slot):
-                q_values.append(self._q_values(self._features(state_vec), vecs[lo:hi]))
+                q_values.append(self._q_values(self._features(state_vec), a_vecs))
                 objectives.append(self._objective)
         alpha = self.sampler.schedule.alpha
         steps = [self.step_count] * len(states)  # as predict: lookups at the current step
-        priors = self._prior_batch(list(states), cands, q_values, alpha, vecs[: len(states)], objectives, steps)
+        priors = self._prior_batch(list(states), cands, q_values, alpha, state_vecs, objectives, steps)
         decisions = []
         for c, q, (log_prior, lookup) in zip(cands, q_values, priors):
             decisions.append(Decision(c[self._predict_index(log_prior, q, alpha, deterministic)], 0.0, alpha, lookup))
