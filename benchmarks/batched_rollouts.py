@@ -1,7 +1,8 @@
 """Batched rollouts: environment steps/s of DQN-Prior on BabyAI with N environments in lockstep (one
 LLM call per lockstep step, priorcache/agents/vector.py) against one environment at a time, uncached
 (cache mode "none") and cached ("static"), side by side in one run; plus the embedded backend
-scoring the eight environments' first prompts in one call against eight calls.
+scoring the eight environments' first prompts in one call against eight calls; plus a held-out
+evaluation (``evaluate``) of the eight games one at a time against all at once.
 
 Every configuration plays the same episodes: one per game seed 0..N-1 of ``make_env("babyai",
 game_seed=g)``, reset with seed g, cut at ``--horizon`` steps (Gymnasium's TimeLimit) so a run takes
@@ -11,6 +12,7 @@ another's warm state. Prints a table and writes benchmarks/results/batched_rollo
 
     python benchmarks/batched_rollouts.py                 # 8 environments, horizon 12
     python benchmarks/batched_rollouts.py --threads 1     # torch on one thread (see bench_scoring.py)
+    python benchmarks/batched_rollouts.py --evaluation-only --out benchmarks/results/batched_evaluation.json
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from gymnasium.wrappers import TimeLimit
 
 from priorcache import CacheConfig, DQNConfig, DQNPriorAgent, MiniLMEncoder, PriorCache, make_backend, make_env
 from priorcache.agents.vector import run_episodes_batched
+from priorcache.experiments.evaluation import evaluate
 from priorcache.io import atomic_write_json
 from priorcache.prior.prompts import prompt_builder
 
@@ -58,6 +61,28 @@ def rollouts(mode: str, num_envs: int, games: int, horizon: int, encoder: Any, b
         "llm_queries": stats["llm_calls"] + stats["partial_calls"],
         "llm_time_s": stats["llm_time_s"] + stats["partial_llm_time_s"],
         "hit_rate": stats["hit_rate"],
+    }
+
+
+def evaluation(num_envs: int, games: int, horizon: int, encoder: Any, backend: Any) -> dict[str, Any]:
+    """Env steps/s of a held-out evaluation (greedy, uncached, a fresh agent) of ``games`` games,
+    ``num_envs`` at a time (``evaluate(num_envs=...)``: ``predict_batch``, one LLM call per step)."""
+    encoder.clear_memo()
+    backend.clear_prefix_cache()
+    cache = PriorCache(CacheConfig(mode="none"), encoder, backend)
+    agent = DQNPriorAgent(DQNConfig(), encoder, cache, prompt_builder("babyai"), seed=0)
+    envs = [(g, TimeLimit(make_env("babyai", game_seed=g), max_episode_steps=horizon)) for g in range(games)]
+    start = time.perf_counter()
+    found = evaluate(agent, envs, seed=0, after_episodes=0, train_steps=0, train_llm_queries=0, num_envs=num_envs)
+    wall = time.perf_counter() - start
+    steps = sum(e.steps for e in found)
+    return {
+        "num_envs": num_envs,
+        "env_steps": steps,
+        "wall_s": wall,
+        "steps_per_s": steps / wall,
+        "llm_queries": sum(e.llm_queries for e in found),
+        "successes": sum(e.success for e in found),
     }
 
 
@@ -96,10 +121,32 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3, help="repetitions of the scoring comparison")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--evaluation-only", action="store_true", help="only the held-out evaluation, 1 vs --num-envs at a time"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     encoder, backend = MiniLMEncoder(), make_backend("embedded")
+    evals = [evaluation(n, args.num_envs, args.horizon, encoder, backend) for n in (1, args.num_envs)]
+    for r in evals:
+        print(f"evaluation  num_envs={r['num_envs']}  {r['env_steps']} steps: {r['steps_per_s']:.2f} steps/s")
+    eval_speedup = evals[1]["steps_per_s"] / evals[0]["steps_per_s"]
+    print(f"evaluation  {args.num_envs} games at a time vs 1: {eval_speedup:.2f}× steps/s")
+    if args.evaluation_only:
+        atomic_write_json(
+            args.out,
+            {
+                "env": "babyai",
+                "horizon": args.horizon,
+                "torch_threads": torch.get_num_threads(),
+                "load_average_at_end": os.getloadavg(),
+                "evaluation": evals,
+                "evaluation_speedup": eval_speedup,
+            },
+        )
+        print(f"wrote {args.out}")
+        return
     score = scoring(args.num_envs, backend, args.reps)
     print(
         f"scoring {score['prompts']} prompts: {score['one_call_per_prompt_s']:.2f} s in one call each, "
@@ -133,6 +180,8 @@ def main() -> None:
             "scoring": score,
             "rollouts": runs,
             "steps_per_s_speedup": speedups,
+            "evaluation": evals,
+            "evaluation_speedup": eval_speedup,
         },
     )
     print(f"wrote {args.out}")
