@@ -21,6 +21,7 @@ from priorcache.experiments.report import write_report
 from priorcache.experiments.run_folder import plan_run_folder
 from priorcache.experiments.runner import RunConfig, run_experiment
 from priorcache.experiments.summaries import CONFIG_FILE, comparison_problems, load_config, load_summary
+from priorcache.summary_table import fmt_ci, summary_table
 from priorcache.validation import MAX_SEEDS, check_seeds
 
 app = typer.Typer(
@@ -61,111 +62,6 @@ def _error(e: Exception | str) -> None:
 def _warning(message: str) -> None:
     """A one-line warning, printed as plain text like ``_error``."""
     console.print(Text.assemble(("warning: ", "yellow"), message))
-
-
-def _fmt_ci(stat: dict) -> str:
-    return f"{stat['mean']:.3f} ± {stat['ci95']:.3f}" if stat["n"] > 1 else f"{stat['mean']:.3f}"
-
-
-def summary_table(summary: dict, title: str) -> Table:
-    # Text, not markup: the title holds the environment and agent names as given.
-    table = Table(title=Text(title), show_header=True)
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    lat = summary["decision_latency_ms"]
-    held = summary.get("held_out")
-    rows = []
-    if held:
-        curve = " → ".join(f"{p['success']['mean']:.2f}" for p in held["curve"])
-        rows += [
-            (f"held-out success, {held['games']} games (mean ± 95% CI over seeds)", _fmt_ci(held["success"])),
-            ("held-out return", _fmt_ci(held["return"])),
-            ("held-out success at each evaluation", curve),
-            ("LLM queries of the evaluations", "n/a" if held["llm_queries"] is None else str(held["llm_queries"])),
-        ]
-    rows += [
-        ("training success rate (exploring)", _fmt_ci(summary["success_rate"])),
-        ("training mean return", _fmt_ci(summary["mean_return"])),
-        ("episodes / steps", f"{summary['episodes']} / {summary['steps']}"),
-        (
-            "LLM queries (full + partial)",
-            f"{summary['llm_queries']} ({summary['llm_full_calls']} + {summary['llm_partial_calls']})",
-        ),
-        ("LLM queries per step", f"{summary['llm_queries_per_step']:.3f}"),
-        ("cache hit rate", f"{summary['hit_rate']:.3f}"),
-        *_savings_rows(summary),
-        ("decision latency p50 / p95 (ms)", f"{lat['p50']:.1f} / {lat['p95']:.1f}"),
-        ("LLM wall time (s)", f"{summary['llm_wall_time_s']:.1f}"),
-        (
-            "audits: mean ε / mean KL (nats)",
-            f"{summary['audit_epsilon']['mean']:.4f} / {summary['audit_kl']['mean']:.4f}"
-            if summary["audits"]
-            else "none",
-        ),
-        ("F5 violations (KL > 2ε)", str(summary["audit_f5_violations"])),
-        ("training time / wall time (s)", f"{summary['train_time_s']:.1f} / {summary['wall_time_s']:.1f}"),
-    ]
-    adaptive = summary.get("cache_mode") in ("adaptive", "kl-budget")
-    if adaptive:
-        rows.append(
-            (
-                "shadow audits of near-misses (F5 violations)",
-                f"{summary['shadow_audits']} ({summary['shadow_f5_violations']})",
-            )
-        )
-    params = summary.get("cache_params")
-    if params:
-        rows.append(
-            (
-                "cache K / δ / r at the end",
-                f"{params['capacity']} / {params['similarity_threshold']:.3f} / {params['refresh_rate']:.3f}",
-            )
-        )
-    if adaptive and summary.get("adaptation_share") is not None:
-        rows.append(
-            (
-                "adaptation overhead (share of wall time)",
-                f"{summary['adaptation_time_s']:.2f} s ({100 * summary['adaptation_share']:.2f} %)",
-            )
-        )
-    budget = (summary.get("cache_stats") or {}).get("kl_budget")
-    if budget:
-        achieved = budget.get("achieved_kl")
-        rows.append(
-            (
-                "KL budget: target / achieved (UCB)",
-                f"{budget['target_kl']:.3f} / "
-                + ("n/a" if achieved is None else f"{achieved:.4f} ({budget['achieved_kl_ucb']:.4f})"),
-            )
-        )
-    for name, value in rows:
-        table.add_row(Text(name), Text(value))
-    return table
-
-
-def _savings_rows(summary: dict) -> list[tuple[str, str]]:
-    """What the cache saved in training: queries against one per decision (what the uncached agent
-    pays), and LLM time against that many calls at this run's own mean time per call (an estimate)."""
-    if summary.get("cache_mode") in (None, "none", "n/a") or not summary["lookups"]:
-        return []
-    lookups, queries, calls = summary["lookups"], summary["llm_queries"], summary["llm_full_calls"]
-    rows = [
-        (
-            "LLM queries saved by the cache",
-            f"{lookups - queries} of {lookups} decisions ({lookups / queries:.1f}× fewer)"
-            if queries
-            else f"all {lookups} decisions",
-        )
-    ]
-    if calls:
-        per_call = summary["llm_wall_time_s"] / calls
-        rows.append(
-            (
-                "LLM time: spent / uncached estimate (s)",
-                f"{summary['llm_wall_time_s']:.1f} / {per_call * lookups:.1f} ({1e3 * per_call:.0f} ms per call)",
-            )
-        )
-    return rows
 
 
 @app.command()
@@ -360,8 +256,8 @@ def compare(
     if a.get("held_out") and b.get("held_out"):
         table.add_row(
             "held-out success",
-            _fmt_ci(a["held_out"]["success"]),
-            _fmt_ci(b["held_out"]["success"]),
+            fmt_ci(a["held_out"]["success"]),
+            fmt_ci(b["held_out"]["success"]),
             f"{100 * result['held_out_retention']:.1f}% retained",
         )
     elif a.get("held_out") or b.get("held_out"):
@@ -370,14 +266,14 @@ def compare(
         table.add_row("held-out success", "", "", Text(f"n/a: only {only} has held-out evaluations"))
     table.add_row(
         "training success rate",
-        _fmt_ci(a["success_rate"]),
-        _fmt_ci(b["success_rate"]),
+        fmt_ci(a["success_rate"]),
+        fmt_ci(b["success_rate"]),
         f"{100 * result['success_retention']:.1f}% retained",
     )
     table.add_row(
         "training mean return",
-        _fmt_ci(a["mean_return"]),
-        _fmt_ci(b["mean_return"]),
+        fmt_ci(a["mean_return"]),
+        fmt_ci(b["mean_return"]),
         f"{100 * result['return_retention']:.1f}% retained",
     )
     console.print(table)
