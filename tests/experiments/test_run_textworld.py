@@ -72,9 +72,12 @@ def test_run_warm_start_and_compare(tmp_path):
     assert second["exact_hits"] >= 1
     assert second["llm_calls"] < first[0]["llm_calls"]
 
+    # Two episodes against one are not like for like: refused, then compared with a warning.
     code, out = invoke("compare", str(tmp_path / "b"), str(tmp_path / "a"))
+    assert code == 2 and "different episodes: 1 vs 2" in out
+    code, out = invoke("compare", str(tmp_path / "b"), str(tmp_path / "a"), "--force")
     assert code == 0, out
-    assert "fewer" in out and "retained" in out
+    assert "warning" in out and "fewer" in out and "retained" in out
 
 
 @pytest.mark.parametrize(
