@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -206,32 +206,36 @@ def run_experiment(
         return load_summary(folder.out)
     spec = agent_spec(config.agent)
     agent_config = config.agent_config()
-    games = _Games(config)
-    try:
-        games.train_games(0, 1)  # refuses bad environment settings now
-        needs_llm = spec.needs_llm
-        examples: list[tuple[str, str]] = []
-        adaptation_info: dict[str, Any] | None = None
-        if needs_llm:
-            if adaptation is None:
-                if backend is not None and config.adapt in ("lora", "both"):
-                    raise ConfigError(f"adapt {config.adapt!r} fine-tunes the backend: pass adaptation=, not backend=")
-                adaptation = adapt_for(config, backend, progress)
-            backend, examples, adaptation_info = adaptation.backend, adaptation.examples, adaptation.info
-        encoder = encoder or MiniLMEncoder()
-        cache = _make_cache(config, encoder, backend) if spec.uses_cache else None
-        components = {
-            "encoder": encoder,
-            "prior_cache": cache,
-            "backend": backend,
-            "prompt_builder": prompt_builder(config.env, examples),
-        }
-        # One agent per seed, the first built now: it refuses unusable components (e.g. a backend
-        # ReAct cannot generate with) before anything is written.
-        agents = [make_agent(config.agent, agent_config, seed=config.seeds[0], **components)]
-        out = folder.out
-        with folder_lock(out / CHECKPOINT, blocking=False) as held:
-            if not held:
+    # The run holds its folder's lock from its first write to its summary: a second process on
+    # this --out is refused rather than interleaving its files with ours.
+    with ExitStack() as lock:
+        games = _Games(config)
+        try:
+            games.train_games(0, 1)  # refuses bad environment settings now
+            needs_llm = spec.needs_llm
+            examples: list[tuple[str, str]] = []
+            adaptation_info: dict[str, Any] | None = None
+            if needs_llm:
+                if adaptation is None:
+                    if backend is not None and config.adapt in ("lora", "both"):
+                        raise ConfigError(
+                            f"adapt {config.adapt!r} fine-tunes the backend: pass adaptation=, not backend="
+                        )
+                    adaptation = adapt_for(config, backend, progress)
+                backend, examples, adaptation_info = adaptation.backend, adaptation.examples, adaptation.info
+            encoder = encoder or MiniLMEncoder()
+            cache = _make_cache(config, encoder, backend) if spec.uses_cache else None
+            components = {
+                "encoder": encoder,
+                "prior_cache": cache,
+                "backend": backend,
+                "prompt_builder": prompt_builder(config.env, examples),
+            }
+            # One agent per seed, the first built now: it refuses unusable components (e.g. a backend
+            # ReAct cannot generate with) before anything is written.
+            agents = [make_agent(config.agent, agent_config, seed=config.seeds[0], **components)]
+            out = folder.out
+            if not lock.enter_context(folder_lock(out / CHECKPOINT, blocking=False)):
                 raise ConfigError(
                     f"another priorcache process is running in --out {out}; wait for it or give another --out"
                 )
@@ -243,36 +247,38 @@ def run_experiment(
                 config, games, agents, components, cache, out, progress, resume_from
             )
             elapsed = time.perf_counter() - started
-    finally:
-        games.close()
-    summary = summarise(records)
-    summary = {"held_out": summarise_held_out(evals), **summary}
-    summary.update(
-        {
-            "env": config.env,
-            "env_kwargs": config.env_kwargs,
-            "agent": config.agent,
-            "cache_mode": config.cache.mode if spec.uses_cache else "n/a",
-            "backend": config.backend if needs_llm else None,
-            # where the games came from, e.g. ALFWorld "generated" vs "official:valid_seen"
-            "env_source": ",".join(sorted(games.sources)) or None,
-            "cache_stats": cache.stats() if cache is not None else None,
-            "adaptation": adaptation_info,
-            # prompts cut to fit the model (priorcache.prior.context_limit); resets the shared count
-            "long_prompts": backend.long_prompt_stats(reset=True) if hasattr(backend, "long_prompt_stats") else None,
-            # checkpoints of this process (a resumed run: since the resume) against its elapsed time
-            "checkpoint_time_s": checkpoint_s,
-            "checkpoint_share": checkpoint_s / elapsed if elapsed > 0 else None,
-        }
-    )
-    if cache is not None:
-        # The adaptation overhead is measured (docs/design.md §3): the adaptive modes' own work
-        # against the run's wall time.
-        summary["adaptation_share"] = (
-            summary["adaptation_time_s"] / summary["wall_time_s"] if summary["wall_time_s"] > 0 else None
+        finally:
+            games.close()
+        summary = summarise(records)
+        summary = {"held_out": summarise_held_out(evals), **summary}
+        summary.update(
+            {
+                "env": config.env,
+                "env_kwargs": config.env_kwargs,
+                "agent": config.agent,
+                "cache_mode": config.cache.mode if spec.uses_cache else "n/a",
+                "backend": config.backend if needs_llm else None,
+                # where the games came from, e.g. ALFWorld "generated" vs "official:valid_seen"
+                "env_source": ",".join(sorted(games.sources)) or None,
+                "cache_stats": cache.stats() if cache is not None else None,
+                "adaptation": adaptation_info,
+                # prompts cut to fit the model (priorcache.prior.context_limit); resets the shared count
+                "long_prompts": backend.long_prompt_stats(reset=True)
+                if hasattr(backend, "long_prompt_stats")
+                else None,
+                # checkpoints of this process (a resumed run: since the resume) against its elapsed time
+                "checkpoint_time_s": checkpoint_s,
+                "checkpoint_share": checkpoint_s / elapsed if elapsed > 0 else None,
+            }
         )
-    atomic_write_json(out / "summary.json", summary)
-    remove_checkpoint(out)  # after the summary: a kill in between leaves a finished run
+        if cache is not None:
+            # The adaptation overhead is measured (docs/design.md §3): the adaptive modes' own work
+            # against the run's wall time.
+            summary["adaptation_share"] = (
+                summary["adaptation_time_s"] / summary["wall_time_s"] if summary["wall_time_s"] > 0 else None
+            )
+        atomic_write_json(out / "summary.json", summary)
+        remove_checkpoint(out)  # after the summary: a kill in between leaves a finished run
     return summary
 
 
