@@ -25,7 +25,7 @@ install: $(STAMP)
 # mazes and is evaluated on held-out mazes every 10 episodes; about 5 minutes on 2 cores.
 run: install
 	$(VENV)/bin/priorcache run textworld:tw-coin_collector --episodes 30 --train-games 10 --eval-games 10 \
-		--eval-every 10 --eval-policy sample --seeds 0,1 --out runs/main
+		--eval-every 10 --eval-policy sample --seeds 0,1 --out runs/main --overwrite
 
 # Lint and format check only: `ruff check --fix` / `ruff format` rewrite files, so they are run by hand.
 LINT_PATHS := priorcache tests benchmarks
