@@ -218,23 +218,14 @@ def build_once(final: Path, read: Callable[[Path], T | None], build: Callable[[P
 
     ``build`` fills a temporary folder beside ``final`` (writing the file ``read`` checks last),
     which becomes visible only through one ``os.rename``: an interrupted build never leaves a
-    folder that later loads. The build runs under ``final``'s lock, so of two processes that both
-    find nothing, one builds and the other waits and reads what it built (a model conversion is
-    done once). A symlink at ``final`` is built through (its target is built, the link kept); the
-    folder gets the umask's permissions.
+    folder that later loads, and when two processes race the first finished folder is kept. A
+    symlink at ``final`` is built through (its target is built, the link kept); the folder gets the
+    umask's permissions.
     """
     found = read(final)
     if found is not None:
         return found
     final = resolve_target(final)
-    with folder_lock(final):
-        found = read(final)  # built by the process we waited for
-        if found is not None:
-            return found
-        return _build_locked(final, read, build)
-
-
-def _build_locked(final: Path, read: Callable[[Path], T | None], build: Callable[[Path], None]) -> T:
     final.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(final.parent)
     tmp = make_temp_dir(final.parent, f".tmp-{final.name}-")

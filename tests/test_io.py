@@ -5,7 +5,6 @@ import json
 import multiprocessing
 import os
 import stat
-import threading
 import time
 from pathlib import Path
 
@@ -189,27 +188,3 @@ def test_folder_lock_excludes_another_process(tmp_path):
     assert holder.exitcode == 0
     with io.folder_lock(tmp_path / "c", blocking=False) as held:
         assert held is True  # released when the holder let go
-
-
-def test_build_once_builds_once_when_two_callers_race(tmp_path):
-    """The second caller waits on the folder's lock and reads what the first built (threads hold
-    separate lock descriptors, as two processes would)."""
-    final, builds = tmp_path / "model", []
-    started = threading.Event()
-
-    def read(folder):
-        return (folder / "done").read_text() if (folder / "done").is_file() else None
-
-    def build(tmp):
-        builds.append(threading.current_thread().name)
-        started.set()
-        time.sleep(0.3)
-        (tmp / "done").write_text("built")
-
-    results = []
-    first = threading.Thread(target=lambda: results.append(io.build_once(final, read, build)), name="first")
-    first.start()
-    started.wait(5)
-    results.append(io.build_once(final, read, build))  # finds nothing, waits for the lock
-    first.join()
-    assert results == ["built", "built"] and builds == ["first"]
