@@ -100,7 +100,7 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _backup_of(directory: Path) -> Path:
+def backup_of(directory: Path) -> Path:
     return directory.parent / f".{directory.name}.old"
 
 
@@ -170,7 +170,7 @@ def _write_unlocked(directory: Path, state: Mapping[str, Any]) -> None:
         _write_file(tmp / ENTRIES, entries_bytes)
         _write_file(tmp / MANIFEST, manifest_bytes)  # last: a temp dir without it is never a save
         _fsync_dir(tmp)
-        _swap_into_place(tmp, directory)
+        swap_into_place(tmp, directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -213,8 +213,11 @@ def _check_target(directory: Path) -> None:
         )
 
 
-def _swap_into_place(tmp: Path, directory: Path) -> None:
-    backup = _backup_of(directory)
+def swap_into_place(tmp: Path, directory: Path) -> None:
+    """Make the complete folder ``tmp`` the folder ``directory`` by two renames (the previous one
+    waits at ``backup_of(directory)`` in between and is removed after); used for any folder that
+    must be replaced whole, a cache save or a run's checkpoint."""
+    backup = backup_of(directory)
     if directory.exists():
         if backup.exists():
             # A backup next to a complete save is left over from an earlier crash after the swap.
@@ -233,7 +236,7 @@ def _swap_into_place(tmp: Path, directory: Path) -> None:
 def has_saved_cache(directory: str | Path) -> bool:
     """Whether ``directory`` (or the backup an interrupted save left beside it) holds a save."""
     directory = _target(directory)
-    return (directory / MANIFEST).is_file() or (_backup_of(directory) / MANIFEST).is_file()
+    return (directory / MANIFEST).is_file() or (backup_of(directory) / MANIFEST).is_file()
 
 
 def read_state(directory: str | Path) -> tuple[Path, dict[str, Any]]:
@@ -309,7 +312,7 @@ def _upgrade_v1(doc: dict[str, Any], where: Path) -> dict[str, Any]:
 def _source_dir(directory: Path) -> Path:
     if (directory / MANIFEST).is_file():
         return directory
-    backup = _backup_of(directory)
+    backup = backup_of(directory)
     if (backup / MANIFEST).is_file() and not (directory.is_dir() and any(directory.iterdir())):
         return backup  # an interrupted save: the previous one waits in the backup
     if not directory.exists():

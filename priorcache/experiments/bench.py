@@ -37,7 +37,7 @@ from priorcache.envs.registry import ENVIRONMENTS
 from priorcache.errors import ConfigError
 from priorcache.experiments.adapt import Adaptation
 from priorcache.experiments.report import method_label, write_report
-from priorcache.experiments.run_folder import plan_run_folder
+from priorcache.experiments.run_folder import is_finished, plan_run_folder
 from priorcache.experiments.runner import DETERMINISTIC_AGENTS, RunConfig, adapt_for, run_experiment
 from priorcache.io import folder_lock
 from priorcache.validation import check_seeds
@@ -147,12 +147,11 @@ class BenchConfig:
 def run_status(config: RunConfig) -> str:
     """'finished', 'todo' (absent or interrupted), or raises when a finished run used other settings."""
     out = Path(config.out)
+    if not is_finished(out):
+        return "todo"
     try:
-        summary = json.loads((out / "summary.json").read_text())
         saved = json.loads((out / "config.json").read_text())
     except (FileNotFoundError, json.JSONDecodeError):
-        return "todo"
-    if not isinstance(summary, dict) or summary.get("partial", False):
         return "todo"
     wanted = json.loads(json.dumps(config.to_json()))  # as it reads back from disk
     differing = sorted(k for k in wanted if k != "out" and k in saved and not _same_settings(saved[k], wanted[k]))

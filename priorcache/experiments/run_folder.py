@@ -32,7 +32,7 @@ from typing import Any
 
 from priorcache.agents.base import Agent
 from priorcache.cache.prior_cache import PriorCache
-from priorcache.cache.store import read_state
+from priorcache.cache.store import backup_of, read_state, swap_into_place
 from priorcache.errors import CacheFormatError, ConfigError
 from priorcache.io import atomic_write_json, make_temp_dir
 from priorcache.validation import is_json_int
@@ -204,7 +204,7 @@ def _check_cache_path(out: Path, cache_path: Path | None) -> None:
 def write_checkpoint(out: Path, progress: Progress, agent: Agent | None, cache: PriorCache | None) -> None:
     """Replace ``<out>/checkpoint`` by one holding ``progress``, ``agent`` and ``cache`` (atomic)."""
     out = Path(out)
-    final, backup = out / CHECKPOINT, out / f".{CHECKPOINT}.old"
+    final = out / CHECKPOINT
     for stale in out.glob(f".{CHECKPOINT}.tmp-*"):  # left by a kill mid-write; this run holds --out's lock
         shutil.rmtree(stale, ignore_errors=True)
     tmp = make_temp_dir(out, f".{CHECKPOINT}.tmp-")
@@ -217,12 +217,7 @@ def write_checkpoint(out: Path, progress: Progress, agent: Agent | None, cache: 
             cache.save(tmp / "cache")
             atomic_write_json(tmp / "cache_runtime.json", cache.runtime_state())
         atomic_write_json(tmp / "progress.json", asdict(progress))  # last: a folder without it is no checkpoint
-        if final.exists():
-            if backup.exists():
-                shutil.rmtree(backup)
-            os.rename(final, backup)
-        os.rename(tmp, final)
-        shutil.rmtree(backup, ignore_errors=True)
+        swap_into_place(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -231,7 +226,7 @@ def write_checkpoint(out: Path, progress: Progress, agent: Agent | None, cache: 
 def read_progress(out: Path) -> tuple[Progress, Path] | None:
     """The last checkpoint's progress and folder (the backup a kill between two renames left, when
     that is all there is), or None when the run never checkpointed."""
-    for folder in (Path(out) / CHECKPOINT, Path(out) / f".{CHECKPOINT}.old"):
+    for folder in (Path(out) / CHECKPOINT, backup_of(Path(out) / CHECKPOINT)):
         where = folder / "progress.json"
         if where.is_file():
             try:
@@ -266,8 +261,8 @@ def restore_agent(folder: Path, agent: Agent, components: dict[str, Any]) -> Age
 
 
 def remove_checkpoint(out: Path) -> None:
-    for name in (CHECKPOINT, f".{CHECKPOINT}.old"):
-        shutil.rmtree(Path(out) / name, ignore_errors=True)
+    for folder in (Path(out) / CHECKPOINT, backup_of(Path(out) / CHECKPOINT)):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def read_lines(path: Path, keep: int) -> list[dict[str, Any]]:
