@@ -10,13 +10,18 @@ The observation is our own text rendering of minigrid's partial observation: the
 view (with minigrid's occlusion: nothing behind walls or closed doors), the compass direction
 and what the agent carries. Positions are relative to the agent, in steps forward and left/right:
 
-    You face north. You see a wall 3 steps forward, a wall 2 steps left, a red key 2 steps
-    forward and 1 step left, a closed blue door 3 steps forward and 1 step right. You carry nothing.
+    Target: the red key, 2 steps forward and 1 step left. You face north. You see a wall 3 steps
+    forward, a wall 2 steps left, a red key 2 steps forward and 1 step left, a closed blue door 3 steps
+    forward and 1 step right. You carry nothing.
 
 Walls are summarised as the nearest visible wall straight ahead, to the left and to the right
 (the walls that bound the agent's moves); every other visible thing (doors, keys, balls, boxes,
 goals, lava) is listed with its position, nearest first. The mission goes into
-``info["objective"]``, never into ``state_text``.
+``info["objective"]``; the state text starts with where the mission's objects are, as far as the view
+shows them ("Target: the red key, 2 steps forward and 1 step left." / "not in view" / "carried"), so
+that a state says which visible object matters: without it, in-context examples from other missions
+and a Q-function shared across missions could not tell a step towards the target from one towards a
+distractor (docs/design.md, "BabyAI's target line").
 
 Actions are the strings in ``ACTIONS`` (minigrid's ``done`` is not used; BabyAI's verifier does
 not need it). Any other string is answered "Nothing happens ..." and costs a step (minigrid's own
@@ -235,6 +240,45 @@ def describe_view(image: np.ndarray, direction: int | None = None) -> str:
     return " ".join(parts)
 
 
+def _mission_objects(instr: Any) -> list[Any]:
+    """The object descriptions (minigrid ``ObjDesc``) a BabyAI instruction names, in mission order."""
+    descs = [getattr(instr, name) for name in ("desc", "desc_move", "desc_fixed") if hasattr(instr, name)]
+    for name in ("instr_a", "instr_b"):
+        if hasattr(instr, name):
+            descs += _mission_objects(getattr(instr, name))
+    return descs
+
+
+def describe_targets(engine: Any, image: np.ndarray) -> str:
+    """Where the mission's objects are, from the agent's view: 'Target: the red ball, 2 steps forward
+    and 1 step left.' (the nearest visible match of each object the mission names), 'not in view', or
+    'carried'. Only what the 7x7 view shows is told, so φ(s) stays a function of the observation and
+    the mission. Without it a state text does not say which of the visible objects matters, so
+    in-context examples from other missions and a Q-function shared across missions cannot tell a step
+    towards the target from one towards a distractor."""
+    ax, ay = _VIEW // 2, _VIEW - 1
+    img = np.asarray(image)
+    parts = []
+    for desc in _mission_objects(engine.instrs):
+        name = f"the {desc.color + ' ' if desc.color else ''}{desc.type}"
+        places = []
+        for obj in desc.obj_set:
+            if obj is engine.carrying:
+                places.append((-1, "carried"))
+                continue
+            if obj.cur_pos is None:
+                continue
+            view = engine.relative_coords(*obj.cur_pos)
+            # Told only where the view shows it: outside the view, occluded (unseen) or moved, it is not seen.
+            if view is None or tuple(int(v) for v in img[view[0], view[1], :2]) != obj.encode()[:2]:
+                continue
+            forward, right = ay - view[1], view[0] - ax
+            places.append((abs(forward) + abs(right), relative_position(forward, right)))
+        where = min(places)[1] if places else "not in view"
+        parts.append(f"Target: {name}, {where}.")
+    return " ".join(parts)
+
+
 def _name(obj: Any) -> str:
     """'the red key', 'the wall' for a minigrid world object."""
     if obj.type == "wall":
@@ -328,7 +372,11 @@ class BabyAIEnv(TextEnv):
 
     def _state_text(self) -> str:
         engine = self._engine
-        text = describe_view(engine.gen_obs()["image"], engine.agent_dir)
+        image = engine.gen_obs()["image"]
+        text = describe_view(image, engine.agent_dir)
+        targets = describe_targets(engine, image)
+        if targets:
+            text = f"{targets} {text}"
         if self._won:
             text += " The mission is complete."
         elif self._lost:

@@ -301,7 +301,8 @@ def test_state_text_is_markov_and_deterministic() -> None:
         _, info = env.reset()
         start = info["state_text"]
         assert "\n" not in start and "  " not in start
-        assert start.startswith("You face ") and "You carry nothing." in start
+        assert start.startswith("Target: the red key, 3 steps forward and 2 steps right. You face ")
+        assert "You carry nothing." in start
         texts = [env.step("turn left")[4]["state_text"] for _ in range(4)]
         assert texts[-1] == start and len(set(texts)) == 4  # four headings, back to the start
         assert env.step("turn right")[4]["state_text"] == texts[2]
@@ -328,6 +329,7 @@ def test_relative_positions_and_occlusion_on_the_real_grid() -> None:
         engine.agent_pos, engine.agent_dir = (3, 4), 3  # facing north
         engine.grid.set(2, 2, Key("red"))
         assert env._state_text() == (
+            "Target: the green ball, not in view. "  # the mission's ball was cleared away with the rest
             "You face north. You see a wall 4 steps forward, a wall 3 steps left, "
             "a red key 2 steps forward and 1 step left. You carry nothing."
         )
@@ -342,6 +344,7 @@ def test_relative_positions_and_occlusion_on_the_real_grid() -> None:
         door = Door("blue", is_open=False)
         engine.grid.set(3, 3, door)
         assert env._state_text() == (
+            "Target: the green ball, not in view. "
             "You face north. You see a wall 3 steps left, a closed blue door 1 step forward. You carry nothing."
         )
         door.is_open = True  # an open door lets the agent see through it
@@ -351,6 +354,40 @@ def test_relative_positions_and_occlusion_on_the_real_grid() -> None:
         assert "a wall 4 steps forward" in text
         door.is_open, door.is_locked = False, True
         assert "a locked blue door 1 step forward" in env._state_text()
+    finally:
+        env.close()
+
+
+def test_target_line_tells_where_the_missions_object_is_only_when_seen() -> None:
+    from minigrid.core.world_object import Ball, Wall
+
+    env = BabyAIEnv("GoToLocal", game_seed=0)
+    engine = env._engine
+    try:
+        env.reset()
+        assert engine.instrs.desc.color == "green" and engine.instrs.desc.type == "ball"
+        (target,) = engine.instrs.desc.obj_set
+        for x in range(1, 7):
+            for y in range(1, 7):
+                engine.grid.set(x, y, None)
+        engine.agent_pos, engine.agent_dir = (3, 5), 3  # facing north
+        engine.grid.set(4, 3, target)
+        target.cur_pos = (4, 3)
+        engine.grid.set(2, 2, Ball("red"))  # a distractor is listed in the view, never as the target
+        text = env._state_text()
+        assert text.startswith("Target: the green ball, 2 steps forward and 1 step right. You face north.")
+        assert "a red ball 3 steps forward and 1 step left" in text
+        engine.agent_dir = 1  # south: behind the agent, out of view
+        assert env._state_text().startswith("Target: the green ball, not in view. You face south.")
+        engine.agent_dir = 3
+        for x in range(1, 7):  # a wall between the agent and the ball hides it
+            engine.grid.set(x, 4, Wall())
+        assert env._state_text().startswith("Target: the green ball, not in view.")
+        for x in range(1, 7):
+            engine.grid.set(x, 4, None)
+        engine.grid.set(4, 3, None)  # picked up: carried
+        engine.carrying, target.cur_pos = target, (-1, -1)
+        assert env._state_text().startswith("Target: the green ball, carried. ")
     finally:
         env.close()
 
