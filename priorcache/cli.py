@@ -95,6 +95,9 @@ def run(
     max_examples: int = typer.Option(10, min=0, help="at most this many in-context pairs (icl, both)"),
     tensorboard: bool = typer.Option(False, help="also write TensorBoard scalars under OUT/tensorboard/"),
     num_envs: int = typer.Option(1, min=1, help="training episodes played in lockstep, one batched LLM call per step"),
+    demo_episodes: int = typer.Option(
+        0, min=0, help="oracle episodes of the first training games a learning agent learns from first (DQfD-style)"
+    ),
     max_steps: int | None = typer.Option(None, min=1, help="episode step limit (default: the environment's)"),
     backend: str = typer.Option("embedded", help="LLM backend: embedded or transformers"),
     model_path: str | None = typer.Option(None, help="local model folder for --backend transformers"),
@@ -182,6 +185,7 @@ def run(
             max_examples=max_examples,
             tensorboard=tensorboard,
             num_envs=num_envs,
+            demo_episodes=demo_episodes,
         )
         # Our own progress bar says what is happening; transformers' per-model "Loading weights" bars
         # would interleave with it.
@@ -313,6 +317,9 @@ def bench_text(
     shots: int = typer.Option(0, min=0, help="training games whose oracle episodes adapt the prior (F8)"),
     adapt: str = typer.Option("none", help="F8 adaptation of every LLM method but the 0-shot reference"),
     num_envs: int = typer.Option(1, min=1, help="training episodes played in lockstep, one batched LLM call per step"),
+    demo_episodes: int = typer.Option(
+        0, min=0, help="oracle episodes of the first training games a learning agent learns from first (DQfD-style)"
+    ),
     quick: bool = typer.Option(
         False,
         help=f"smoke run: seed 0, {QUICK['episodes']} episodes of at most {QUICK['max_episode_steps']} steps, "
@@ -346,6 +353,7 @@ def bench_text(
             shots=shots,
             adapt=adapt,
             num_envs=num_envs,
+            demo_episodes=demo_episodes,
             **settings,
         )
         from transformers.utils import logging as hf_logging

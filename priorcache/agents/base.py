@@ -146,6 +146,12 @@ class Agent(ABC):
     def act(self, state_text: str, candidates: list[str]) -> Decision:
         """The behaviour policy's action for the state; records what learning needs."""
 
+    def act_demonstrated(self, state_text: str, candidates: list[str], action: str) -> Decision:
+        """``act``, but the step's action is a demonstrator's (``action``): a learning agent records
+        the step as its own experience and learns from it at ``observe``, as DQfD keeps demonstrations
+        in its replay buffer. Only agents with ``learns`` take demonstrations."""
+        raise ConfigError(f"the {self.name} agent does not learn, so it takes no demonstrations")
+
     @abstractmethod
     def observe(
         self, reward: float, terminated: bool, truncated: bool, next_state_text: str, next_candidates: list[str]
@@ -158,16 +164,25 @@ class Agent(ABC):
         with no learning and no change to anything training uses."""
 
     def run_episode(
-        self, env: Any, reset_seed: int | None = None, on_step: StepCallback | None = None
+        self,
+        env: Any,
+        reset_seed: int | None = None,
+        on_step: StepCallback | None = None,
+        demonstrator: Callable[[], str] | None = None,
     ) -> EpisodeOutcome:
-        """Play one episode of ``env`` from ``env.reset(seed=reset_seed)``, learning as the agent does."""
+        """Play one episode of ``env`` from ``env.reset(seed=reset_seed)``, learning as the agent does.
+        ``demonstrator``: the actions are its instead (e.g. ``env.oracle_action``), and the agent
+        learns from them (:meth:`act_demonstrated`)."""
         start = time.perf_counter()
         train_before = self.train_time_s
         outcome = EpisodeOutcome()
         _, info = env.reset(seed=reset_seed)
         self.begin_episode(info["objective"])
         while True:
-            decision = self.act(info["state_text"], info["admissible_actions"])
+            if demonstrator is None:
+                decision = self.act(info["state_text"], info["admissible_actions"])
+            else:
+                decision = self.act_demonstrated(info["state_text"], info["admissible_actions"], demonstrator())
             _, reward, terminated, truncated, info = env.step(decision.action)
             self.observe(reward, terminated, truncated, info["state_text"], info["admissible_actions"])
             outcome.steps += 1

@@ -201,15 +201,28 @@ class DQNAgent(DQNConfigMixin, Agent):
 
     def act(self, state_text: str, candidates: list[str]) -> Decision:
         """Draw an action from F1; completes the previous transition with C(s)."""
+        return self._act(state_text, candidates)
+
+    def act_demonstrated(self, state_text: str, candidates: list[str], action: str) -> Decision:
+        """Take the demonstrator's ``action``: the prior is looked up and C(s) completed as in ``act``,
+        and the transition goes into the replay buffer like the agent's own."""
+        return self._act(state_text, candidates, demonstrated=action)
+
+    def _act(self, state_text: str, candidates: list[str], demonstrated: str | None = None) -> Decision:
         start = time.perf_counter()
         candidates = check_candidates(candidates)
+        if demonstrated is not None and demonstrated not in candidates:
+            raise ConfigError(f"the demonstrated action {demonstrated!r} is not among the candidates {candidates}")
         state_vec = self.encoder.encode([state_text])[0]
         features = self._features(state_vec)
         action_vecs = self.encoder.encode(candidates)
         q_values = self._q_values(features, action_vecs)
         alpha = self.sampler.schedule.alpha  # the α the prior is looked up with; F2 may move it below
         log_prior, lookup = self._prior(state_text, candidates, q_values, alpha, state_vec, acting=True)
-        index, _ = self.sampler.sample(log_prior, q_values)
+        if demonstrated is None:
+            index, _ = self.sampler.sample(log_prior, q_values)
+        else:
+            index = candidates.index(demonstrated)
         support = action_vecs[self._support(candidates, q_values, lookup)]
         self._complete_pending(features, support)
         self._pending = Transition(features, action_vecs[index], hit=lookup is not None and lookup.hit)

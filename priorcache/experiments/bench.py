@@ -99,6 +99,7 @@ class BenchConfig:
     shots: int = 0
     adapt: str = "none"
     num_envs: int = 1
+    demo_episodes: int = 0  # for the learning methods (plain DQN and DQN-Prior alike)
     backend: str = "embedded"
     model_path: str | None = None
     device: str = "cpu"
@@ -137,6 +138,7 @@ class BenchConfig:
             shots=self.shots if adapted else 0,
             adapt=self.adapt if adapted else "none",
             num_envs=self.num_envs,
+            demo_episodes=self.demo_episodes if agent_spec(m.agent).cls.learns else 0,
             label=method,
         )
 

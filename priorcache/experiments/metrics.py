@@ -36,6 +36,7 @@ class EpisodeRecord:
     train_time_s: float = 0.0
     wall_time_s: float = 0.0
     adaptation_time_s: float = 0.0  # the cache's meta-optimiser / KL-budget work during the episode
+    demonstration: bool = False  # an oracle episode the agent learnt from (RunConfig.demo_episodes)
     actions: list[str] = field(default_factory=list, repr=False)
     decision_times_ms: list[float] = field(default_factory=list, repr=False)
     audit_epsilons: list[float] = field(default_factory=list, repr=False)
@@ -94,12 +95,15 @@ def mean_ci95(values: list[float]) -> dict[str, float]:
 
 
 def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """The run summary from metrics.jsonl lines (docs/design.md §1)."""
-    if not records:
-        raise ValueError("no episodes to summarise")
-    seeds = sorted({r["seed"] for r in records})
-    per_seed_success = [float(np.mean([r["success"] for r in records if r["seed"] == s])) for s in seeds]
-    per_seed_return = [float(np.mean([r["episode_return"] for r in records if r["seed"] == s])) for s in seeds]
+    """The run summary from metrics.jsonl lines (docs/design.md §1). Success and return are the
+    agent's own training episodes'; steps, LLM queries and the other costs include the
+    demonstrations it learnt from."""
+    own = [r for r in records if not r.get("demonstration")]
+    if not own:
+        raise ValueError("no training episodes to summarise")
+    seeds = sorted({r["seed"] for r in own})
+    per_seed_success = [float(np.mean([r["success"] for r in own if r["seed"] == s])) for s in seeds]
+    per_seed_return = [float(np.mean([r["episode_return"] for r in own if r["seed"] == s])) for s in seeds]
     decision_ms = np.concatenate([np.asarray(r["decision_times_ms"], dtype=np.float64) for r in records])
     total = lambda key: sum(r[key] for r in records)  # noqa: E731
     steps, lookups = total("steps"), total("lookups")
@@ -108,7 +112,8 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
     llm_queries = total("llm_calls") + total("partial_calls")
     shadow = [a for r in records for a in r.get("audit_records", []) if not a["served"]]
     return {
-        "episodes": len(records),
+        "episodes": len(own),
+        "demonstration_episodes": len(records) - len(own),
         "seeds": seeds,
         "success_rate": mean_ci95(per_seed_success),
         "mean_return": mean_ci95(per_seed_return),

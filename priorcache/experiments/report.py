@@ -217,7 +217,8 @@ def _ratio(num: float, den: float) -> float | None:
 
 
 def _learning_curve(records: list[dict[str, Any]]) -> dict[str, list[float]]:
-    """Mean return and success by episode index, over seeds."""
+    """Mean return and success by episode index, over seeds (the agent's own episodes, not demonstrations)."""
+    records = [r for r in records if not r.get("demonstration")]
     episodes = sorted({r["episode"] for r in records})
     by_episode = {e: [r for r in records if r["episode"] == e] for e in episodes}
     return {

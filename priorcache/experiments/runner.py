@@ -99,6 +99,10 @@ class RunConfig:
     max_examples: int = 10  # in-context pairs at most (icl, both)
     tensorboard: bool = False
     num_envs: int = 1  # training episodes played in lockstep (one batched LLM call per step)
+    # Oracle episodes of the first training games that a learning agent learns from before its own
+    # (their transitions in its replay buffer, as DQfD keeps demonstrations): metrics.jsonl lines
+    # marked "demonstration", counted in steps and LLM queries but not in training success.
+    demo_episodes: int = 0
     label: str | None = None  # the method's name in reports (default: from agent and cache mode)
 
     def __post_init__(self) -> None:
@@ -107,7 +111,7 @@ class RunConfig:
             value = getattr(self, name)
             if not is_int(value) or value < 1:
                 raise ConfigError(f"{name} must be an integer ≥ 1, got {value!r}")
-        for name in ("eval_every", "max_examples"):
+        for name in ("eval_every", "max_examples", "demo_episodes"):
             value = getattr(self, name)
             if not is_int(value) or value < 0:
                 raise ConfigError(f"{name} must be an integer ≥ 0, got {value!r}")
@@ -123,6 +127,13 @@ class RunConfig:
             raise ConfigError(f"eval_policy must be one of {', '.join(EVAL_POLICIES)}, not {self.eval_policy!r}")
         if self.adapt != "none" and not agent_spec(self.agent).needs_llm:
             raise ConfigError(f"--adapt {self.adapt} adapts the LLM prior, which the {self.agent} agent does not use")
+        if self.demo_episodes and not agent_spec(self.agent).cls.learns:
+            raise ConfigError(f"--demo-episodes: the {self.agent} agent does not learn, so it takes no demonstrations")
+        if self.demo_episodes > self.train_games:
+            raise ConfigError(
+                f"demo_episodes ({self.demo_episodes}) are played on training games: at most train_games "
+                f"({self.train_games})"
+            )
         game_seeds(self.env, "train", max(self.train_games, self.shots))  # refuses more games than the split has
         game_seeds(self.env, "eval", self.eval_games)
         self.agent_config()  # validates the agent's parameters now, not mid-run
@@ -370,8 +381,14 @@ def _train_and_evaluate(
             agent = agents[0] if i == 0 else make_agent(config.agent, config.agent_config(), seed=seed, **components)
             if folder is not None and i == at.seed_index and (folder / "agent").is_dir():
                 agent = restore_agent(folder, agent, components)
+            if config.demo_episodes and here.episodes_done == 0:  # (a checkpoint comes only after episodes)
+                for record in _demonstrate(games, agent, seed, config.demo_episodes):
+                    here.steps += record.steps
+                    here.queries += record.llm_calls + record.partial_calls
+                    records.append(record.to_json())
+                _write_progress(out, records, evals)
             if every and here.last_eval < 0:
-                run_eval(seed, agent, 0, 0, 0)
+                run_eval(seed, agent, 0, here.steps, here.queries)
                 here.last_eval = 0
             for first in range(here.episodes_done, config.episodes, config.num_envs):
                 batch = games.train_games(first, min(config.num_envs, config.episodes - first))
@@ -450,12 +467,31 @@ def _run_episodes(batch: list[tuple[int, Any]], agent: Agent, seed: int, first: 
     return records
 
 
+def _demonstrate(games: _Games, agent: Agent, seed: int, n: int) -> list[EpisodeRecord]:
+    """The oracle's episodes on the first ``n`` training games, which ``agent`` learns from as from its
+    own; recorded as metrics lines with negative episode numbers (-n … -1) marked ``demonstration``."""
+    records = []
+    for k, game in enumerate(games.train_seeds[:n]):
+        env = games.get("train", game)
+        oracle = getattr(env, "oracle_action", None)
+        if not callable(oracle):
+            raise ConfigError(f"--demo-episodes: {games.env} has no oracle to demonstrate with")
+        record = EpisodeRecord(seed=seed, episode=k - n, game_seed=game, demonstration=True)
+        # reset seed 0, as the F8 demonstrations (oracle_steps): the same episodes on the same games
+        outcome = agent.run_episode(env, 0, on_step=record.add, demonstrator=oracle)
+        if not outcome.success:
+            raise ConfigError(f"the {games.env} oracle did not win training game {game}: nothing to learn from")
+        record.success, record.train_time_s, record.wall_time_s = True, outcome.train_time_s, outcome.wall_time_s
+        records.append(record)
+    return records
+
+
 def _write_progress(out: Path, records: list[dict[str, Any]], evals: list[dict[str, Any]]) -> None:
     atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in records))
     atomic_write_text(out / "evals.jsonl", "".join(json.dumps(e) + "\n" for e in evals))
     partial: dict[str, Any] = {"partial": True}
     if evals:
         partial["held_out"] = summarise_held_out(evals)
-    if records:
+    if any(not r.get("demonstration") for r in records):
         partial.update(summarise(records))
     atomic_write_json(out / "summary.json", partial)
