@@ -121,6 +121,11 @@ def run(
     resume: bool = typer.Option(False, help="continue the killed run in --out from its last checkpoint"),
     overwrite: bool = typer.Option(False, help="replace a run of another configuration in --out"),
     quiet: bool = typer.Option(False, help="no progress bar"),
+    workers: int | None = typer.Option(
+        None, help="rollout workers on Ray sharing one prior cache (one learner here); default: this process only"
+    ),
+    ray_address: str | None = typer.Option(None, help="Ray cluster for --workers (HOST:PORT, ray://…); default: local"),
+    cache_shards: int = typer.Option(1, help="--workers: Ray actors the shared cache is split over (by prompt prefix)"),
 ) -> None:
     """Run an agent on an environment and write metrics.jsonl, summary.json and the cache."""
     try:
@@ -186,7 +191,11 @@ def run(
             tensorboard=tensorboard,
             num_envs=num_envs,
             demo_episodes=demo_episodes,
+            workers=workers,
+            cache_shards=cache_shards,
         )
+        if ray_address is not None and workers is None:
+            raise ConfigError("--ray-address is where --workers run: give --workers too")
         # Our own progress bar says what is happening; transformers' per-model "Loading weights" bars
         # would interleave with it.
         from transformers.utils import logging as hf_logging
@@ -195,7 +204,9 @@ def run(
         folder = plan_run_folder(out, config.to_json(), cache_path, resume=resume, overwrite=overwrite)
         if folder.note:
             console.print(escape(folder.note))
-        summary = run_experiment(config, progress=not quiet, resume=resume, overwrite=overwrite)
+        summary = run_experiment(
+            config, progress=not quiet, resume=resume, overwrite=overwrite, ray_address=ray_address
+        )
     except PriorCacheError as e:
         _error(e)
         raise typer.Exit(2) from None

@@ -61,13 +61,19 @@ def _evaluation_cache(agent: Agent) -> Iterator[PriorCache | None]:
     if cache is None:
         yield None
         return
-    copy = type(cache)(cache.config, cache.encoder, cache.backend, cache.prior_config, cache.prior_kind)
-    copy.load_state_dict(cache.state_dict())
+    fork = getattr(cache, "evaluation_copy", None)  # a shared cache copies itself where it lives
+    if fork is not None:
+        copy = fork()
+    else:
+        copy = type(cache)(cache.config, cache.encoder, cache.backend, cache.prior_config, cache.prior_kind)
+        copy.load_state_dict(cache.state_dict())
     agent.prior_cache = copy
     try:
         yield copy
     finally:
         agent.prior_cache = cache
+        if fork is not None:
+            copy.release()
 
 
 def _queries(cache: PriorCache | None) -> int | None:

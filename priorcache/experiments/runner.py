@@ -60,6 +60,7 @@ from priorcache.experiments.run_folder import (
 )
 from priorcache.experiments.summaries import load_summary
 from priorcache.experiments.tensorboard_log import ScalarLog
+from priorcache.experiments.workers import WorkerPool, check_scale_out, start_pool
 from priorcache.io import atomic_write_json, atomic_write_text, folder_lock
 from priorcache.prior.action_prior import PriorConfig
 from priorcache.prior.base import LLMBackend
@@ -104,6 +105,9 @@ class RunConfig:
     # marked "demonstration", counted in steps and LLM queries but not in training success.
     demo_episodes: int = 0
     label: str | None = None  # the method's name in reports (default: from agent and cache mode)
+    # Rollout workers on Ray sharing one prior cache (priorcache.experiments.workers); None: this process only.
+    workers: int | None = None
+    cache_shards: int = 1  # Ray actors the shared cache is partitioned over (by prompt prefix)
 
     def __post_init__(self) -> None:
         agent_spec(self.agent)  # ConfigError naming the choices for an unknown agent
@@ -137,6 +141,7 @@ class RunConfig:
         game_seeds(self.env, "train", max(self.train_games, self.shots))  # refuses more games than the split has
         game_seeds(self.env, "eval", self.eval_games)
         self.agent_config()  # validates the agent's parameters now, not mid-run
+        check_scale_out(self)
 
     def agent_config(self) -> Any:
         """The agent's config, with the run-wide settings it has (α_0, α_min)."""
@@ -147,6 +152,8 @@ class RunConfig:
         out["out"] = str(self.out)
         out["cache_path"] = str(self.cache_path) if self.cache_path else None
         out["agent_config"] = agent_spec(self.agent).cls.config_to_json(self.agent_config())
+        if self.workers is None:  # one-process runs keep the config.json they always had
+            del out["workers"], out["cache_shards"]
         return out
 
 
@@ -201,6 +208,7 @@ def run_experiment(
     *,
     resume: bool = False,
     overwrite: bool = False,
+    ray_address: str | None = None,
 ) -> dict[str, Any]:
     """Run ``config`` and return its summary.
 
@@ -209,7 +217,9 @@ def run_experiment(
     A plain ``backend`` cannot stand for a fine-tuned one: with ``adapt`` lora/both, pass ``adaptation``.
     ``config.out`` must be new, empty or hold a run of this configuration, which is replaced, or
     continued from its checkpoint with ``resume``; ``overwrite`` replaces a run of another one
-    (:mod:`priorcache.experiments.run_folder`)."""
+    (:mod:`priorcache.experiments.run_folder`). With ``config.workers``, episodes are played by Ray
+    rollout workers against one shared cache (:mod:`priorcache.experiments.workers`) on the cluster at
+    ``ray_address`` (None: a local one)."""
     # Everything that can refuse bad input (output folder, env name and settings, backend, saved
     # cache) is checked before the output folder is touched, so a bad invocation writes nothing.
     folder = plan_run_folder(Path(config.out), config.to_json(), config.cache_path, resume=resume, overwrite=overwrite)
@@ -226,7 +236,12 @@ def run_experiment(
             needs_llm = spec.needs_llm
             examples: list[tuple[str, str]] = []
             adaptation_info: dict[str, Any] | None = None
-            if needs_llm:
+            pool: WorkerPool | None = None
+            if config.workers is not None:  # the backend lives in the shared cache's actors
+                encoder = encoder or MiniLMEncoder()
+                pool = lock.enter_context(start_pool(config, encoder, ray_address, progress))
+                examples, adaptation_info = pool.examples, pool.adaptation_info
+            elif needs_llm:
                 if adaptation is None:
                     if backend is not None and config.adapt in ("lora", "both"):
                         raise ConfigError(
@@ -235,7 +250,7 @@ def run_experiment(
                     adaptation = adapt_for(config, backend, progress)
                 backend, examples, adaptation_info = adaptation.backend, adaptation.examples, adaptation.info
             encoder = encoder or MiniLMEncoder()
-            cache = _make_cache(config, encoder, backend) if spec.uses_cache else None
+            cache = _make_cache(config, encoder, backend, pool) if spec.uses_cache else None
             components = {
                 "encoder": encoder,
                 "prior_cache": cache,
@@ -255,7 +270,7 @@ def run_experiment(
             resume_from = read_progress(out) if folder.state == "resume" else None
             started = time.perf_counter()
             records, evals, checkpoint_s = _train_and_evaluate(
-                config, games, agents, components, cache, out, progress, resume_from
+                config, games, agents, components, cache, out, progress, resume_from, pool
             )
             elapsed = time.perf_counter() - started
         finally:
@@ -282,6 +297,8 @@ def run_experiment(
                 "checkpoint_share": checkpoint_s / elapsed if elapsed > 0 else None,
             }
         )
+        if pool is not None:
+            summary["workers"] = {**pool.summary(), "elapsed_s": elapsed}
         if cache is not None:
             # The adaptation overhead is measured (docs/design.md §3): the adaptive modes' own work
             # against the run's wall time.
@@ -310,8 +327,10 @@ def adapt_for(config: RunConfig, base: LLMBackend | None = None, progress: bool 
     )
 
 
-def _make_cache(config: RunConfig, encoder: MiniLMEncoder, backend: LLMBackend | None) -> PriorCache:
-    cache = PriorCache(config.cache, encoder, backend, prior_config=config.prior)
+def _make_cache(
+    config: RunConfig, encoder: MiniLMEncoder, backend: LLMBackend | None, pool: WorkerPool | None = None
+) -> PriorCache:
+    cache = pool.cache if pool is not None else PriorCache(config.cache, encoder, backend, prior_config=config.prior)
     if config.cache_path is not None:
         cache_path = Path(config.cache_path)
         if has_saved_cache(cache_path):
@@ -333,6 +352,7 @@ def _train_and_evaluate(
     out: Path,
     progress: bool,
     resume_from: tuple[Progress, Path] | None = None,
+    pool: WorkerPool | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], float]:
     """Every seed's training episodes with its evaluations, from the checkpoint ``resume_from`` when
     given; returns (metrics lines, evals lines, seconds spent checkpointing)."""
@@ -390,10 +410,14 @@ def _train_and_evaluate(
             if every and here.last_eval < 0:
                 run_eval(seed, agent, 0, here.steps, here.queries)
                 here.last_eval = 0
-            for first in range(here.episodes_done, config.episodes, config.num_envs):
-                batch = games.train_games(first, min(config.num_envs, config.episodes - first))
+            per_round = config.workers or config.num_envs
+            for first in range(here.episodes_done, config.episodes, per_round):
+                n = min(per_round, config.episodes - first)
                 adapted_before = cache.stats()["adaptation_time_s"] if cache is not None else 0.0
-                played = _run_episodes(batch, agent, seed, first)
+                if pool is not None:  # Ray rollout workers, one episode each
+                    played = pool.run_episodes(agent, seed, first, n)
+                else:
+                    played = _run_episodes(games.train_games(first, n), agent, seed, first)
                 for record in played:
                     if cache is not None:
                         record.cache_params = cache.params()
