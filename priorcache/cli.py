@@ -98,6 +98,7 @@ def run(
     demo_episodes: int = typer.Option(
         0, min=0, help="oracle episodes of the first training games a learning agent learns from first (DQfD-style)"
     ),
+    lora_epochs: int = typer.Option(4, min=1, help="epochs of the LoRA fine-tune (--adapt lora or both)"),
     max_steps: int | None = typer.Option(None, min=1, help="episode step limit (default: the environment's)"),
     backend: str = typer.Option("embedded", help="LLM backend: embedded or transformers"),
     model_path: str | None = typer.Option(None, help="local model folder for --backend transformers"),
@@ -191,6 +192,7 @@ def run(
             tensorboard=tensorboard,
             num_envs=num_envs,
             demo_episodes=demo_episodes,
+            lora_epochs=lora_epochs,
             workers=workers,
             cache_shards=cache_shards,
         )
@@ -331,6 +333,7 @@ def bench_text(
     demo_episodes: int = typer.Option(
         0, min=0, help="oracle episodes of the first training games a learning agent learns from first (DQfD-style)"
     ),
+    lora_epochs: int = typer.Option(4, min=1, help="epochs of the LoRA fine-tune (--adapt lora or both)"),
     quick: bool = typer.Option(
         False,
         help=f"smoke run: seed 0, {QUICK['episodes']} episodes of at most {QUICK['max_episode_steps']} steps, "
@@ -365,6 +368,7 @@ def bench_text(
             adapt=adapt,
             num_envs=num_envs,
             demo_episodes=demo_episodes,
+            lora_epochs=lora_epochs,
             **settings,
         )
         from transformers.utils import logging as hf_logging
@@ -432,6 +436,7 @@ def prior_quality(
         help="F8 adaptation on the --shots training games: none, icl (in-context pairs), "
         "lora (LoRA fine-tune, 0 in-context pairs) or both",
     ),
+    lora_epochs: int = typer.Option(4, min=1, help="epochs of the LoRA fine-tune (--adapt lora or both)"),
 ) -> None:
     """Top-1 accuracy and mean rank of the oracle action under the LLM prior on held-out games."""
     from transformers.utils import logging as hf_logging
@@ -445,7 +450,16 @@ def prior_quality(
         check_adaptation(shots, adapt)
         train = oracle_steps(env, "train", max(train_games, shots), max_steps, progress=True)
         held_out = oracle_steps(env, "eval", games, max_steps, progress=True)
-        adapted = adapt_prior(env, backend, shots, adapt, model_path=model_path, max_examples=max_examples, demos=train)
+        adapted = adapt_prior(
+            env,
+            backend,
+            shots,
+            adapt,
+            model_path=model_path,
+            max_examples=max_examples,
+            lora_epochs=lora_epochs,
+            demos=train,
+        )
         examples = adapted.examples
         result = measure_prior_quality(env, adapted.backend, train, held_out, examples, progress=True)
         result["adapt"] = adapt

@@ -21,6 +21,7 @@ from typing import Any
 
 from priorcache.errors import ConfigError
 from priorcache.experiments.prior_quality import OracleStep, few_shot_examples, off_path_steps, oracle_steps
+from priorcache.prior.adaptation import DEFAULT_EPOCHS
 from priorcache.prior.base import LLMBackend
 from priorcache.prior.prompts import prompt_builder
 
@@ -82,6 +83,7 @@ def adapt_prior(
     model_path: str | None = None,
     device: str = "cpu",
     max_examples: int = 10,
+    lora_epochs: int = DEFAULT_EPOCHS,
     demos: list[OracleStep] | None = None,
     max_steps: int | None = None,
     base: LLMBackend | None = None,
@@ -89,10 +91,11 @@ def adapt_prior(
 ) -> Adaptation:
     """Build backend ``backend`` adapted by ``adapt`` on ``shots`` training games of ``env``.
 
-    ``demos``: oracle steps of training games already played (at least ``shots`` games); played
-    here when None. ``base``: an already loaded backend to use instead of building ``backend`` (not
-    with a fine-tune, which needs its own model). ``info`` records what was done and its wall time (demonstrations, LoRA
-    training or reuse of a saved adapter, loading the backend)."""
+    ``lora_epochs``: the fine-tune's epochs. ``demos``: oracle steps of training games already played
+    (at least ``shots`` games); played here when None. ``base``: an already loaded backend to use
+    instead of building ``backend`` (not with a fine-tune, which needs its own model). ``info`` records
+    what was done and its wall time (demonstrations, LoRA training or reuse of a saved adapter,
+    loading the backend)."""
     from priorcache.prior.registry import backend_model_path, make_backend
 
     check_adaptation(shots, adapt)
@@ -110,10 +113,11 @@ def adapt_prior(
         from priorcache.prior.adaptation import lora_finetune
 
         pairs = lora_pairs(env, demos or [], shots)
-        lora = lora_finetune(backend_model_path(backend, model_path), pairs, env=env, device=device)
+        lora = lora_finetune(backend_model_path(backend, model_path), pairs, env=env, device=device, epochs=lora_epochs)
         adapter = lora.folder
         info.update(
             lora_pairs=len(pairs),
+            lora_epochs=lora_epochs,
             lora_key=lora.key,
             lora_folder=str(lora.folder),
             lora_trained_now=lora.trained,

@@ -40,6 +40,7 @@ from priorcache.experiments.report import method_label, write_report
 from priorcache.experiments.run_folder import is_finished, plan_run_folder
 from priorcache.experiments.runner import DETERMINISTIC_AGENTS, RunConfig, adapt_for, run_experiment
 from priorcache.io import folder_lock
+from priorcache.prior.adaptation import DEFAULT_EPOCHS
 from priorcache.validation import check_seeds
 
 TEXT_ENVS = ("textworld", "alfworld", "babyai", "webshop")
@@ -100,6 +101,7 @@ class BenchConfig:
     adapt: str = "none"
     num_envs: int = 1
     demo_episodes: int = 0  # for the learning methods (plain DQN and DQN-Prior alike)
+    lora_epochs: int = DEFAULT_EPOCHS
     backend: str = "embedded"
     model_path: str | None = None
     device: str = "cpu"
@@ -137,6 +139,7 @@ class BenchConfig:
             eval_policy=self.eval_policy,
             shots=self.shots if adapted else 0,
             adapt=self.adapt if adapted else "none",
+            lora_epochs=self.lora_epochs,
             num_envs=self.num_envs,
             demo_episodes=self.demo_episodes if agent_spec(m.agent).cls.learns else 0,
             label=method,
@@ -214,7 +217,7 @@ def run_bench(
                 from priorcache.prior.registry import make_backend
 
                 models["backend"] = make_backend(config.backend, model_path=config.model_path, device=config.device)
-            key = (cell.env, cell.shots, cell.adapt)
+            key = (cell.env, cell.shots, cell.adapt, cell.lora_epochs)
             if key not in adaptations:  # once per environment and adaptation, shared by its runs
                 base = None if cell.adapt in ("lora", "both") else models["backend"]
                 adaptations[key] = adapt_for(cell, base)

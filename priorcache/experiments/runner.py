@@ -63,6 +63,7 @@ from priorcache.experiments.tensorboard_log import ScalarLog
 from priorcache.experiments.workers import WorkerPool, check_scale_out, start_pool
 from priorcache.io import atomic_write_json, atomic_write_text, folder_lock
 from priorcache.prior.action_prior import PriorConfig
+from priorcache.prior.adaptation import DEFAULT_EPOCHS
 from priorcache.prior.base import LLMBackend
 from priorcache.prior.prompts import prompt_builder
 from priorcache.validation import check_seeds, is_int
@@ -98,6 +99,7 @@ class RunConfig:
     shots: int = 0  # training games whose oracle episodes adapt the prior (F8)
     adapt: str = "none"  # none | icl | lora | both
     max_examples: int = 10  # in-context pairs at most (icl, both)
+    lora_epochs: int = DEFAULT_EPOCHS  # epochs of the LoRA fine-tune (lora, both)
     tensorboard: bool = False
     num_envs: int = 1  # training episodes played in lockstep (one batched LLM call per step)
     # Oracle episodes of the first training games that a learning agent learns from before its own
@@ -111,7 +113,7 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         agent_spec(self.agent)  # ConfigError naming the choices for an unknown agent
-        for name in ("episodes", "train_games", "eval_games", "num_envs"):
+        for name in ("episodes", "train_games", "eval_games", "num_envs", "lora_epochs"):
             value = getattr(self, name)
             if not is_int(value) or value < 1:
                 raise ConfigError(f"{name} must be an integer ≥ 1, got {value!r}")
@@ -152,6 +154,9 @@ class RunConfig:
         out["out"] = str(self.out)
         out["cache_path"] = str(self.cache_path) if self.cache_path else None
         out["agent_config"] = agent_spec(self.agent).cls.config_to_json(self.agent_config())
+        for name, default in (("demo_episodes", 0), ("lora_epochs", DEFAULT_EPOCHS)):
+            if out[name] == default:  # left out at their defaults: earlier runs' folders still match
+                del out[name]
         if self.workers is None:  # one-process runs keep the config.json they always had
             del out["workers"], out["cache_shards"]
         return out
@@ -321,6 +326,7 @@ def adapt_for(config: RunConfig, base: LLMBackend | None = None, progress: bool 
         model_path=config.model_path,
         device=config.device,
         max_examples=config.max_examples,
+        lora_epochs=config.lora_epochs,
         max_steps=config.max_episode_steps,
         base=base,
         progress=progress,

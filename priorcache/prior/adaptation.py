@@ -46,6 +46,7 @@ ADAPTER_META = "priorcache-adapter.json"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 FORMAT_VERSION = 1
 DEFAULT_LEARNING_RATE = 1e-3
+DEFAULT_EPOCHS = 4
 #: The losses ``lora_finetune`` knows, with the text that enters the adapter key.
 LOSSES = {
     "token": "mean action-token NLL",
@@ -347,7 +348,7 @@ def lora_finetune(
     env: str = "",
     rank: int = 8,
     alpha: float = 16,
-    epochs: int = 4,
+    epochs: int = DEFAULT_EPOCHS,
     learning_rate: float = DEFAULT_LEARNING_RATE,
     seed: int = 0,
     batch_size: int = 4,

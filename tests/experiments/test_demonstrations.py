@@ -79,9 +79,18 @@ def test_a_run_learns_from_demonstrations_first_and_counts_them_apart(tmp_path):
         ({"agent": "direct-llm", "demo_episodes": 1}, "does not learn"),
         ({"demo_episodes": 4, "train_games": 3}, "at most train_games"),
         ({"demo_episodes": -1}, "demo_episodes must be"),
+        ({"lora_epochs": 0}, "lora_epochs must be"),
     ],
 )
 def test_bad_demonstration_settings_are_refused(tmp_path, settings, message):
     with pytest.raises(ConfigError, match=message):
         RunConfig(env="webshop", out=tmp_path / "run", **settings)
     assert not (tmp_path / "run").exists()
+
+
+def test_settings_at_their_defaults_leave_config_json_as_earlier_releases_wrote_it(tmp_path):
+    """A run folder written before --demo-episodes / --lora-epochs existed still matches its settings."""
+    plain = RunConfig(env="webshop", out=tmp_path / "run").to_json()
+    assert "demo_episodes" not in plain and "lora_epochs" not in plain
+    changed = RunConfig(env="webshop", out=tmp_path / "run", demo_episodes=2, lora_epochs=8).to_json()
+    assert changed["demo_episodes"] == 2 and changed["lora_epochs"] == 8
