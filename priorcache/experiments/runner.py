@@ -83,6 +83,8 @@ class RunConfig:
     prior: PriorConfig = field(default_factory=PriorConfig)
     backend: str = "embedded"
     model_path: str | None = None
+    base_url: str | None = None  # --backend openai: the server's URL (the API key comes from $OPENAI_API_KEY)
+    model: str | None = None  # --backend openai: the name the server serves the model under
     device: str = "cpu"
     episodes: int = 10  # training episodes per seed
     seeds: list[int] = field(default_factory=lambda: [0])
@@ -243,9 +245,8 @@ def run_experiment(
             adaptation_info: dict[str, Any] | None = None
             pool: WorkerPool | None = None
             if config.workers is not None:  # the backend lives in the shared cache's actors
-                encoder = encoder or MiniLMEncoder()
                 pool = lock.enter_context(start_pool(config, encoder, ray_address, progress))
-                examples, adaptation_info = pool.examples, pool.adaptation_info
+                encoder, examples, adaptation_info = pool.encoder, pool.examples, pool.adaptation_info
             elif needs_llm:
                 if adaptation is None:
                     if backend is not None and config.adapt in ("lora", "both"):
@@ -324,6 +325,8 @@ def adapt_for(config: RunConfig, base: LLMBackend | None = None, progress: bool 
         config.shots,
         config.adapt,
         model_path=config.model_path,
+        base_url=config.base_url,
+        model=config.model,
         device=config.device,
         max_examples=config.max_examples,
         lora_epochs=config.lora_epochs,

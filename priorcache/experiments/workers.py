@@ -131,6 +131,8 @@ def connect_ray(address: str | None, num_cpus: int, timeout_s: float = CONNECT_T
     (and so should shut it down). An already initialised Ray (a test's, a notebook's) is used as it is."""
     import ray
 
+    if address is not None:
+        check_reachable(address, timeout_s)  # also when Ray is up: the user named this cluster
     if ray.is_initialized():
         return False
     options: dict[str, Any] = {"log_to_driver": False, "logging_level": "ERROR", "include_dashboard": False}
@@ -138,7 +140,6 @@ def connect_ray(address: str | None, num_cpus: int, timeout_s: float = CONNECT_T
         # A small object store: lookups, weights and transitions are small; Ray's default takes 30 % of RAM.
         ray.init(num_cpus=num_cpus, object_store_memory=256 * 1024**2, **options)
         return True
-    check_reachable(address, timeout_s)
     failure: list[BaseException] = []
 
     def init() -> None:
@@ -292,8 +293,13 @@ class WorkerFigures:
 class WorkerPool:
     """The cache shards and rollout workers of a run, and the training rounds (module docstring)."""
 
-    def __init__(self, config: RunConfig, encoder: Any, ray_address: str | None = None, progress: bool = True) -> None:
+    def __init__(
+        self, config: RunConfig, encoder: Any | None = None, ray_address: str | None = None, progress: bool = True
+    ) -> None:
+        """``encoder``: the learner's (loaded after connecting, when None: a bad address fails fast)."""
         import ray
+
+        from priorcache.cache.encoder import MiniLMEncoder
 
         self.config, self.progress = config, progress
         workers, shards = int(config.workers or 1), int(config.cache_shards)
@@ -302,6 +308,7 @@ class WorkerPool:
         self._started_ray = connect_ray(ray_address, num_cpus=workers + n_shards)
         self._actors: list[Any] = []
         try:
+            self.encoder = encoder = encoder if encoder is not None else MiniLMEncoder()
             # Each actor asks for one CPU, or its share of a smaller cluster, so that all of them fit.
             cpus = float(ray.cluster_resources().get("CPU", 0.0))
             per_actor = min(1.0, cpus / (workers + n_shards)) if cpus else 0.0
@@ -469,7 +476,7 @@ def _cause(error: BaseException) -> str:
 
 @contextmanager
 def start_pool(
-    config: RunConfig, encoder: Any, ray_address: str | None = None, progress: bool = True
+    config: RunConfig, encoder: Any | None, ray_address: str | None = None, progress: bool = True
 ) -> Iterator[WorkerPool]:
     """The run's worker pool, its actors ended (and a Ray started here shut down) on leaving."""
     pool = WorkerPool(config, encoder, ray_address, progress)
