@@ -30,6 +30,7 @@ app = typer.Typer(
     help="RL with LLM action priors served through an adaptive semantic cache.",
 )
 console = Console()
+BASE_URL_HELP = "--backend openai: the server's URL, e.g. http://127.0.0.1:8000/v1 (API key: $OPENAI_API_KEY)"
 
 
 def _parse_seeds(text: str) -> list[int]:
@@ -100,8 +101,10 @@ def run(
     ),
     lora_epochs: int = typer.Option(4, min=1, help="epochs of the LoRA fine-tune (--adapt lora or both)"),
     max_steps: int | None = typer.Option(None, min=1, help="episode step limit (default: the environment's)"),
-    backend: str = typer.Option("embedded", help="LLM backend: embedded or transformers"),
+    backend: str = typer.Option("embedded", help="LLM backend: embedded, transformers or openai"),
     model_path: str | None = typer.Option(None, help="local model folder for --backend transformers"),
+    base_url: str | None = typer.Option(None, help=BASE_URL_HELP),
+    model: str | None = typer.Option(None, help="--backend openai: the model name the server serves"),
     device: str = typer.Option("cpu", help="torch device for the LLM backend"),
     similarity_threshold: float | None = typer.Option(None, help="cache similarity threshold δ in [-1, 1]"),
     capacity: int | None = typer.Option(None, help="cache capacity K"),
@@ -174,6 +177,8 @@ def run(
             cache=CacheConfig.from_dict(overrides),
             backend=backend,
             model_path=model_path,
+            base_url=base_url,
+            model=model,
             device=device,
             episodes=episodes,
             seeds=_parse_seeds(seeds),
@@ -339,8 +344,10 @@ def bench_text(
         help=f"smoke run: seed 0, {QUICK['episodes']} episodes of at most {QUICK['max_episode_steps']} steps, "
         f"{QUICK['eval_games']} held-out games (overrides --seeds/--episodes/--max-steps/--train-games/--eval-games)",
     ),
-    backend: str = typer.Option("embedded", help="LLM backend: embedded or transformers"),
+    backend: str = typer.Option("embedded", help="LLM backend: embedded, transformers or openai"),
     model_path: str | None = typer.Option(None, help="local model folder for --backend transformers"),
+    base_url: str | None = typer.Option(None, help=BASE_URL_HELP),
+    model: str | None = typer.Option(None, help="--backend openai: the model name the server serves"),
     device: str = typer.Option("cpu", help="torch device for the LLM backend"),
     out: Path = typer.Option(Path("runs/bench-text"), help="benchmark folder; rerunning it resumes"),
 ) -> None:
@@ -361,6 +368,8 @@ def bench_text(
             methods=method,
             backend=backend,
             model_path=model_path,
+            base_url=base_url,
+            model=model,
             device=device,
             eval_every=eval_every,
             eval_policy=eval_policy,

@@ -81,6 +81,8 @@ def adapt_prior(
     adapt: str,
     *,
     model_path: str | None = None,
+    base_url: str | None = None,
+    model: str | None = None,
     device: str = "cpu",
     max_examples: int = 10,
     lora_epochs: int = DEFAULT_EPOCHS,
@@ -89,7 +91,8 @@ def adapt_prior(
     base: LLMBackend | None = None,
     progress: bool = False,
 ) -> Adaptation:
-    """Build backend ``backend`` adapted by ``adapt`` on ``shots`` training games of ``env``.
+    """Build backend ``backend`` adapted by ``adapt`` on ``shots`` training games of ``env``
+    (``model_path``, ``base_url``, ``model``: see :func:`priorcache.prior.registry.make_backend`).
 
     ``lora_epochs``: the fine-tune's epochs. ``demos``: oracle steps of training games already played
     (at least ``shots`` games); played here when None. ``base``: an already loaded backend to use
@@ -125,7 +128,9 @@ def adapt_prior(
             lora_wall_time_s=lora.wall_time_s,
         )
     load_start = time.perf_counter()
-    scorer = base or make_backend(backend, model_path=model_path, device=device, adapter=adapter)
+    scorer = base or make_backend(
+        backend, model_path=model_path, device=device, adapter=adapter, base_url=base_url, model=model
+    )
     info["backend_load_wall_time_s"] = time.perf_counter() - load_start
     info["wall_time_s"] = time.perf_counter() - start
     return Adaptation(scorer, examples, info)

@@ -41,6 +41,7 @@ from priorcache.experiments.run_folder import is_finished, plan_run_folder
 from priorcache.experiments.runner import DETERMINISTIC_AGENTS, RunConfig, adapt_for, run_experiment
 from priorcache.io import folder_lock
 from priorcache.prior.adaptation import DEFAULT_EPOCHS
+from priorcache.prior.registry import check_backend_options
 from priorcache.validation import check_seeds
 
 TEXT_ENVS = ("textworld", "alfworld", "babyai", "webshop")
@@ -104,6 +105,8 @@ class BenchConfig:
     lora_epochs: int = DEFAULT_EPOCHS
     backend: str = "embedded"
     model_path: str | None = None
+    base_url: str | None = None  # --backend openai
+    model: str | None = None  # --backend openai
     device: str = "cpu"
 
     def __post_init__(self) -> None:
@@ -115,6 +118,7 @@ class BenchConfig:
             raise ConfigError(f"unknown method(s) {unknown}; choose from {list(METHODS)}")
         if not self.envs or not self.methods:
             raise ConfigError("bench needs at least one environment and method")
+        check_backend_options(self.backend, self.model_path, self.base_url, self.model)  # before any run starts
         self.seeds = check_seeds(self.seeds)
         if self.episodes < 1:
             raise ConfigError(f"episodes must be ≥ 1, got {self.episodes}")
@@ -128,6 +132,8 @@ class BenchConfig:
             cache=CacheConfig.from_dict({"mode": m.cache_mode, **m.cache_settings}),
             backend=self.backend,
             model_path=self.model_path,
+            base_url=self.base_url,
+            model=self.model,
             device=self.device,
             episodes=1 if m.agent in DETERMINISTIC_AGENTS else self.episodes,
             seeds=[seed],
@@ -216,7 +222,13 @@ def run_bench(
             if models["backend"] is None:
                 from priorcache.prior.registry import make_backend
 
-                models["backend"] = make_backend(config.backend, model_path=config.model_path, device=config.device)
+                models["backend"] = make_backend(
+                    config.backend,
+                    model_path=config.model_path,
+                    device=config.device,
+                    base_url=config.base_url,
+                    model=config.model,
+                )
             key = (cell.env, cell.shots, cell.adapt, cell.lora_epochs)
             if key not in adaptations:  # once per environment and adaptation, shared by its runs
                 base = None if cell.adapt in ("lora", "both") else models["backend"]
