@@ -17,6 +17,8 @@ BENCHMARKS = [
     ["bench_envs.py"],
     ["bench_textworld_cache.py", "--seeds", "0,1,2", "--episodes", "10"],
     ["batched_rollouts.py"],
+    ["cache_load.py"],
+    ["shared_cache_workers.py"],
 ]
 
 

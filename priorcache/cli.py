@@ -130,6 +130,7 @@ def run(
     ),
     ray_address: str | None = typer.Option(None, help="Ray cluster for --workers (HOST:PORT, ray://…); default: local"),
     cache_shards: int = typer.Option(1, help="--workers: Ray actors the shared cache is split over (by prompt prefix)"),
+    cache_sharing: str = typer.Option("shared", help="--workers: shared (one cache) or isolated (one per worker)"),
 ) -> None:
     """Run an agent on an environment and write metrics.jsonl, summary.json and the cache."""
     try:
@@ -200,6 +201,7 @@ def run(
             lora_epochs=lora_epochs,
             workers=workers,
             cache_shards=cache_shards,
+            cache_sharing=cache_sharing,
         )
         if ray_address is not None and workers is None:
             raise ConfigError("--ray-address is where --workers run: give --workers too")

@@ -112,6 +112,7 @@ class RunConfig:
     # Rollout workers on Ray sharing one prior cache (priorcache.experiments.workers); None: this process only.
     workers: int | None = None
     cache_shards: int = 1  # Ray actors the shared cache is partitioned over (by prompt prefix)
+    cache_sharing: str = "shared"  # "isolated": each worker its own cache (the baseline the sharing is measured by)
 
     def __post_init__(self) -> None:
         agent_spec(self.agent)  # ConfigError naming the choices for an unknown agent
@@ -160,7 +161,7 @@ class RunConfig:
             if out[name] == default:  # left out at their defaults: earlier runs' folders still match
                 del out[name]
         if self.workers is None:  # one-process runs keep the config.json they always had
-            del out["workers"], out["cache_shards"]
+            del out["workers"], out["cache_shards"], out["cache_sharing"]
         return out
 
 

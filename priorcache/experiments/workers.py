@@ -62,6 +62,8 @@ CONNECT_TIMEOUT_S = 15.0
 STARTUP_TIMEOUT_S = 600.0
 MAX_WORKERS = 256
 MAX_SHARDS = 64
+#: "shared": one cache for all workers; "isolated": one per worker (the measurement's baseline).
+SHARING = ("shared", "isolated")
 #: Lookups one shard serves at once (threads of its actor): hits need not wait behind a miss.
 SHARD_CONCURRENCY = 16
 
@@ -73,11 +75,13 @@ class WorkersLost(ConfigError):
 def check_scale_out(config: RunConfig) -> None:
     """ConfigError for ``workers`` / ``cache_shards`` settings the Ray path cannot run."""
     workers, shards = config.workers, config.cache_shards
+    if config.cache_sharing not in SHARING:
+        raise ConfigError(f"--cache-sharing must be one of {', '.join(SHARING)}, got {config.cache_sharing!r}")
     if not is_int(shards) or not 1 <= shards <= MAX_SHARDS:
         raise ConfigError(f"--cache-shards must be an integer in [1, {MAX_SHARDS}], got {shards!r}")
     if workers is None:
-        if shards != 1:
-            raise ConfigError("--cache-shards splits the shared cache of --workers: give --workers too")
+        if shards != 1 or config.cache_sharing != "shared":
+            raise ConfigError("--cache-shards and --cache-sharing are about the cache of --workers: give --workers too")
         return
     if not is_int(workers) or not 1 <= workers <= MAX_WORKERS:
         raise ConfigError(f"--workers must be an integer in [1, {MAX_WORKERS}] (rollout workers), got {workers!r}")
@@ -94,6 +98,8 @@ def check_scale_out(config: RunConfig) -> None:
             f"--cache-shards > 1 needs --cache static or none: the {config.cache.mode} mode learns one set "
             "of parameters from the whole lookup stream, which shards would split"
         )
+    if shards > 1 and config.cache_sharing == "isolated":
+        raise ConfigError("--cache-sharing isolated gives each worker a cache of its own: leave --cache-shards at 1")
     if shards > 1 and not spec.uses_cache:
         raise ConfigError(f"--cache-shards splits the prior cache, which the {config.agent} agent does not use")
 
@@ -304,7 +310,8 @@ class WorkerPool:
         self.config, self.progress = config, progress
         workers, shards = int(config.workers or 1), int(config.cache_shards)
         spec = agent_spec(config.agent)
-        n_shards = shards if spec.uses_cache else 0
+        isolated = config.cache_sharing == "isolated"
+        n_shards = (workers if isolated else shards) if spec.uses_cache else 0
         self._started_ray = connect_ray(ray_address, num_cpus=workers + n_shards)
         self._actors: list[Any] = []
         try:
@@ -329,11 +336,14 @@ class WorkerPool:
             self.examples: list[tuple[str, str]] = [tuple(e) for e in info.get("examples", [])]
             self.adaptation_info: dict[str, Any] | None = info.get("adaptation")
             self.shard_pids = [i["pid"] for i in shard_info]
-            self.cache = SharedCacheClient(self.shards, encoder, config.cache, get=ray.get) if self.shards else None
+            # Isolated caches: the learner evaluates, checkpoints and saves worker 0's (an ablation).
+            mine = self.shards[:1] if isolated else self.shards
+            self.cache = SharedCacheClient(mine, encoder, config.cache, get=ray.get) if self.shards else None
+            self._all = SharedCacheClient(self.shards, encoder, config.cache, get=ray.get) if self.shards else None
             worker_cls = ray.remote(RolloutWorker)
             self.workers = [
                 worker_cls.options(num_cpus=per_actor, name=f"priorcache-rollout-{tag}-{i}").remote(
-                    config, i, self.shards, self.examples
+                    config, i, self.shards[i : i + 1] if isolated else self.shards, self.examples
                 )
                 for i in range(workers)
             ]
@@ -436,9 +446,10 @@ class WorkerPool:
             "alive": sum(f.alive for f in self.figures),
             "per_worker": [vars(f) | {"replayed": list(f.replayed)} for f in self.figures],
             "cache_shards": len(self.shards),
+            "cache_sharing": self.config.cache_sharing,
         }
-        if self.cache is not None:
-            out["per_shard"] = self.cache.shard_stats()
+        if self._all is not None:
+            out["per_shard"] = self._all.shard_stats()
         return out
 
     def close(self) -> None:

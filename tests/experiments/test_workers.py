@@ -35,7 +35,10 @@ from tests.cache._fakes import FakeBackend, HashEncoder
         ({"workers": -3}, r"--workers must be an integer in \[1, 256\].*got -3"),
         ({"workers": 2.5}, r"--workers must be an integer"),
         ({"workers": 2, "cache_shards": 0}, r"--cache-shards must be an integer"),
-        ({"cache_shards": 2}, r"--cache-shards splits the shared cache of --workers"),
+        ({"cache_shards": 2}, r"are about the cache of --workers: give --workers too"),
+        ({"cache_sharing": "isolated"}, r"are about the cache of --workers: give --workers too"),
+        ({"workers": 2, "cache_sharing": "private"}, r"--cache-sharing must be one of shared, isolated"),
+        ({"workers": 2, "cache_shards": 2, "cache_sharing": "isolated"}, r"leave --cache-shards at 1"),
         ({"workers": 2, "cache_shards": 2, "cache": CacheConfig(mode="adaptive")}, r"needs --cache static or none"),
         ({"workers": 2, "num_envs": 2}, r"leave --num-envs at 1"),
         ({"workers": 2, "agent": "react"}, r"react calls the backend itself"),
@@ -49,9 +52,9 @@ def test_bad_worker_settings_are_refused(settings, message):
 
 def test_config_json_names_workers_only_when_given():
     assert "workers" not in RunConfig(env="babyai").to_json()  # one-process runs: config.json as before
-    assert "cache_shards" not in RunConfig(env="babyai").to_json()
+    assert not {"cache_shards", "cache_sharing"} & set(RunConfig(env="babyai").to_json())
     got = RunConfig(env="babyai", workers=4, cache_shards=2).to_json()
-    assert (got["workers"], got["cache_shards"]) == (4, 2)
+    assert (got["workers"], got["cache_shards"], got["cache_sharing"]) == (4, 2, "shared")
 
 
 def test_addresses():
