@@ -13,7 +13,7 @@ from rich.text import Text
 
 from priorcache.agents.registry import AGENTS
 from priorcache.cache.prior_cache import CacheConfig
-from priorcache.envs.registry import ENVIRONMENTS
+from priorcache.envs.registry import ENVIRONMENTS, default_episodes
 from priorcache.errors import ConfigError, PriorCacheError
 from priorcache.experiments.bench import METHODS, QUICK, TEXT_ENVS, BenchConfig, run_bench
 from priorcache.experiments.metrics import compare as compare_summaries
@@ -79,7 +79,9 @@ def run(
         help="environment variant (see `priorcache envs`), e.g. "
         "tw-cooking, GoToLocal, pick_heat_then_place; same as ENV:VARIANT",
     ),
-    episodes: int = typer.Option(10, min=1, help="training episodes per seed"),
+    episodes: int | None = typer.Option(
+        None, min=1, help="training episodes per seed (default: the environment's budget, see `priorcache envs`)"
+    ),
     seeds: str = typer.Option("0", help="seeds, '0,1,2' or '0-2'; each seed trains its own agent on the same games"),
     train_games: int = typer.Option(10, min=1, help="training games (game seeds 0..N-1 of the train split), in turn"),
     eval_games: int = typer.Option(10, min=1, help="held-out evaluation games (from the eval split)"),
@@ -181,7 +183,7 @@ def run(
             base_url=base_url,
             model=model,
             device=device,
-            episodes=episodes,
+            episodes=episodes if episodes is not None else default_episodes(env),
             seeds=_parse_seeds(seeds),
             max_episode_steps=max_steps,
             out=out,
@@ -311,10 +313,10 @@ def envs() -> None:
     table.add_column("variants")
     table.add_column("description")
     table.add_column("needs")
+    table.add_column("episodes", justify="right")
     for name, info in sorted(ENVIRONMENTS.items()):
-        table.add_row(
-            *(Text(cell) for cell in (name, "\n".join(info.variants) or "-", info.description, info.requires))
-        )
+        cells = (name, "\n".join(info.variants) or "-", info.description, info.requires, str(info.default_episodes))
+        table.add_row(*(Text(cell) for cell in cells))
     console.print(table)
 
 
@@ -328,7 +330,9 @@ def bench_text(
     env: list[str] = typer.Option(list(TEXT_ENVS), "--env", help="environment (repeat the option for several)"),
     method: list[str] = typer.Option(list(METHODS), "--method", help=METHOD_HELP),
     seeds: str = typer.Option("0-2", help="seeds, '0,1,2' or '0-2'"),
-    episodes: int = typer.Option(10, min=1, help="training episodes per seed for learning agents"),
+    episodes: int | None = typer.Option(
+        None, min=1, help="training episodes per seed for learning agents (default: each environment's budget)"
+    ),
     max_steps: int | None = typer.Option(None, min=1, help="episode step limit (default: each environment's)"),
     train_games: int = typer.Option(10, min=1, help="training games, played in turn"),
     eval_games: int = typer.Option(10, min=1, help="held-out evaluation games"),

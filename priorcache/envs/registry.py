@@ -53,6 +53,10 @@ class EnvironmentInfo(NamedTuple):
     prompt_template: str
     #: The held-out evaluation games; the training games are ``GameSplit(TRAIN_SEEDS)`` for every family.
     eval_split: GameSplit
+    #: Training episodes per seed of ``run`` and ``bench`` when ``--episodes`` is not given: where the
+    #: held-out curves of the uncached 5-shot DQN-Prior measured here stop rising (README, "Measured
+    #: here"), and small enough for the text table (3 seeds, every method) to run in hours on 2 cores.
+    default_episodes: int = 30
 
 
 #: name -> what is known about that environment family.
@@ -106,6 +110,7 @@ ENVIRONMENTS: Mapping[str, EnvironmentInfo] = MappingProxyType(
             eval_split=GameSplit(
                 EVAL_SEEDS, held_out="other level seeds: new layouts, object positions and missions of the level"
             ),
+            default_episodes=40,  # short episodes (about 30 steps): 40 cost what 30 cost elsewhere
         ),
         "webshop": EnvironmentInfo(
             description="WebShop-style shopping simulator (not the original WebShop): seeded synthetic "
@@ -126,6 +131,14 @@ ENVIRONMENTS: Mapping[str, EnvironmentInfo] = MappingProxyType(
 def environment_info(name: str) -> EnvironmentInfo | None:
     """The registry entry of ``name`` (a family or ``"family:variant"``); None for an unknown family."""
     return ENVIRONMENTS.get(name.partition(":")[0].strip())
+
+
+def default_episodes(name: str) -> int:
+    """The training budget of environment ``name`` (``EnvironmentInfo.default_episodes``)."""
+    info = environment_info(name)
+    if info is None:
+        raise UnknownEnvironmentError(f"unknown environment {name!r}; choose from {_choices()}")
+    return info.default_episodes
 
 
 def _choices() -> str:

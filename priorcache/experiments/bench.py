@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from priorcache.agents.registry import agent_spec
 from priorcache.cache.config import MODES, CacheConfig
-from priorcache.envs.registry import ENVIRONMENTS
+from priorcache.envs.registry import ENVIRONMENTS, default_episodes
 from priorcache.errors import ConfigError
 from priorcache.experiments.adapt import Adaptation
 from priorcache.experiments.report import method_label, write_report
@@ -92,7 +92,7 @@ class BenchConfig:
     envs: list[str] = field(default_factory=lambda: list(TEXT_ENVS))
     methods: list[str] = field(default_factory=lambda: list(METHODS))
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    episodes: int = 10
+    episodes: int | None = None  # None: each environment's budget (EnvironmentInfo.default_episodes)
     max_episode_steps: int | None = None  # None: each environment's default
     train_games: int = 10
     eval_games: int = 10
@@ -120,7 +120,7 @@ class BenchConfig:
             raise ConfigError("bench needs at least one environment and method")
         check_backend_options(self.backend, self.model_path, self.base_url, self.model)  # before any run starts
         self.seeds = check_seeds(self.seeds)
-        if self.episodes < 1:
+        if self.episodes is not None and self.episodes < 1:
             raise ConfigError(f"episodes must be ≥ 1, got {self.episodes}")
 
     def run_config(self, env: str, method: str, seed: int) -> RunConfig:
@@ -135,7 +135,7 @@ class BenchConfig:
             base_url=self.base_url,
             model=self.model,
             device=self.device,
-            episodes=1 if m.agent in DETERMINISTIC_AGENTS else self.episodes,
+            episodes=1 if m.agent in DETERMINISTIC_AGENTS else self.episodes or default_episodes(env),
             seeds=[seed],
             max_episode_steps=self.max_episode_steps,
             out=self.run_dir(env, method, seed),

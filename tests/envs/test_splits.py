@@ -71,3 +71,21 @@ def test_an_alfworld_evaluation_game_is_built_from_unseen_floorplans(tmp_path) -
         assert info["admissible_actions"] and "valid_unseen" in env.source + str(getattr(env, "split", ""))
     finally:
         env.close()
+
+
+def test_every_family_has_a_training_budget_that_run_and_bench_default_to(tmp_path):
+    from priorcache.envs.registry import default_episodes
+    from priorcache.experiments.bench import BenchConfig
+
+    assert default_episodes("babyai") == ENVIRONMENTS["babyai"].default_episodes == 40
+    assert default_episodes("textworld:tw-cooking") == ENVIRONMENTS["textworld"].default_episodes
+    with pytest.raises(UnknownEnvironmentError, match="unknown environment 'chess'"):
+        default_episodes("chess")
+    bench = BenchConfig(out=tmp_path, envs=["babyai", "webshop"], methods=["dqn", "direct-llm"])
+    assert bench.run_config("babyai", "dqn", 0).episodes == 40
+    assert bench.run_config("webshop", "dqn", 0).episodes == ENVIRONMENTS["webshop"].default_episodes
+    assert bench.run_config("webshop", "direct-llm", 0).episodes == 1  # deterministic: one episode is all
+    assert (
+        BenchConfig(out=tmp_path, envs=["babyai"], methods=["dqn"], episodes=7).run_config("babyai", "dqn", 0).episodes
+        == 7
+    )
