@@ -14,8 +14,9 @@ held-out success (mean and 95 % CI over seeds), and per worker what it played an
 the isolated caches' queries over the shared cache's. Writes
 ``benchmarks/results/shared_cache_workers.json`` (atomically); the runs go to ``--runs`` (a temp folder).
 
-    python benchmarks/shared_cache_workers.py                     # babyai, workers 1, 2, 4
-    python benchmarks/shared_cache_workers.py --env babyai --episodes 8 --seeds 0,1
+    python benchmarks/shared_cache_workers.py                     # coin-collector mazes, workers 1, 2, 4
+    python benchmarks/shared_cache_workers.py --env babyai --episodes 8 --max-steps 8 --eval-policy greedy \
+        --out benchmarks/results/shared_cache_workers_babyai.json
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ def one_run(name: str, args: argparse.Namespace, runs: Path, **scale: Any) -> di
         train_games=args.train_games,
         eval_games=args.eval_games,
         max_episode_steps=args.max_steps,
+        eval_policy=args.eval_policy,
         out=runs / name,
         **scale,
     )
@@ -90,8 +92,10 @@ def evaluation_wall_time(run: Path) -> float:
 def command(args: argparse.Namespace, scale: dict[str, Any]) -> str:
     line = (
         f"priorcache run {args.env} --episodes {args.episodes} --seeds {args.seeds} --train-games {args.train_games} "
-        f"--eval-games {args.eval_games} --max-steps {args.max_steps}"
+        f"--eval-games {args.eval_games} --eval-policy {args.eval_policy}"
     )
+    if args.max_steps is not None:
+        line += f" --max-steps {args.max_steps}"
     if scale:
         line += f" --workers {scale['workers']}"
         if scale.get("cache_sharing", "shared") != "shared":
@@ -101,12 +105,13 @@ def command(args: argparse.Namespace, scale: dict[str, Any]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--env", default="babyai")
-    parser.add_argument("--episodes", type=int, default=8, help="training episodes per seed")
+    parser.add_argument("--env", default="textworld:tw-coin_collector")
+    parser.add_argument("--episodes", type=int, default=10, help="training episodes per seed")
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--train-games", type=int, default=5)
     parser.add_argument("--eval-games", type=int, default=4)
-    parser.add_argument("--max-steps", type=int, default=8)
+    parser.add_argument("--max-steps", type=int, default=None, help="episode step limit (default: the environment's)")
+    parser.add_argument("--eval-policy", default="sample", help="greedy or sample (a greedy policy circles in mazes)")
     parser.add_argument("--workers", default="1,2,4")
     parser.add_argument("--no-process", action="store_true", help="skip the one-process reference run")
     parser.add_argument("--runs", type=Path, default=None, help="where the runs go (default: a temp folder)")

@@ -227,7 +227,6 @@ class RolloutWorker:
     def __init__(
         self, config: RunConfig, worker: int, shards: list[Any], examples: list[tuple[str, str]], threads: int = 1
     ) -> None:
-        import ray
         import torch
 
         from priorcache.cache.encoder import MiniLMEncoder
@@ -239,7 +238,7 @@ class RolloutWorker:
         self.games = _Games(config)
         spec = agent_spec(config.agent)
         self.cache = (
-            SharedCacheClient(shards, self.encoder, config.cache, get=ray.get) if spec.uses_cache and shards else None
+            SharedCacheClient(shards, self.encoder, config.cache, get=shard_get) if spec.uses_cache and shards else None
         )
         components = {
             "encoder": self.encoder,
@@ -338,8 +337,8 @@ class WorkerPool:
             self.shard_pids = [i["pid"] for i in shard_info]
             # Isolated caches: the learner evaluates, checkpoints and saves worker 0's (an ablation).
             mine = self.shards[:1] if isolated else self.shards
-            self.cache = SharedCacheClient(mine, encoder, config.cache, get=ray.get) if self.shards else None
-            self._all = SharedCacheClient(self.shards, encoder, config.cache, get=ray.get) if self.shards else None
+            self.cache = SharedCacheClient(mine, encoder, config.cache, get=shard_get) if self.shards else None
+            self._all = SharedCacheClient(self.shards, encoder, config.cache, get=shard_get) if self.shards else None
             worker_cls = ray.remote(RolloutWorker)
             self.workers = [
                 worker_cls.options(num_cpus=per_actor, name=f"priorcache-rollout-{tag}-{i}").remote(
@@ -477,6 +476,17 @@ class _BackendFactory:
 
         adaptation = adapt_for(self.config, None, False)
         return adaptation.backend, {"examples": list(adaptation.examples), "adaptation": adaptation.info}
+
+
+def shard_get(refs: Any) -> Any:
+    """``ray.get`` for calls to the cache shards: a shard whose process died is named as such (the
+    run cannot go on without its entries) rather than as Ray's generic actor error."""
+    import ray
+
+    try:
+        return ray.get(refs)
+    except ray.exceptions.RayActorError as e:
+        raise ConfigError(f"a shared prior cache actor died ({type(e).__name__}); its entries are lost") from None
 
 
 def _cause(error: BaseException) -> str:
