@@ -21,6 +21,7 @@ from priorcache.experiments.report import write_report
 from priorcache.experiments.run_folder import plan_run_folder
 from priorcache.experiments.runner import RunConfig, run_experiment
 from priorcache.experiments.summaries import CONFIG_FILE, comparison_problems, load_config, load_summary
+from priorcache.prior.adaptation import DEFAULT_EPOCHS
 from priorcache.summary_table import fmt_ci, summary_table
 from priorcache.validation import MAX_SEEDS, check_seeds
 
@@ -101,7 +102,7 @@ def run(
     demo_episodes: int = typer.Option(
         0, min=0, help="oracle episodes of the first training games a learning agent learns from first (DQfD-style)"
     ),
-    lora_epochs: int = typer.Option(4, min=1, help="epochs of the LoRA fine-tune (--adapt lora or both)"),
+    lora_epochs: int = typer.Option(DEFAULT_EPOCHS, min=1, help="epochs of the LoRA fine-tune (--adapt lora or both)"),
     max_steps: int | None = typer.Option(None, min=1, help="episode step limit (default: the environment's)"),
     backend: str = typer.Option("embedded", help="LLM backend: embedded, transformers or openai"),
     model_path: str | None = typer.Option(None, help="local model folder for --backend transformers"),
@@ -344,7 +345,7 @@ def bench_text(
     demo_episodes: int = typer.Option(
         0, min=0, help="oracle episodes of the first training games a learning agent learns from first (DQfD-style)"
     ),
-    lora_epochs: int = typer.Option(4, min=1, help="epochs of the LoRA fine-tune (--adapt lora or both)"),
+    lora_epochs: int = typer.Option(DEFAULT_EPOCHS, min=1, help="epochs of the LoRA fine-tune (--adapt lora or both)"),
     quick: bool = typer.Option(
         False,
         help=f"smoke run: seed 0, {QUICK['episodes']} episodes of at most {QUICK['max_episode_steps']} steps, "
@@ -451,7 +452,7 @@ def prior_quality(
         help="F8 adaptation on the --shots training games: none, icl (in-context pairs), "
         "lora (LoRA fine-tune, 0 in-context pairs) or both",
     ),
-    lora_epochs: int = typer.Option(4, min=1, help="epochs of the LoRA fine-tune (--adapt lora or both)"),
+    lora_epochs: int = typer.Option(DEFAULT_EPOCHS, min=1, help="epochs of the LoRA fine-tune (--adapt lora or both)"),
 ) -> None:
     """Top-1 accuracy and mean rank of the oracle action under the LLM prior on held-out games."""
     from transformers.utils import logging as hf_logging

@@ -12,6 +12,7 @@ import pytest
 from priorcache.errors import ConfigError
 from priorcache.prior.adaptation import (
     ADAPTER_META,
+    DEFAULT_EPOCHS,
     FORMAT_VERSION,
     LOSSES,
     _choice_scores,
@@ -24,7 +25,7 @@ from priorcache.prior.adaptation import (
 from priorcache.prior.base import Prompt
 from priorcache.prior.prompts import prompt_builder
 
-HYPER = _hyper_parameters(8, 16, 4, 1e-3, 0, 4)
+HYPER = _hyper_parameters(8, 16, DEFAULT_EPOCHS, 1e-3, 0, 4)
 PAIRS = [(Prompt("Mission: go to the ball\n", "You see: a wall\nAction:"), "turn left")]
 
 
