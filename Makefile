@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.priorcache-installed
 
-.PHONY: install run lint test test-fast bench
+.PHONY: install llama-server run lint test test-fast bench
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -21,6 +21,27 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
+# llama.cpp's server (llama-cpp-python, a source build: 6.5 CPU-minutes of compiling; 11-22 min wall measured on
+# this 2-core box with other jobs running) in a virtualenv of its own, so a serving engine's pins never bend the
+# project's; the openai backend's integration tests run against it. A portable AVX2 build: -march=native also
+# compiles ggml's AMX kernels, which crashed (SIGSEGV in ggml_backend_amx_mul_mat) on this CPU. pip's wheel cache
+# makes a rebuilt venv install in seconds (the cache key ignores CMAKE_ARGS: `pip cache remove llama_cpp_python`
+# after changing them).
+LLAMA_VENV ?= .venv-llama-server
+LLAMA_CPP_PYTHON := llama-cpp-python[server]==0.3.36
+LLAMA_STAMP := $(LLAMA_VENV)/.installed-llama-cpp-python-0.3.36
+LLAMA_CMAKE_ARGS := -DLLAVA_BUILD=OFF -DLLAMA_OPENSSL=OFF -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON \
+	-DGGML_FMA=ON -DGGML_F16C=ON
+
+$(LLAMA_STAMP):
+	test -x $(LLAMA_VENV)/bin/python || python3 -m venv $(LLAMA_VENV)
+	$(LLAMA_VENV)/bin/python -m pip install --quiet --upgrade pip
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
+		$(LLAMA_VENV)/bin/python -m pip install "$(LLAMA_CPP_PYTHON)"
+	touch $@
+
+llama-server: $(LLAMA_STAMP)
+
 # The main job (README, "Quick start"): DQN-Prior with the static cache learns TextWorld coin-collector
 # mazes and is evaluated on held-out mazes every 10 episodes; about 5 minutes on 2 cores.
 run: install
@@ -33,7 +54,7 @@ LINT_PATHS := priorcache tests benchmarks
 lint: install
 	$(VENV)/bin/ruff check $(LINT_PATHS) && $(VENV)/bin/ruff format --check $(LINT_PATHS)
 
-test: install lint
+test: install lint llama-server
 	$(PY) -m pytest -q tests
 
 test-fast: install

@@ -109,8 +109,10 @@ class OpenAIBackend:
 
     ``base_url``: the server's URL (``http://host:port/v1``); ``model``: the name it serves the model
     under (checked against ``/v1/models``); ``api_key``: None reads ``$OPENAI_API_KEY``.
-    ``timeout_s``: per request (``connect_timeout_s`` for opening the connection);
-    ``max_concurrency``: requests in flight at once; ``retry``: see :class:`RetryPolicy`.
+    ``timeout_s``: per request, from sending it to its answer (``connect_timeout_s`` for opening the
+    connection), generous because a server that answers one request at a time (llama-cpp-python) keeps
+    the others of a batch waiting; ``max_concurrency``: requests in flight at once; ``retry``: see
+    :class:`RetryPolicy`.
     ``check_alignment``: probe the echo alignment at construction (one request)."""
 
     def __init__(
@@ -119,9 +121,9 @@ class OpenAIBackend:
         model: str,
         *,
         api_key: str | None = None,
-        timeout_s: float = 60.0,
+        timeout_s: float = 300.0,
         connect_timeout_s: float = 5.0,
-        max_concurrency: int = 16,
+        max_concurrency: int = 8,
         retry: RetryPolicy | None = None,
         check_alignment: bool = True,
     ) -> None:

@@ -42,3 +42,20 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         if (source / name).exists():
             shutil.copy(source / name, folder / name)
     return folder
+
+
+@pytest.fixture(scope="session")
+def llama_server_url(tmp_path_factory: pytest.TempPathFactory):
+    """A real llama.cpp server (llama-cpp-python, its own virtualenv) serving the embedded model's GGUF on
+    a free loopback port, for the whole session; yields its base URL. Without the server's virtualenv
+    the tests that use it fail (CI must run them): `make llama-server` builds it."""
+    from priorcache.prior.embedded import embedded_gguf_path
+    from tests.prior._llama_server import llama_server, server_python
+
+    try:
+        server_python()
+    except FileNotFoundError as exc:
+        pytest.fail(str(exc))
+    log = tmp_path_factory.mktemp("llama-server") / "server.log"
+    with llama_server(embedded_gguf_path(), log) as url:
+        yield url
