@@ -24,10 +24,11 @@ from tests.prior._llama_server import MODEL_ALIAS, free_port, llama_server
 pytestmark = pytest.mark.slow
 
 START_TOKEN = "<|im_start|>"  # SmolLM2's start token, which the fixture's server puts first
-#: Largest per-action |ℓ_server − ℓ_embedded| on the same tokens: llama.cpp runs the Q4_1 weights with
-#: its quantised kernels, the embedded backend the same weights dequantised to float32 (measured by
-#: benchmarks/openai_backend.py on 100 prompts: see benchmarks/results/openai_backend.json).
-SAME_TOKENS_TOLERANCE = 0.25
+#: Per-action |ℓ_server − ℓ_embedded| on the same tokens: llama.cpp runs the Q4_1 weights with its
+#: quantised kernels (8-bit activations), the embedded backend the same weights dequantised to float32.
+#: benchmarks/openai_backend.py measured max 0.42, mean 0.078 nats on 200 actions of 100 prompts.
+SAME_TOKENS_MAX_GAP = 0.5
+SAME_TOKENS_MEAN_GAP = 0.15
 FAST = RetryPolicy(max_retries=1, backoff_s=0.05, max_backoff_s=0.1)
 
 
@@ -65,7 +66,8 @@ def test_scores_agree_with_the_embedded_backend(server, embedded):
     same_tokens = [Prompt(START_TOKEN + p.prefix, p.state, p.label_chars, p.cue_chars) for p in prompts]
     local = embedded.score(same_tokens, cands)
     gaps = np.concatenate([np.abs(a - b) for a, b in zip(served.scores, local.scores)])
-    assert gaps.max() < SAME_TOKENS_TOLERANCE, f"largest gap {gaps.max():.3f} nats over {gaps.size} actions"
+    assert gaps.max() < SAME_TOKENS_MAX_GAP, f"largest gap {gaps.max():.3f} nats over {gaps.size} actions"
+    assert gaps.mean() < SAME_TOKENS_MEAN_GAP, f"mean gap {gaps.mean():.3f} nats over {gaps.size} actions"
     # the ranking the prior is made of agrees: the same best action in most states
     same_best = [np.argmax(a) == np.argmax(b) for a, b in zip(served.scores, local.scores)]
     assert sum(same_best) >= len(prompts) - 1
@@ -103,9 +105,9 @@ def test_server_without_start_token_is_caught_by_the_alignment_probe(tmp_path):
 
 def test_server_without_logprobs_is_a_clear_error(tmp_path):
     with llama_server(embedded_gguf_path(), tmp_path / "server.log", extra=("--logits_all", "false")) as url:
-        with pytest.raises(BackendError, match=f"the server at {url}.*logprobs") as info:
+        # llama-cpp-python answers HTTP 500 "logprobs is not supported for models created with logits_all=False"
+        with pytest.raises(BackendError, match=f"the server at {url} failed the echo alignment probe.*logprobs"):
             OpenAIBackend(url, MODEL_ALIAS, retry=FAST)
-    print(info.value)
 
 
 def test_a_run_through_the_server_keeps_the_api_key_out_of_its_files(llama_server_url, tmp_path):
