@@ -61,7 +61,7 @@ def server(llama_server_url):
 
 
 def test_scores_agree_with_the_embedded_backend(server, embedded):
-    prompts, cands = _babyai_prompts(3)
+    prompts, cands = _babyai_prompts(3, most=3)
     served = server.score(prompts, cands)
     same_tokens = [Prompt(START_TOKEN + p.prefix, p.state, p.label_chars, p.cue_chars) for p in prompts]
     local = embedded.score(same_tokens, cands)
@@ -126,7 +126,7 @@ def test_a_run_through_the_server_keeps_the_api_key_out_of_its_files(llama_serve
         "--eval-games",
         "1",
         "--max-steps",
-        "3",
+        "2",
         "--backend",
         "openai",
         "--base-url",
