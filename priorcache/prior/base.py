@@ -12,6 +12,7 @@ from typing import Protocol
 import numpy as np
 
 from priorcache.errors import ConfigError
+from priorcache.prior.action_prior import check_candidates
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,18 @@ class Prompt:
     @property
     def text(self) -> str:
         return self.prefix + self.state
+
+
+def check_batch(prompts: Sequence[Prompt], candidates: Sequence[Sequence[str]]) -> list[tuple[Prompt, list[str]]]:
+    """(prompt, candidate list) pairs of a ``score`` call, checked: one candidate list per prompt, each
+    a valid one (``check_candidates``), and every prompt a :class:`Prompt`."""
+    prompts, candidates = list(prompts), list(candidates)
+    if len(prompts) != len(candidates):
+        raise ConfigError(f"{len(prompts)} prompts but {len(candidates)} candidate lists")
+    for prompt in prompts:
+        if not isinstance(prompt, Prompt):
+            raise ConfigError(f"expected a Prompt(prefix, state), got {type(prompt).__name__}")
+    return [(p, check_candidates(c)) for p, c in zip(prompts, candidates)]
 
 
 @dataclass

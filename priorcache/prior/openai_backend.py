@@ -38,8 +38,8 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from priorcache.errors import BackendError, ConfigError
-from priorcache.prior.action_prior import check_candidates, check_scores
-from priorcache.prior.base import GenerationResult, Prompt, ScoreResult
+from priorcache.prior.action_prior import check_scores
+from priorcache.prior.base import GenerationResult, Prompt, ScoreResult, check_batch
 
 API_KEY_ENV = "OPENAI_API_KEY"
 #: Sent when no key is given: local servers (vLLM, llama.cpp) accept any key, the client needs one.
@@ -173,7 +173,7 @@ class OpenAIBackend:
         """F3 scores of ``candidates[i]`` after ``prompts[i]``: one request per candidate, all in
         flight at once. ``prompt_tokens`` counts each prompt once (what a server with prefix caching
         runs), ``continuation_tokens`` every candidate token."""
-        pairs = _check_batch(prompts, candidates)
+        pairs = check_batch(prompts, candidates)
         start = time.perf_counter()
         jobs = [
             (i, j, prompt.text, " " + action)
@@ -390,16 +390,6 @@ class OpenAIBackend:
 
     def _source(self) -> str:
         return f"openai backend ({self.base_url}, model {self.model!r})"
-
-
-def _check_batch(prompts: Sequence[Prompt], candidates: Sequence[Sequence[str]]) -> list[tuple[Prompt, list[str]]]:
-    prompts, candidates = list(prompts), list(candidates)
-    if len(prompts) != len(candidates):
-        raise ConfigError(f"{len(prompts)} prompts but {len(candidates)} candidate lists")
-    for prompt in prompts:
-        if not isinstance(prompt, Prompt):
-            raise ConfigError(f"expected a Prompt(prefix, state), got {type(prompt).__name__}")
-    return [(p, check_candidates(c)) for p, c in zip(prompts, candidates)]
 
 
 def _retry_after(exc: Any) -> float | None:

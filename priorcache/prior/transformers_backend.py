@@ -39,8 +39,8 @@ import numpy as np
 import torch
 
 from priorcache.errors import BackendError, ConfigError
-from priorcache.prior.action_prior import check_candidates, check_scores
-from priorcache.prior.base import GenerationResult, Prompt, ScoreResult
+from priorcache.prior.action_prior import check_scores
+from priorcache.prior.base import GenerationResult, Prompt, ScoreResult, check_batch
 from priorcache.prior.causal_lm import (
     PrefixState,
     cache_argument,
@@ -141,7 +141,7 @@ class TransformersBackend:
         :func:`~priorcache.prior.packed_scoring.run_packed`), or, in the padded layout, per prompt one
         forward for the state and one for the candidates. ``reuse_prefix=False`` neither reads nor
         fills the F9 prefix cache (the prefix is run again), for measuring what F9 saves."""
-        pairs = self._check_batch(prompts, candidates)
+        pairs = check_batch(prompts, candidates)
         start = time.perf_counter()
         truncated = [0]  # how many of this call's prompts were cut to fit the model
         with torch.inference_mode():
@@ -167,7 +167,7 @@ class TransformersBackend:
         """Reference path without any KV reuse: each full prompt+action row is run from scratch
         (the rows of a prompt share one padded forward). ``prompt_tokens`` counts the prompt once
         per row, since that is what is run."""
-        pairs = self._check_batch(prompts, candidates)
+        pairs = check_batch(prompts, candidates)
         start = time.perf_counter()
         scores: list[np.ndarray] = []
         prompt_tokens = continuation_tokens = truncated = 0
@@ -447,14 +447,3 @@ class TransformersBackend:
             f"empty prompt: {self.model_path}'s tokenizer adds no BOS token, so an empty prefix and state "
             "leave nothing to condition the first action token on"
         )
-
-    def _check_batch(
-        self, prompts: Sequence[Prompt], candidates: Sequence[Sequence[str]]
-    ) -> list[tuple[Prompt, list[str]]]:
-        prompts, candidates = list(prompts), list(candidates)
-        if len(prompts) != len(candidates):
-            raise ConfigError(f"{len(prompts)} prompts but {len(candidates)} candidate lists")
-        for prompt in prompts:
-            if not isinstance(prompt, Prompt):
-                raise ConfigError(f"expected a Prompt(prefix, state), got {type(prompt).__name__}")
-        return [(p, check_candidates(c)) for p, c in zip(prompts, candidates)]
