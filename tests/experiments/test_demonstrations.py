@@ -92,5 +92,5 @@ def test_settings_at_their_defaults_leave_config_json_as_earlier_releases_wrote_
     """A run folder written before --demo-episodes / --lora-epochs existed still matches its settings."""
     plain = RunConfig(env="webshop", out=tmp_path / "run").to_json()
     assert "demo_episodes" not in plain and "lora_epochs" not in plain
-    changed = RunConfig(env="webshop", out=tmp_path / "run", demo_episodes=2, lora_epochs=8).to_json()
-    assert changed["demo_episodes"] == 2 and changed["lora_epochs"] == 8
+    changed = RunConfig(env="webshop", out=tmp_path / "run", demo_episodes=2, lora_epochs=12).to_json()
+    assert changed["demo_episodes"] == 2 and changed["lora_epochs"] == 12
