@@ -157,7 +157,12 @@ class RunConfig:
         out["out"] = str(self.out)
         out["cache_path"] = str(self.cache_path) if self.cache_path else None
         out["agent_config"] = agent_spec(self.agent).cls.config_to_json(self.agent_config())
-        for name, default in (("demo_episodes", 0), ("lora_epochs", DEFAULT_EPOCHS)):
+        for name, default in (
+            ("demo_episodes", 0),
+            ("lora_epochs", DEFAULT_EPOCHS),
+            ("base_url", None),
+            ("model", None),
+        ):
             if out[name] == default:  # left out at their defaults: earlier runs' folders still match
                 del out[name]
         if self.workers is None:  # one-process runs keep the config.json they always had
