@@ -30,7 +30,7 @@ import json
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -157,13 +157,9 @@ class RunConfig:
         out["out"] = str(self.out)
         out["cache_path"] = str(self.cache_path) if self.cache_path else None
         out["agent_config"] = agent_spec(self.agent).cls.config_to_json(self.agent_config())
-        for name, default in (
-            ("demo_episodes", 0),
-            ("lora_epochs", DEFAULT_EPOCHS),
-            ("base_url", None),
-            ("model", None),
-        ):
-            if out[name] == default:  # left out at their defaults: earlier runs' folders still match
+        defaults = {f.name: f.default for f in fields(self)}
+        for name in ("demo_episodes", "lora_epochs", "base_url", "model"):
+            if out[name] == defaults[name]:  # left out at their defaults: earlier runs' folders still match
                 del out[name]
         if self.workers is None:  # one-process runs keep the config.json they always had
             del out["workers"], out["cache_shards"], out["cache_sharing"]
