@@ -53,7 +53,8 @@ canonical. ``won`` is reward 1.0; a purchase below 1.0 ends the episode with ``l
 ``max_episode_steps`` without buying truncates the episode with reward 0.
 
 ``info["state_text"]`` is the current page's text (no instruction, step count or feedback); on the
-item and description pages it includes the options selected so far. The instruction is
+item and description pages it includes the options selected so far and the option groups still to
+choose. The instruction is
 ``info["objective"]``.
 
 **Oracle** (reactive): ``oracle_action()`` reads the current page and returns a next action on the
@@ -192,11 +193,15 @@ class WebShopEnv(TextEnv):
         start = (view.results_page - 1) * RESULTS_PER_PAGE
         return self._results(view)[start : start + RESULTS_PER_PAGE]
 
-    @staticmethod
-    def _selected_text(view: _View) -> str:
-        if not view.selected:
-            return "Selected: none"
-        return "Selected: " + ", ".join(f"{g}={v}" for g, v in view.selected)
+    def _selected_text(self, view: _View) -> str:
+        # The groups still open are said outright, as a shop's "please choose a colour" does: a small
+        # LLM reading "Selected: size=6" alone bought before choosing the colour.
+        chosen = dict(view.selected)
+        selected = ", ".join(f"{g}={v}" for g, v in view.selected) or "none"
+        open_groups = [g for g, _ in self.catalogue.by_id[view.item_id].options if g not in chosen]
+        if view.page not in (ITEM, DESCRIPTION):
+            open_groups = []
+        return f"Selected: {selected}" + (f" (still to choose: {', '.join(open_groups)})" if open_groups else "")
 
     def _page_text(self, view: _View) -> str:
         if view.page == SEARCH:

@@ -231,6 +231,10 @@ def test_pagination_and_navigation() -> None:
     value = env.goal.options[0][1]
     selected = env.step(f"click[{value}]")[4]
     assert "Selected: none" in item["state_text"] and f"={value}" in selected["state_text"]
+    # The page names the option groups still open, and stops once every group has a value.
+    groups = [g for g, _ in env.goal.options]
+    assert f"(still to choose: {', '.join(groups)})" in item["state_text"]
+    assert groups[0] not in selected["state_text"].partition("still to choose")[2]
     desc = env.step("click[description]")[4]
     assert desc["page"] == "description" and "Description:" in desc["state_text"]
     assert desc["admissible_actions"] == ["click[< prev]", "click[back to search]"]
