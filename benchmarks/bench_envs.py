@@ -85,7 +85,7 @@ def main() -> None:
 
     names = [
         f"{family}:{variant}" if variant else family
-        for family in (args.env or sorted(ENVIRONMENTS))
+        for family in (args.env or sorted(name for name, info in ENVIRONMENTS.items() if info.kind == "text"))
         for variant in (ENVIRONMENTS[family].variants or (None,))
     ]
     results = []

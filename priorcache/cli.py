@@ -314,9 +314,12 @@ def envs() -> None:
     table.add_column("variants")
     table.add_column("description")
     table.add_column("needs")
+    table.add_column("kind")
     table.add_column("episodes", justify="right")
     for name, info in sorted(ENVIRONMENTS.items()):
-        cells = (name, "\n".join(info.variants) or "-", info.description, info.requires, str(info.default_episodes))
+        # Control tasks have no runner yet, so no training budget to show.
+        episodes = str(info.default_episodes) if info.kind == "text" else "-"
+        cells = (name, "\n".join(info.variants) or "-", info.description, info.requires, info.kind, episodes)
         table.add_row(*(Text(cell) for cell in cells))
     console.print(table)
 

@@ -33,7 +33,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from priorcache.envs.registry import environment_info, game_seeds, make_split_env
+from priorcache.envs.registry import environment_info, game_seeds, make_split_env, require_text_env
 from priorcache.errors import ConfigError
 from priorcache.io import atomic_write_json, atomic_write_text
 
@@ -215,6 +215,7 @@ def record_demos(
     if not isinstance(shots, int) or isinstance(shots, bool) or shots < 1:
         raise ConfigError(f"--shots must be an int >= 1, got {shots!r}")
     seeds = game_seeds(name, "train", shots)  # an unknown environment is refused here
+    require_text_env(name, "priorcache demos (oracle episodes; control tasks: envs.control_demos)")
     target = Path(out) if out is not None else default_out(name, shots)
     check_out(target)
     kwargs = {} if max_steps is None else {"max_episode_steps": max_steps}

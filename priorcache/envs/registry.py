@@ -57,6 +57,12 @@ class EnvironmentInfo(NamedTuple):
     #: held-out curves of the uncached 5-shot DQN-Prior measured here stop rising (README, "Measured
     #: here"), and small enough for the text table (3 seeds, every method) to run in hours on 2 cores.
     default_episodes: int = 30
+    #: "text" (text observations and admissible actions: the text runner, ``run``, ``bench text``) or
+    #: "control" (vector observations, actions in [-1, 1]^d: ``priorcache.envs.control.ControlEnv``).
+    kind: str = "text"
+
+
+KINDS = ("text", "control")
 
 
 #: name -> what is known about that environment family.
@@ -124,6 +130,40 @@ ENVIRONMENTS: Mapping[str, EnvironmentInfo] = MappingProxyType(
                 EVAL_SEEDS, held_out="other instances: new goals (type, attributes, options, price) in one catalogue"
             ),
         ),
+        # Continuous control (issue 12). prompt_template is empty: their prompts are the skill prior's, not a
+        # text-game template. default_episodes is a placeholder until the control runner measures its budgets.
+        "mujoco": EnvironmentInfo(
+            description="Gymnasium MuJoCo v5 locomotion (HalfCheetah, Walker2d, Ant): torques in [-1, 1], "
+            "a binned text description of the state, a vocabulary of gait skills",
+            variants=("halfcheetah", "walker2d", "ant"),
+            requires="gymnasium[mujoco] with mujoco==3.3.0 (pip); demonstrations from a short Stable-Baselines3 "
+            "SAC run (stable-baselines3, pip), trained on first use and saved in the cache directory",
+            entry_point="priorcache.envs.mujoco_env:MuJoCoEnv",
+            variant_kwarg="task",
+            prompt_template="",
+            eval_split=GameSplit(
+                EVAL_SEEDS,
+                held_out="other initial-state seeds of the same task: locomotion has no goal to vary, so held-out "
+                "episodes start from other random poses and velocities",
+            ),
+            kind="control",
+        ),
+        "metaworld": EnvironmentInfo(
+            description="MetaWorld MT1 manipulation with a Sawyer arm: (dx, dy, dz, grip) in [-1, 1], MetaWorld's "
+            "success flag, a binned text description of gripper, object and goal, manipulation skills",
+            variants=("reach-v3", "push-v3", "pick-place-v3"),
+            requires="metaworld==3.1.1 (pip, with mujoco==3.3.0 in the same pip command); demonstrations from "
+            "MetaWorld's scripted experts",
+            entry_point="priorcache.envs.metaworld_env:MetaWorldEnv",
+            variant_kwarg="task",
+            prompt_template="",
+            eval_split=GameSplit(
+                EVAL_SEEDS,
+                held_out="other task instances: the object starts and the goal lies elsewhere (MetaWorld's rand_vec "
+                "drawn from another seed), as MT1's tasks differ",
+            ),
+            kind="control",
+        ),
     }
 )
 
@@ -131,6 +171,21 @@ ENVIRONMENTS: Mapping[str, EnvironmentInfo] = MappingProxyType(
 def environment_info(name: str) -> EnvironmentInfo | None:
     """The registry entry of ``name`` (a family or ``"family:variant"``); None for an unknown family."""
     return ENVIRONMENTS.get(name.partition(":")[0].strip())
+
+
+def require_text_env(name: str, what: str) -> None:
+    """Refuse a continuous-control environment where only text environments run (``what`` says where).
+
+    An unknown name passes: the caller's own checks name the choices.
+    """
+    info = environment_info(name) if isinstance(name, str) else None
+    if info is not None and info.kind != "text":
+        text = ", ".join(sorted(n for n, i in ENVIRONMENTS.items() if i.kind == "text"))
+        raise ConfigError(
+            f"{name!r} is a continuous-control environment; {what} runs text environments only ({text}). "
+            "Control environments have no runner yet (issue 12): use priorcache.envs.make_env and "
+            "priorcache.envs.control_demos directly"
+        )
 
 
 def default_episodes(name: str) -> int:

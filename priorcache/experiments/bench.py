@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from priorcache.agents.registry import agent_spec
 from priorcache.cache.config import MODES, CacheConfig
-from priorcache.envs.registry import ENVIRONMENTS, default_episodes
+from priorcache.envs.registry import ENVIRONMENTS, default_episodes, require_text_env
 from priorcache.errors import ConfigError
 from priorcache.experiments.adapt import Adaptation
 from priorcache.experiments.report import method_label, write_report
@@ -113,6 +113,7 @@ class BenchConfig:
         for env in self.envs:
             if env.partition(":")[0] not in ENVIRONMENTS:
                 raise ConfigError(f"unknown environment {env!r}; choose from {sorted(ENVIRONMENTS)}")
+            require_text_env(env, "bench text")
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown:
             raise ConfigError(f"unknown method(s) {unknown}; choose from {list(METHODS)}")

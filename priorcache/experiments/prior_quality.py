@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from priorcache.envs.registry import game_seeds, make_split_env
+from priorcache.envs.registry import game_seeds, make_split_env, require_text_env
 from priorcache.errors import ConfigError
 from priorcache.prior.base import LLMBackend
 from priorcache.prior.prompts import prompt_builder
@@ -42,6 +42,7 @@ def oracle_steps(
     env_name: str, split: str, games: int, max_steps: int | None = None, progress: bool = False, **env_kwargs: Any
 ) -> list[OracleStep]:
     """The oracle's steps on the first ``games`` games of ``split`` (each episode must end in a win)."""
+    require_text_env(env_name, "prior quality (oracle actions among admissible commands)")
     steps: list[OracleStep] = []
     if max_steps is not None:
         env_kwargs["max_episode_steps"] = max_steps

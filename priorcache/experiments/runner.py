@@ -42,7 +42,7 @@ from priorcache.agents.vector import run_episodes_batched
 from priorcache.cache.encoder import MiniLMEncoder
 from priorcache.cache.prior_cache import CacheConfig, PriorCache
 from priorcache.cache.store import has_saved_cache
-from priorcache.envs.registry import game_seeds, make_split_env
+from priorcache.envs.registry import game_seeds, make_split_env, require_text_env
 from priorcache.errors import ConfigError
 from priorcache.experiments.adapt import Adaptation, adapt_prior, check_adaptation
 from priorcache.experiments.evaluation import EVAL_POLICIES, EvalEpisode, evaluate
@@ -116,6 +116,7 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         agent_spec(self.agent)  # ConfigError naming the choices for an unknown agent
+        require_text_env(self.env, "the text runner (priorcache run)")
         for name in ("episodes", "train_games", "eval_games", "num_envs", "lora_epochs"):
             value = getattr(self, name)
             if not is_int(value) or value < 1:

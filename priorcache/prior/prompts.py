@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from priorcache.envs.registry import environment_info
+from priorcache.envs.registry import environment_info, require_text_env
 from priorcache.errors import ConfigError
 from priorcache.prior.base import Prompt
 
@@ -131,6 +131,7 @@ def prompt_builder(env: str, examples: Sequence[tuple[str, str]] = ()) -> Callab
     """The ``(objective, state_text) -> Prompt`` function for environment ``env`` (a registry name,
     ``family:variant`` allowed), with optional few-shot ``examples``; the template is the one the
     registry names for the family (the default for a name it does not know)."""
+    require_text_env(env, "the text-game prompt templates")
     info = environment_info(env)
     template = info.prompt_template if info is not None else DEFAULT_TEXT_GAME_TEMPLATE
     return functools.partial(_build, template=template, examples=tuple(examples))

@@ -63,7 +63,8 @@ def _follow(env: TextEnv, info: dict[str, Any], limit: int = 200) -> dict[str, A
 
 
 def test_every_family_is_covered() -> None:
-    assert set(ENVIRONMENTS) <= set(CASES)
+    # Text families only: control tasks have scripted or learned demonstrators (tests/envs/test_control_demos.py).
+    assert {name for name, info in ENVIRONMENTS.items() if info.kind == "text"} <= set(CASES)
 
 
 @pytest.mark.parametrize("family", _params())
