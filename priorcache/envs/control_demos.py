@@ -6,9 +6,9 @@ and returns them as ``ControlDemos``: observations, actions in [-1, 1], the ``sk
 step, the episode index of each step, and the rewards. Who demonstrates:
 
 * **MetaWorld**: MetaWorld's scripted expert for the task (``MetaWorldEnv.scripted_action``). An
-  episode is recorded up to and including the step MetaWorld first reports success; an expert that
-  does not succeed within the episode is an error naming the instance. These are cheap (about 60
-  steps each) and recorded afresh on every call.
+  episode is recorded until ``HOLD_STEPS`` (10) steps after MetaWorld first reports success (the
+  expert holding the object at the goal); an expert that does not succeed within the episode is an
+  error naming the instance. These are cheap (about 70 steps each) and recorded afresh on every call.
 * **MuJoCo locomotion**: a **Stable-Baselines3 SAC demonstrator**: SB3's ``SAC("MlpPolicy")`` with its
   default hyper-parameters (replay buffer sized to the budget), trained for ``budget`` environment
   steps (default ``DEMONSTRATOR_BUDGETS``) on the first training instance with seed ``seed``; its
@@ -45,9 +45,16 @@ from priorcache.errors import ConfigError
 from priorcache.io import atomic_path, cache_root
 from priorcache.validation import is_int
 
-#: Environment steps the SAC demonstrator trains for, per MuJoCo task (measured in the report of
-#: issue 12: where a short run clearly runs forward; SB3 SAC does ~45-70 steps/s on 2 busy cores).
-DEMONSTRATOR_BUDGETS = {"halfcheetah": 20_000, "walker2d": 20_000, "ant": 20_000}
+#: Environment steps the SAC demonstrator trains for, per MuJoCo task. Measured here (seed 0, SB3 SAC at
+#: 23-28 steps/s on 2 cores shared with other jobs, 12-20 min each; returns of the 10 saved episodes):
+#: Walker2d 20k walks forward at 0.35-1.0 m/s for 150-370 steps before falling (returns 261-493);
+#: HalfCheetah 20k still stood (return about -200 at 15k), 30k creeps forward nose-down at about
+#: 0.2 m/s (returns -14 to 145); Ant 20k does not walk: it mostly flips onto its back and lies
+#: there (returns -12 to 149). Larger budgets cost hours here; pass ``budget=`` for a better demonstrator.
+DEMONSTRATOR_BUDGETS = {"halfcheetah": 30_000, "walker2d": 20_000, "ant": 20_000}
+#: Steps a scripted demonstration goes on after its first success: the expert holding the object at
+#: the goal, so that the "hold ... at the goal" skill has demonstration steps too.
+HOLD_STEPS = 10
 #: Episodes a saved demonstrator file holds at least (5- and 10-shot priors share one).
 POOL_EPISODES = 10
 FORMAT = "priorcache-control-demos"
@@ -178,13 +185,14 @@ def demos_path(
 # --------------------------------------------------------------------------- playing episodes
 
 
-def _play(name: str, game_seed: int, seed: int, kwargs: dict[str, Any], act: Any, stop_on_success: bool) -> dict:
-    """One episode on training instance ``game_seed``: act(env, obs) chooses each action."""
+def _play(name: str, game_seed: int, seed: int, kwargs: dict[str, Any], act: Any, after_success: int | None) -> dict:
+    """One episode on training instance ``game_seed``: act(env, obs) chooses each action; the episode
+    stops ``after_success`` steps after the first success (None: it runs to its end)."""
     env = make_split_env(name, "train", game_seed, **kwargs)
     try:
         obs, info = env.reset(seed=seed)
         rows: dict[str, list[Any]] = {"observations": [], "actions": [], "skills": [], "rewards": []}
-        success = False
+        success, since_success = False, 0
         while True:
             action = np.clip(np.asarray(act(env, obs), dtype=np.float32), -1.0, 1.0)
             rows["observations"].append(obs)
@@ -192,10 +200,12 @@ def _play(name: str, game_seed: int, seed: int, kwargs: dict[str, Any], act: Any
             rows["skills"].append(env.skill_label(obs, action))
             obs, reward, terminated, truncated, info = env.step(action)
             rows["rewards"].append(float(reward))
+            if success:
+                since_success += 1
             success = success or bool(info["success"])
-            if terminated or truncated or (stop_on_success and success):
+            if terminated or truncated or (after_success is not None and success and since_success >= after_success):
                 break
-        return {**rows, "success": success, "truncated": bool(truncated and not success)}
+        return {**rows, "success": success}
     finally:
         env.close()
 
@@ -220,7 +230,7 @@ def _scripted_demos(name: str, seeds: list[int], seed: int, kwargs: dict[str, An
 
     episodes = []
     for game_seed in seeds:
-        episode = _play(name, game_seed, seed, kwargs, lambda env, obs: env.scripted_action(obs), True)
+        episode = _play(name, game_seed, seed, kwargs, lambda env, obs: env.scripted_action(obs), HOLD_STEPS)
         if not episode["success"]:
             raise ConfigError(
                 f"MetaWorld's scripted expert did not succeed on {name} training instance game_seed={game_seed} "
@@ -313,7 +323,7 @@ def _sac_demos(
     def act(env: Any, obs: np.ndarray) -> np.ndarray:
         return model.predict(obs, deterministic=True)[0]
 
-    episodes = [_play(name, game_seed, seed, kwargs, act, False) for game_seed in pool]
+    episodes = [_play(name, game_seed, seed, kwargs, act, None) for game_seed in pool]
     demonstrator = (
         f"Stable-Baselines3 SAC demonstrator ({budget} steps, seed {seed}; a short run, not an expert; "
         f"stable-baselines3 {stable_baselines3.__version__})"
