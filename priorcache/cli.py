@@ -16,6 +16,16 @@ from priorcache.cache.prior_cache import CacheConfig
 from priorcache.envs.registry import ENVIRONMENTS, default_episodes
 from priorcache.errors import ConfigError, PriorCacheError
 from priorcache.experiments.bench import METHODS, QUICK, TEXT_ENVS, BenchConfig, run_bench
+from priorcache.experiments.control_options import control_config, control_summary_table, refuse_control_options
+from priorcache.experiments.control_runner import (
+    DEFAULT_EVAL_EVERY,
+    DEFAULT_SHOTS,
+    DEFAULT_SKILL_HOLD,
+    DEFAULT_STEPS,
+    ControlRunConfig,
+    is_control_env,
+    run_control,
+)
 from priorcache.experiments.metrics import compare as compare_summaries
 from priorcache.experiments.report import write_report
 from priorcache.experiments.run_folder import plan_run_folder
@@ -68,11 +78,19 @@ def _warning(message: str) -> None:
 
 @app.command()
 def run(
-    env: str = typer.Argument(..., help="environment name, e.g. textworld (or textworld:tw-cooking)"),
+    ctx: typer.Context,
+    env: str = typer.Argument(
+        ..., help="environment name, e.g. textworld (or textworld:tw-cooking), or a control task: metaworld:reach-v3"
+    ),
     agent: str = typer.Option("dqn-prior", help=f"one of {', '.join(AGENTS)}"),
-    cache: str = typer.Option(
-        "static",
-        help="cache mode: none (uncached reference), static, adaptive "
+    method: str | None = typer.Option(
+        None, help="control environments: sac (Stable-Baselines3 SAC) or sac-prior (default)"
+    ),
+    cache: str | None = typer.Option(
+        None,
+        "--cache",
+        "--cache-mode",
+        help="cache mode (default static): none (uncached reference), static, adaptive "
         "(meta-optimised K, δ, r) or kl-budget (δ from a target KL)",
     ),
     variant: str | None = typer.Option(
@@ -83,16 +101,35 @@ def run(
     episodes: int | None = typer.Option(
         None, min=1, help="training episodes per seed (default: the environment's budget, see `priorcache envs`)"
     ),
+    steps: int | None = typer.Option(
+        None, min=1, help=f"control environments: training environment steps per seed (default {DEFAULT_STEPS})"
+    ),
     seeds: str = typer.Option("0", help="seeds, '0,1,2' or '0-2'; each seed trains its own agent on the same games"),
-    train_games: int = typer.Option(10, min=1, help="training games (game seeds 0..N-1 of the train split), in turn"),
+    train_games: int = typer.Option(
+        10, min=1, help="training games or control task instances (game seeds 0..N-1 of the train split), in turn"
+    ),
     eval_games: int = typer.Option(10, min=1, help="held-out evaluation games (from the eval split)"),
-    eval_every: int = typer.Option(
-        0, min=0, help="evaluate on the held-out games every N training episodes (0: after the last only)"
+    eval_every: int | None = typer.Option(
+        None,
+        min=0,
+        help="evaluate on the held-out games every N training episodes (0, the default: after the last only); "
+        f"control environments: every N environment steps (default {DEFAULT_EVAL_EVERY})",
+    ),
+    eval_episodes: int = typer.Option(
+        5, min=1, help="control environments: held-out task instances, one deterministic episode each per evaluation"
     ),
     eval_policy: str = typer.Option(
         "greedy", help="held-out episodes by the policy's mode (greedy) or by draws from it (sample)"
     ),
-    shots: int = typer.Option(0, min=0, help="training games whose oracle episodes adapt the LLM prior (F8)"),
+    shots: int | None = typer.Option(
+        None,
+        min=0,
+        help="training games whose oracle episodes adapt the LLM prior (F8; default 0); control environments: "
+        f"demonstrations the skill Gaussians are fitted on (default {DEFAULT_SHOTS}; 0: flat Gaussians)",
+    ),
+    skill_hold: int | None = typer.Option(
+        None, min=1, help=f"control environments, sac-prior: H, steps a skill is held (default {DEFAULT_SKILL_HOLD})"
+    ),
     adapt: str = typer.Option(
         "none", help="F8 adaptation on the --shots games: none, icl (in-context pairs), lora (LoRA fine-tune) or both"
     ),
@@ -135,8 +172,14 @@ def run(
     cache_shards: int = typer.Option(1, help="--workers: Ray actors the shared cache is split over (by prompt prefix)"),
     cache_sharing: str = typer.Option("shared", help="--workers: shared (one cache) or isolated (one per worker)"),
 ) -> None:
-    """Run an agent on an environment and write metrics.jsonl, summary.json and the cache."""
+    """Run an agent on an environment and write metrics.jsonl, summary.json and the cache.
+
+    Control environments (mujoco:TASK, metaworld:TASK) run SAC or SAC-Prior (--method) for --steps
+    environment steps, evaluated every --eval-every steps on --eval-episodes held-out instances."""
     try:
+        given = {name for name in ctx.params if _given(ctx, name)}
+        flags = {p.name: p.opts[0] for p in ctx.command.params if p.name and p.opts}
+        cache = cache or "static"
         overrides = {
             k: v
             for k, v in {
@@ -174,6 +217,14 @@ def run(
             if ":" in env:
                 raise ConfigError(f"give the variant once: {env!r} already names one, and --variant {variant!r}")
             env = f"{env}:{variant}"
+        if is_control_env(env):
+            params = {**ctx.params, "seeds": _parse_seeds(seeds)}
+            config = control_config(env, params, given, flags, CacheConfig.from_dict(overrides))
+            _run_control(config, quiet, resume, overwrite)
+            return
+        refuse_control_options(env, given, flags)
+        shots = shots or 0
+        eval_every = eval_every or 0
         out = out or Path("runs") / f"{env.replace(':', '-')}-{agent}-{cache}-{time.strftime('%Y%m%d-%H%M%S')}"
         config = RunConfig(
             env=env,
@@ -226,6 +277,26 @@ def run(
         _print_adaptation(summary["adaptation"])
     console.print(summary_table(summary, f"{env} · {agent} · cache {summary['cache_mode']}"))
     console.print(f"results in {out}/ (metrics.jsonl, evals.jsonl, summary.json, cache/)", markup=False)
+
+
+def _given(ctx: typer.Context, name: str) -> bool:
+    """Whether option ``name`` was given (command line or environment), not left at its default.
+    By the source's name: typer's context may use its own copy of click's ParameterSource."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+
+
+def _run_control(config: ControlRunConfig, quiet: bool, resume: bool, overwrite: bool) -> None:
+    """``priorcache run`` on a control environment: the run, then its table."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    folder = plan_run_folder(config.out, config.to_json(), None, resume=resume, overwrite=overwrite)
+    if folder.note:
+        console.print(escape(folder.note))
+    summary = run_control(config, progress=not quiet, resume=resume, overwrite=overwrite)
+    console.print(control_summary_table(summary, f"{config.env} · {summary['label']}"))
+    console.print(f"results in {config.out}/ (metrics.jsonl, evals.jsonl, summary.json)", markup=False)
 
 
 @app.command()

@@ -183,8 +183,8 @@ def require_text_env(name: str, what: str) -> None:
         text = ", ".join(sorted(n for n, i in ENVIRONMENTS.items() if i.kind == "text"))
         raise ConfigError(
             f"{name!r} is a continuous-control environment; {what} runs text environments only ({text}). "
-            "Control environments have no runner yet (issue 12): use priorcache.envs.make_env and "
-            "priorcache.envs.control_demos directly"
+            "Control environments run with `priorcache run ENV --method sac|sac-prior` "
+            "(priorcache.experiments.control_runner)"
         )
 
 

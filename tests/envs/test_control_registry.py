@@ -1,8 +1,8 @@
 """The control families in the registry: listed by ``priorcache envs``, refused by everything text-only.
 
-Until the control runner exists, ``priorcache run``, ``bench text``, ``priorcache demos``, the prior
-quality measurement and the text-game prompts must refuse a control environment with a clear error,
-never start on it.
+The text runner (``RunConfig``), ``bench text``, ``priorcache demos``, the prior quality measurement
+and the text-game prompts must refuse a control environment with a clear error, never start on it;
+``priorcache run`` sends it to the control runner, which refuses the text options.
 """
 
 from __future__ import annotations
@@ -53,8 +53,11 @@ def test_text_only_entry_points_refuse_control_environments(name: str, tmp_path:
     require_text_env("no-such-env", "anything")  # unknown ones are left to the caller's own check
 
 
-@pytest.mark.parametrize("command", [["run", "mujoco:walker2d"], ["bench", "text", "--env", "metaworld:reach-v3"]])
+@pytest.mark.parametrize(
+    "command", [["run", "mujoco:walker2d", "--agent", "dqn"], ["bench", "text", "--env", "metaworld:reach-v3"]]
+)
 def test_the_cli_refuses_control_environments(command: list[str], tmp_path: Path) -> None:
+    # `run` runs control environments (priorcache.experiments.control_runner), but not with a text agent.
     result = runner.invoke(app, [*command, "--out", str(tmp_path / "out")])
     assert result.exit_code != 0
     assert "continuous-control environment" in result.output

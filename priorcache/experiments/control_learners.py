@@ -1,0 +1,256 @@
+"""The two methods a continuous-control run trains, behind one small interface, and the held-out
+evaluation both go through (:mod:`priorcache.experiments.control_runner`).
+
+- ``sac``: Stable-Baselines3 SAC (``MlpPolicy``), the plain-RL baseline. A thin subclass times its
+  action choices (the ``decision_times_ms`` of its episodes) and its gradient steps; nothing else
+  of SB3 changes. ``learn(n)`` calls SB3's ``learn(n, reset_num_timesteps=False)``, so an episode
+  runs on across evaluations.
+- ``sac-prior``: :class:`~priorcache.agents.sac_prior.SACPrior`, its p_LLM(z|s) served by a
+  :class:`~priorcache.cache.prior_cache.PriorCache` of the skill prior kind (mode ``none`` is the
+  uncached reference) through a :class:`~priorcache.experiments.control_episodes.RecordingSource`.
+
+Both learn on the same :class:`~priorcache.experiments.control_episodes.TrainingInstances`, with the
+same network width, batch size, replay size (the whole budget), warm-up steps, γ, τ, learning rates
+(SB3's defaults, which SAC-Prior shares) and one gradient step per environment step, and torch on one
+thread (SAC-Prior's default; a second thread made a gradient step much slower on 2 busy cores).
+
+**Evaluation** (:func:`evaluate_control`): one episode on each held-out instance (the registry's
+``eval`` split), reset seed 0, by the deterministic policy (SB3's ``predict(deterministic=True)``;
+SAC-Prior's ``predict``: skills by the mode of F1, actions by the actor's mean), with no learning:
+nothing the learner trains on (weights, optimisers, replay buffer, counters, RNGs of learning) is
+touched. SAC-Prior asks a *copy* of its cache, made for this evaluation and dropped after it, as the
+text runner's evaluation does: the cache serves the evaluation as it would serve a deployed agent, and
+the evaluation's LLM queries are counted apart from training's.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+
+from priorcache.experiments.control_episodes import ControlEpisode, RecordingSource, TrainingInstances
+
+#: The ``env.reset`` seed of every evaluation episode: a held-out instance is the same task each time.
+EVAL_RESET_SEED = 0
+#: Torch threads of both methods (SAC-Prior's default, see the module docstring).
+TORCH_THREADS = 1
+
+Sink = Callable[[], ControlEpisode | None]
+
+
+def _torch_threads() -> Any:
+    """Torch on ``TORCH_THREADS`` threads for a block (imported here: torch loads only when a run does)."""
+    from priorcache.agents.torch_state import torch_threads
+
+    return torch_threads(TORCH_THREADS)
+
+
+class SB3SAC:
+    """Stable-Baselines3 SAC on ``env`` with the run's shared settings."""
+
+    decision_unit = "action"
+    uses_llm = False
+
+    def __init__(
+        self,
+        env: TrainingInstances,
+        *,
+        seed: int,
+        hidden_size: int,
+        batch_size: int,
+        learning_starts: int,
+        buffer_size: int,
+    ) -> None:
+        self.env = env
+        with _torch_threads():
+            self.model = _timed_sac_class()(
+                "MlpPolicy",
+                env,
+                learning_starts=learning_starts,
+                batch_size=batch_size,
+                buffer_size=buffer_size,
+                policy_kwargs={"net_arch": [hidden_size, hidden_size]},
+                seed=seed,
+                device="cpu",
+                verbose=0,
+            )
+        self.model.on_action = self._on_action
+
+    def _on_action(self, elapsed_s: float) -> None:
+        if self.env.current is not None:
+            self.env.current.decision_times_ms.append(elapsed_s * 1e3)
+
+    def learn(self, steps: int) -> None:
+        with _torch_threads():
+            self.model.learn(steps, reset_num_timesteps=False)
+
+    def train_time(self) -> float:
+        return self.model.train_time_s
+
+    def llm_queries(self) -> int:
+        return 0
+
+    @contextmanager
+    def evaluating(self, sink: Sink) -> Iterator[None]:
+        yield
+
+    def act(self, obs: np.ndarray, state: Any, info: dict[str, Any]) -> tuple[np.ndarray, Any]:
+        with _torch_threads():
+            action, _ = self.model.predict(obs, deterministic=True)
+        return action, None
+
+    def info(self) -> dict[str, Any]:
+        return {"gradient_steps": int(self.model._n_updates), "ent_coef": _sb3_ent_coef(self.model)}
+
+
+def _sb3_ent_coef(model: Any) -> float | None:
+    log_coef = getattr(model, "log_ent_coef", None)
+    return float(log_coef.detach().exp()) if log_coef is not None else None
+
+
+def _timed_sac_class() -> type:
+    """SB3's SAC with its action choices and gradient steps timed (``on_action(seconds)``, ``train_time_s``)."""
+    from stable_baselines3 import SAC
+
+    class TimedSAC(SAC):
+        on_action: Callable[[float], None] | None = None
+        train_time_s = 0.0
+
+        def _sample_action(self, *args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            out = super()._sample_action(*args, **kwargs)
+            if self.on_action is not None:
+                self.on_action(time.perf_counter() - start)
+            return out
+
+        def train(self, *args: Any, **kwargs: Any) -> None:
+            start = time.perf_counter()
+            super().train(*args, **kwargs)
+            self.train_time_s += time.perf_counter() - start
+
+    return TimedSAC
+
+
+class SACPriorLearner:
+    """SAC-Prior on ``env`` with ``cache`` serving p_LLM(z|s) (its ``prior_config`` holds the Gaussians)."""
+
+    decision_unit = "skill decision"
+    uses_llm = True
+
+    def __init__(
+        self,
+        env: TrainingInstances,
+        cache: Any,
+        *,
+        seed: int,
+        hidden_size: int,
+        batch_size: int,
+        learning_starts: int,
+        buffer_size: int,
+        skill_hold: int,
+        alpha_0: float,
+        alpha_min: float,
+    ) -> None:
+        from priorcache.agents.sac_prior import SACPriorConfig
+
+        self.env, self.cache = env, cache
+        self.source = RecordingSource(cache, lambda: env.current)
+        config = SACPriorConfig(
+            skill_horizon=skill_hold,
+            batch_size=batch_size,
+            buffer_size=buffer_size,
+            learning_starts=learning_starts,
+            hidden_size=hidden_size,
+            skill_alpha_0=alpha_0,
+            skill_alpha_min=alpha_min,
+            torch_threads=TORCH_THREADS,
+        )
+        self.agent = config.create(env, prior_source=self.source, gaussians=cache.prior_config.gaussians, seed=seed)
+
+    def learn(self, steps: int) -> None:
+        self.agent.learn(steps)
+
+    def train_time(self) -> float:
+        return float(self.agent.counters.train_time_s)
+
+    def llm_queries(self) -> int:
+        return self.source.llm_queries
+
+    @contextmanager
+    def evaluating(self, sink: Sink) -> Iterator[None]:
+        """The agent asks a copy of the cache, recorded into ``sink()``, for the block."""
+        copy = type(self.cache)(
+            self.cache.config, self.cache.encoder, self.cache.backend, self.cache.prior_config, self.cache.prior_kind
+        )
+        copy.load_state_dict(self.cache.state_dict())
+        self.agent.prior_source = RecordingSource(copy, sink)
+        try:
+            yield
+        finally:
+            self.agent.prior_source = self.source
+
+    def act(self, obs: np.ndarray, state: Any, info: dict[str, Any]) -> tuple[np.ndarray, Any]:
+        return self.agent.predict(obs, state, deterministic=True, state_text=info["state_text"])
+
+    def info(self) -> dict[str, Any]:
+        c = self.agent.counters
+        return {
+            "gradient_steps": int(c.gradient_steps),
+            "alpha": self.agent.alpha,
+            "skill_decisions": int(c.skill_decisions),
+            # the whole skill decision (Q(s,z) for every skill, the lookup, F1's draw); the decision
+            # latencies of the episodes time the lookup alone
+            "decision_time_s": float(c.decision_time_s),
+            "cache_stats": self.cache.stats(),
+        }
+
+
+def evaluate_control(
+    learner: Any,
+    eval_envs: Sequence[tuple[int, Any]],
+    *,
+    seed: int,
+    after_episodes: int,
+    after_steps: int,
+    train_llm_queries: int,
+) -> list[dict[str, Any]]:
+    """One deterministic episode on each ``(game seed, environment)`` of ``eval_envs`` (held-out
+    instances), no learning (module docstring); one evals.jsonl line each."""
+    current: list[ControlEpisode | None] = [None]
+    lines = []
+    with learner.evaluating(lambda: current[0]):
+        for game_seed, env in eval_envs:
+            record = current[0] = ControlEpisode(seed=seed, episode=-1, game_seed=game_seed)
+            start = time.perf_counter()
+            obs, info = env.reset(seed=EVAL_RESET_SEED)
+            state = None
+            while True:
+                action, state = learner.act(obs, state, info)
+                obs, reward, terminated, truncated, info = env.step(action)
+                record.steps += 1
+                record.episode_return += float(reward)
+                record.success = record.success or bool(info.get("success", False))
+                if terminated or truncated:
+                    break
+            lines.append(
+                {
+                    "seed": seed,
+                    "after_episodes": after_episodes,
+                    "after_steps": after_steps,
+                    "train_steps": after_steps,
+                    "train_llm_queries": train_llm_queries,
+                    "game_seed": game_seed,
+                    "success": record.success,
+                    "episode_return": record.episode_return,
+                    "steps": record.steps,
+                    "llm_queries": record.llm_queries if learner.uses_llm else None,
+                    "skill_decisions": record.lookups if learner.uses_llm else None,
+                    "hits": record.hits if learner.uses_llm else None,
+                    "wall_time_s": time.perf_counter() - start,
+                }
+            )
+    return lines

@@ -1,0 +1,502 @@
+"""Continuous-control runs (issue 12): Stable-Baselines3 SAC or SAC-Prior on a MuJoCo or MetaWorld
+task, over seeds, under the train / evaluate protocol (docs/design.md §1), from ``priorcache run``.
+
+Per seed, the method learns on the first ``train_games`` training instances of the task, in turn
+(:class:`~priorcache.experiments.control_episodes.TrainingInstances`), for ``steps`` environment
+steps, in chunks of ``eval_every`` steps; at step 0 (when ``eval_every`` > 0) and after every chunk
+it plays one deterministic episode on each of ``eval_episodes`` held-out instances (the registry's
+``eval`` split) with no learning (:func:`~priorcache.experiments.control_learners.evaluate_control`).
+The final held-out return (and MetaWorld success), mean and 95 % CI over seeds, is the run's headline.
+
+SAC-Prior's skill prior (:mod:`priorcache.prior.skill_prior`): p_LLM(z|s) over the task's skill names
+from the LLM backend (the embedded one by default, built as the text runner builds it) through a
+:class:`~priorcache.cache.prior_cache.PriorCache` of the skill kind keyed by the MiniLM embedding of
+φ(s) (``cache.mode`` ``none`` is the uncached reference), times per-skill Gaussians fitted on
+``shots`` demonstrations of training instances (``record_control_demos``, seed 0 for every run
+seed: MetaWorld's scripted experts, MuJoCo's saved SAC demonstrator; ``shots`` 0: the flat prior).
+Every seed starts with a fresh cache and agent. Both methods share the settings listed in
+:mod:`priorcache.experiments.control_learners`.
+
+A run writes into ``out`` as the text runner does (:mod:`priorcache.experiments.run_folder`: a new or
+empty folder, or a run of this very configuration; another configuration only with ``overwrite``),
+each file atomically after every chunk: ``config.json``; ``metrics.jsonl`` (one line per training
+episode, :class:`~priorcache.experiments.control_episodes.ControlEpisode`); ``evals.jsonl`` (one line
+per held-out episode); ``summary.json`` (``"partial": true`` until the run ends); ``cache/seedN/``
+(each seed's cache at its end, cached modes). **Resume** (``resume=True``): a finished run is
+returned as it is; finished seeds (``checkpoint/progress.json`` counts them and their lines) are
+kept, and the seed that was running restarts from scratch: no learner is checkpointed (SB3 saves
+pickles, which this project never loads).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from priorcache.cache.prior_cache import CacheConfig, PriorCache
+from priorcache.envs.registry import ENVIRONMENTS, environment_info, game_seeds, make_split_env
+from priorcache.errors import ConfigError
+from priorcache.experiments.control_episodes import TrainingInstances, summarise_control, summarise_control_held_out
+from priorcache.experiments.control_learners import SB3SAC, SACPriorLearner, evaluate_control
+from priorcache.experiments.run_folder import (
+    CHECKPOINT,
+    Progress,
+    plan_run_folder,
+    read_lines,
+    read_progress,
+    remove_checkpoint,
+    write_checkpoint,
+)
+from priorcache.experiments.summaries import load_summary, read_json_object
+from priorcache.io import atomic_write_json, atomic_write_text, folder_lock
+from priorcache.validation import check_seeds, is_int, is_number
+
+METHODS = ("sac", "sac-prior")
+#: Defaults of a run (``priorcache run`` uses them when the options are not given).
+DEFAULT_STEPS = 5_000
+DEFAULT_EVAL_EVERY = 1_000
+DEFAULT_SHOTS = 5
+DEFAULT_SKILL_HOLD = 10
+#: The demonstrations' seed (the SAC demonstrator's training seed): one set of demonstrations, saved
+#: once, serves every run seed.
+DEMONSTRATION_SEED = 0
+
+
+def control_envs() -> list[str]:
+    """Every control task name, ``family:variant``."""
+    return [
+        f"{name}:{v}" for name, info in sorted(ENVIRONMENTS.items()) if info.kind == "control" for v in info.variants
+    ]
+
+
+def is_control_env(name: str) -> bool:
+    """Whether ``name`` (a family or ``family:variant``) is a registered continuous-control family."""
+    info = environment_info(name) if isinstance(name, str) else None
+    return info is not None and info.kind == "control"
+
+
+@dataclass
+class ControlRunConfig:
+    """A continuous-control run. Fields left None take the method's defaults in ``__post_init__``;
+    the LLM-prior fields (cache, shots, skill_hold, alpha_0, alpha_min, backend options) are SAC-Prior's
+    and refused for ``sac``."""
+
+    env: str = "metaworld:reach-v3"
+    method: str = "sac-prior"
+    cache: CacheConfig | None = None  # sac-prior: CacheConfig() (static) when None
+    backend: str = "embedded"
+    model_path: str | None = None
+    base_url: str | None = None
+    model: str | None = None
+    device: str = "cpu"
+    seeds: list[int] = field(default_factory=lambda: [0])
+    steps: int = DEFAULT_STEPS  # training environment steps per seed
+    eval_every: int = DEFAULT_EVAL_EVERY  # environment steps between evaluations; 0: after the last only
+    eval_episodes: int = 5  # held-out instances, one deterministic episode each per evaluation
+    train_games: int = 10  # training instances, played in turn
+    shots: int | None = None  # sac-prior: demonstrations the skill Gaussians are fitted on (0: flat)
+    skill_hold: int | None = None  # sac-prior: H, steps a skill is held
+    max_episode_steps: int | None = None  # None: the task's own (MetaWorld 500, MuJoCo 1000)
+    learning_starts: int = 1_000  # warm-up steps before the first gradient step (both methods)
+    batch_size: int = 256
+    hidden_size: int = 256
+    alpha_0: float | None = None  # sac-prior: F2 temperature of the skill choice when nothing hits (1.0)
+    alpha_min: float | None = None  # sac-prior: … at a 100 % hit rate (0.25)
+    out: Path = Path("runs/latest-control")
+    label: str | None = None  # the method's name in reports (default: method, cache mode, shots)
+
+    def __post_init__(self) -> None:
+        if not is_control_env(self.env):
+            raise ConfigError(
+                f"{self.env!r} is not a continuous-control environment; the control runner runs "
+                f"{', '.join(control_envs())}"
+            )
+        family, _, task = (part.strip() for part in self.env.partition(":"))
+        variants = ENVIRONMENTS[family].variants
+        if task not in variants:
+            hint = " (MetaWorld 3 names its tasks with -v3)" if task.endswith(("-v1", "-v2")) else ""
+            raise ConfigError(
+                f"name the task of {family}: one of {', '.join(f'{family}:{v}' for v in variants)}, "
+                f"not {self.env!r}{hint}"
+            )
+        self.env = f"{family}:{task}"
+        if self.method not in METHODS:
+            raise ConfigError(f"unknown control method {self.method!r}; choose one of {', '.join(METHODS)}")
+        for name in ("steps", "eval_episodes", "train_games", "batch_size", "hidden_size"):
+            _check_int(name, getattr(self, name), 1)
+        for name in ("eval_every", "learning_starts"):
+            _check_int(name, getattr(self, name), 0)
+        if self.max_episode_steps is not None:
+            _check_int("max_episode_steps", self.max_episode_steps, 1)
+        self.seeds = check_seeds(self.seeds)
+        game_seeds(self.env, "train", self.train_games)  # refuses more instances than the split has
+        game_seeds(self.env, "eval", self.eval_episodes)
+        if self.method == "sac":
+            self._refuse_prior_settings()
+            return
+        from priorcache.prior.registry import check_backend_options
+
+        check_backend_options(self.backend, self.model_path, self.base_url, self.model)
+        self.cache = self.cache if self.cache is not None else CacheConfig()
+        if not isinstance(self.cache, CacheConfig):
+            raise ConfigError(f"cache must be a CacheConfig, got {type(self.cache).__name__}")
+        self.shots = DEFAULT_SHOTS if self.shots is None else _check_int("shots", self.shots, 0)
+        game_seeds(self.env, "train", max(1, self.shots))  # demonstrations come from training instances
+        self.skill_hold = (
+            DEFAULT_SKILL_HOLD if self.skill_hold is None else _check_int("skill_hold", self.skill_hold, 1)
+        )
+        self.alpha_0 = 1.0 if self.alpha_0 is None else self.alpha_0
+        self.alpha_min = 0.25 if self.alpha_min is None else self.alpha_min
+        if not (is_number(self.alpha_0) and is_number(self.alpha_min) and 0 < self.alpha_min <= self.alpha_0):
+            raise ConfigError(f"need 0 < alpha_min ≤ alpha_0, got {self.alpha_0!r} and {self.alpha_min!r}")
+
+    def _refuse_prior_settings(self) -> None:
+        given = [
+            name
+            for name, value, unset in (
+                ("cache", self.cache, None),
+                ("shots", self.shots, None),
+                ("skill_hold", self.skill_hold, None),
+                ("alpha_0", self.alpha_0, None),
+                ("alpha_min", self.alpha_min, None),
+                ("backend", self.backend, "embedded"),
+                ("model_path", self.model_path, None),
+                ("base_url", self.base_url, None),
+                ("model", self.model, None),
+                ("device", self.device, "cpu"),
+            )
+            if value != unset
+        ]
+        if given:
+            raise ConfigError(
+                f"method 'sac' is Stable-Baselines3 SAC, without an LLM prior or a cache: {', '.join(given)} "
+                "apply to sac-prior only"
+            )
+
+    @property
+    def cache_mode(self) -> str:
+        return self.cache.mode if self.cache is not None else "n/a"
+
+    def default_label(self) -> str:
+        """ "sac", "sac-prior-uncached", "sac-prior-static", … with "-0shot"/"-10shot" off the default 5 shots."""
+        if self.method == "sac":
+            return "sac"
+        mode = "uncached" if self.cache_mode == "none" else self.cache_mode
+        shots = "" if self.shots == DEFAULT_SHOTS else f"-{self.shots}shot"
+        return f"sac-prior-{mode}{shots}"
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["out"] = str(self.out)
+        out["agent"] = self.method  # the readers of run folders (compare, report) index "agent"
+        out["kind"] = "control"
+        if self.cache is None:
+            out["cache"] = {"mode": "n/a"}
+            for name in ("backend", "model_path", "base_url", "model", "device"):
+                out[name] = None
+        return out
+
+
+def _check_int(name: str, value: Any, low: int) -> int:
+    if not is_int(value) or value < low:
+        raise ConfigError(f"{name} must be an integer ≥ {low}, got {value!r}")
+    return int(value)
+
+
+def run_control(
+    config: ControlRunConfig,
+    backend: Any = None,
+    encoder: Any = None,
+    progress: bool = True,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Run ``config`` (module docstring) and return its summary. ``backend``/``encoder`` may be passed
+    to share loaded models (sac-prior); built from the config otherwise."""
+    folder = plan_run_folder(Path(config.out), config.to_json(), None, resume=resume, overwrite=overwrite)
+    if folder.state == "finished":
+        return load_summary(folder.out)
+    # Everything that can refuse (environment settings, demonstrations, backend) is done before the
+    # folder is touched, so a bad invocation writes nothing.
+    env_kwargs = {} if config.max_episode_steps is None else {"max_episode_steps": config.max_episode_steps}
+    train_seeds = game_seeds(config.env, "train", config.train_games)
+    probe = make_split_env(config.env, "train", train_seeds[0], **env_kwargs)
+    try:
+        prior = _SkillPriorParts.build(config, probe, backend, encoder, progress) if config.method != "sac" else None
+    finally:
+        probe.close()
+    out = folder.out
+    with ExitStack() as stack:
+        if not stack.enter_context(folder_lock(out / CHECKPOINT, blocking=False)):
+            raise ConfigError(
+                f"another priorcache process is running in --out {out}; wait for it or give another --out"
+            )
+        eval_envs = [
+            (g, make_split_env(config.env, "eval", g, **env_kwargs))
+            for g in game_seeds(config.env, "eval", config.eval_episodes)
+        ]
+        stack.callback(lambda: [env.close() for _, env in eval_envs])
+        folder.prepare()
+        atomic_write_json(out / "config.json", config.to_json())
+        run = _Run(config, out, train_seeds, eval_envs, env_kwargs, prior, progress)
+        if folder.state == "resume":
+            run.resume()
+        run.train()
+        summary = run.summary()
+        atomic_write_json(out / "summary.json", summary)
+        remove_checkpoint(out)  # after the summary: a kill in between leaves a finished run
+    return summary
+
+
+@dataclass
+class _SkillPriorParts:
+    """What every SAC-Prior seed shares: the backend, encoder and skill Gaussians (each seed builds its
+    own cache from them), and what the demonstrations were."""
+
+    backend: Any
+    encoder: Any
+    gaussians: Any
+    info: dict[str, Any]
+
+    @classmethod
+    def build(cls, config: ControlRunConfig, env: Any, backend: Any, encoder: Any, progress: bool) -> _SkillPriorParts:
+        from priorcache.prior.skill_prior import SkillGaussians, fit_skill_gaussians
+
+        obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
+        start = time.perf_counter()
+        if config.shots:
+            from priorcache.envs.control_demos import record_control_demos
+
+            # The task's own episode length: a MuJoCo demonstrator is saved per length, and trains for minutes.
+            demos = record_control_demos(config.env, config.shots, seed=DEMONSTRATION_SEED, progress=progress)
+            gaussians = fit_skill_gaussians(
+                demos.observations, demos.actions, demos.skills, env.skills, obs_dim=obs_dim, act_dim=act_dim
+            )
+            info = {
+                "shots": config.shots,
+                "demonstrator": demos.demonstrator,
+                "game_seeds": list(demos.game_seeds),
+                "episode_returns": list(demos.episode_returns),
+                "episode_success": list(demos.episode_success),
+                "steps": len(demos.skills),
+                "skill_steps": dict(zip(gaussians.skills, gaussians.steps)),
+                "skills_fitted": dict(zip(gaussians.skills, gaussians.fitted)),
+            }
+        else:
+            gaussians = SkillGaussians.uniform(env.skills, obs_dim, act_dim)
+            info = {"shots": 0, "gaussians": "flat (uniform on [-1, 1]^d)"}
+        info["wall_time_s"] = time.perf_counter() - start
+        if backend is None:
+            from priorcache.prior.registry import make_backend
+
+            load = time.perf_counter()
+            backend = make_backend(
+                config.backend, config.model_path, config.device, base_url=config.base_url, model=config.model
+            )
+            info["backend_load_wall_time_s"] = time.perf_counter() - load
+        if encoder is None:
+            from priorcache.cache.encoder import MiniLMEncoder
+
+            encoder = MiniLMEncoder()
+        return cls(backend, encoder, gaussians, info)
+
+    def cache(self, config: ControlRunConfig) -> PriorCache:
+        from priorcache.prior.skill_prior import SkillPrior, SkillPriorConfig
+
+        assert config.cache is not None
+        return PriorCache(config.cache, self.encoder, self.backend, SkillPriorConfig(self.gaussians), SkillPrior)
+
+
+class _Run:
+    """The seeds of one run, their lines and per-seed facts, and the files they go to."""
+
+    def __init__(
+        self,
+        config: ControlRunConfig,
+        out: Path,
+        train_seeds: list[int],
+        eval_envs: list[tuple[int, Any]],
+        env_kwargs: dict[str, Any],
+        prior: _SkillPriorParts | None,
+        progress: bool,
+    ) -> None:
+        self.config, self.out, self.train_seeds, self.eval_envs = config, out, train_seeds, eval_envs
+        self.env_kwargs, self.prior, self.progress = env_kwargs, prior, progress
+        self.records: list[dict[str, Any]] = []
+        self.evals: list[dict[str, Any]] = []
+        self.per_seed: list[dict[str, Any]] = []
+        self.first_seed = 0
+        self.resumed: dict[str, Any] | None = None
+
+    def resume(self) -> None:
+        """Keep the finished seeds of the checkpoint; the one that was running starts again."""
+        found = read_progress(self.out)
+        if found is None:  # killed during the first seed: nothing to keep
+            self.resumed = {"seeds_kept": [], "restarted_seed": self.config.seeds[0]}
+            return
+        at, _ = found
+        self.records = read_lines(self.out / "metrics.jsonl", at.metrics_lines)
+        self.evals = read_lines(self.out / "evals.jsonl", at.eval_lines)
+        kept = self.config.seeds[: at.seed_index]
+        partial = read_json_object(self.out / "summary.json", "a run summary")
+        self.per_seed = [s for s in partial.get("per_seed", []) if isinstance(s, dict) and s.get("seed") in kept]
+        if sorted(s["seed"] for s in self.per_seed) != sorted(kept):
+            raise ConfigError(
+                f"{self.out}/summary.json lacks the facts of finished seeds {kept}: the folder was edited"
+            )
+        self.first_seed = at.seed_index
+        restarted = self.config.seeds[at.seed_index] if at.seed_index < len(self.config.seeds) else None
+        self.resumed = {"seeds_kept": kept, "restarted_seed": restarted}
+        if restarted is not None:
+            tqdm.write(f"resume: seeds {kept} are finished and kept; seed {restarted} starts again from scratch")
+
+    def train(self) -> None:
+        config = self.config
+        bar = tqdm(
+            total=config.steps * len(config.seeds),
+            initial=config.steps * self.first_seed,
+            desc=f"{config.env} {config.default_label() if config.label is None else config.label}",
+            unit="step",
+            disable=not self.progress,
+        )
+        try:
+            for i in range(self.first_seed, len(config.seeds)):
+                self.per_seed.append(self._train_seed(config.seeds[i], bar))
+                self._write_progress()
+                write_checkpoint(
+                    self.out,
+                    Progress(seed_index=i + 1, metrics_lines=len(self.records), eval_lines=len(self.evals)),
+                    None,
+                    None,
+                )
+        finally:
+            bar.close()
+
+    def _learner(self, env: TrainingInstances, seed: int) -> Any:
+        c = self.config
+        shared = {
+            "seed": seed,
+            "hidden_size": c.hidden_size,
+            "batch_size": c.batch_size,
+            "learning_starts": c.learning_starts,
+            "buffer_size": max(c.steps, c.batch_size),  # the whole budget
+        }
+        if self.prior is None:
+            return SB3SAC(env, **shared)
+        assert c.skill_hold is not None and c.alpha_0 is not None and c.alpha_min is not None
+        return SACPriorLearner(
+            env, self.prior.cache(c), skill_hold=c.skill_hold, alpha_0=c.alpha_0, alpha_min=c.alpha_min, **shared
+        )
+
+    def _train_seed(self, seed: int, bar: Any) -> dict[str, Any]:
+        config, learner = self.config, None
+        env = TrainingInstances(
+            config.env,
+            self.train_seeds,
+            seed,
+            self.env_kwargs,
+            on_step=lambda: bar.update(1),
+            train_clock=lambda: learner.train_time() if learner is not None else 0.0,
+        )
+        started = time.perf_counter()
+        train_wall = eval_wall = 0.0
+        try:
+            learner = self._learner(env, seed)
+            episodes = 0
+
+            def evaluate(done: int) -> float:
+                begin = time.perf_counter()
+                lines = evaluate_control(
+                    learner,
+                    self.eval_envs,
+                    seed=seed,
+                    after_episodes=episodes,
+                    after_steps=done,
+                    train_llm_queries=learner.llm_queries(),
+                )
+                self.evals.extend(lines)
+                held = [line["episode_return"] for line in lines]
+                bar.set_postfix(held_out_return=f"{sum(held) / len(held):.1f}", llm=learner.llm_queries())
+                return time.perf_counter() - begin
+
+            if config.eval_every:
+                eval_wall += evaluate(0)
+            done = 0
+            while done < config.steps:
+                n = min(config.eval_every or config.steps, config.steps - done)
+                begin = time.perf_counter()
+                learner.learn(n)
+                train_wall += time.perf_counter() - begin
+                done += n
+                if done == config.steps:
+                    env.end_episode()  # the budget is spent: the episode in progress is cut
+                finished = env.take_finished()
+                episodes += len(finished)
+                self.records.extend(r.to_json() for r in finished)
+                eval_wall += evaluate(done)  # every chunk ends at an evaluation point
+                self._write_progress()
+            facts = {
+                "seed": seed,
+                "env_steps": env.total_steps,
+                "episodes": episodes,
+                "train_wall_time_s": train_wall,
+                "env_steps_per_s": env.total_steps / train_wall if train_wall > 0 else None,
+                "eval_wall_time_s": eval_wall,
+                "wall_time_s": time.perf_counter() - started,
+                "llm_queries": learner.llm_queries(),
+                **learner.info(),
+            }
+            if self.prior is not None and config.cache_mode != "none":
+                learner.cache.save(self.out / "cache" / f"seed{seed}")
+            return facts
+        finally:
+            env.close()
+
+    def _held_out_and_training(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"held_out": summarise_control_held_out(self.evals)}
+        if self.records:
+            decision_unit = "action" if self.config.method == "sac" else "skill decision"
+            out.update(summarise_control(self.records, decision_unit))
+        return out
+
+    def _write_progress(self) -> None:
+        atomic_write_text(self.out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.records))
+        atomic_write_text(self.out / "evals.jsonl", "".join(json.dumps(e) + "\n" for e in self.evals))
+        atomic_write_json(
+            self.out / "summary.json", {"partial": True, **self._held_out_and_training(), "per_seed": self.per_seed}
+        )
+
+    def summary(self) -> dict[str, Any]:
+        config = self.config
+        summary = self._held_out_and_training()
+        steps = sum(s["env_steps"] for s in self.per_seed)
+        train_wall = sum(s["train_wall_time_s"] for s in self.per_seed)
+        eval_queries = [e["llm_queries"] for e in self.evals if e["llm_queries"] is not None]
+        summary.update(
+            {
+                "env": config.env,
+                "kind": "control",
+                "agent": config.method,
+                "method": config.method,
+                "label": config.label or config.default_label(),
+                "cache_mode": config.cache_mode,
+                "backend": config.backend if config.method != "sac" else None,
+                "skill_hold": config.skill_hold,
+                "demonstrations": self.prior.info if self.prior is not None else None,
+                "eval_llm_queries": sum(eval_queries) if eval_queries else None,
+                "env_steps_per_s": steps / train_wall if train_wall > 0 else None,
+                "train_wall_time_s": train_wall,
+                "eval_wall_time_s": sum(s["eval_wall_time_s"] for s in self.per_seed),
+                "wall_time_s": sum(s["wall_time_s"] for s in self.per_seed),
+                "per_seed": self.per_seed,
+                "resumed": self.resumed,
+            }
+        )
+        return summary

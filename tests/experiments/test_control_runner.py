@@ -1,0 +1,264 @@
+"""The continuous-control runner on a real MetaWorld task (reach-v3, short episodes): SAC-Prior with a
+fake LLM and encoder, Stable-Baselines3 SAC, the files they write, held-out evaluation that never
+trains and sees held-out instances only, resume and refusals; the slow set runs `priorcache run` with
+the real embedded LLM and MiniLM."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from priorcache.cache.prior_cache import CacheConfig
+from priorcache.cli import app
+from priorcache.envs.registry import EVAL_SEEDS, TRAIN_SEEDS
+from priorcache.errors import ConfigError
+from priorcache.experiments import control_episodes, control_runner
+from priorcache.experiments.control_runner import ControlRunConfig, run_control
+from tests.cache._fakes import FakeBackend, HashEncoder
+
+ENV = "metaworld:reach-v3"
+FILES = ("config.json", "metrics.jsonl", "evals.jsonl", "summary.json")
+TINY = dict(
+    env=ENV,
+    steps=80,
+    eval_every=40,
+    eval_episodes=2,
+    train_games=2,
+    max_episode_steps=30,
+    learning_starts=30,
+    batch_size=16,
+    hidden_size=16,
+)
+
+
+def _config(out: Path, method: str = "sac-prior", **changes: Any) -> ControlRunConfig:
+    prior = dict(cache=CacheConfig(mode="static", refresh_rate=0.3), shots=2, skill_hold=5) if method != "sac" else {}
+    return ControlRunConfig(**{**TINY, "method": method, "out": out, **prior, **changes})
+
+
+def _lines(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _weights(*modules: torch.nn.Module) -> list[torch.Tensor]:
+    return [t.detach().clone() for m in modules for t in m.state_dict().values()]
+
+
+def _snapshot(learner: Any) -> dict[str, Any]:
+    """Everything a learner trains on or with: weights, optimiser-visible state, buffer, counters, RNGs."""
+    if hasattr(learner, "agent"):  # SAC-Prior
+        a = learner.agent
+        return {
+            "weights": _weights(a.actor, a.critic, a.critic_target),
+            "log_alpha": float(a.log_alpha.detach()),
+            "counters": asdict(a.counters),
+            "buffer": len(a.buffer),
+            "episodes": len(a.episode_log),
+            "rng": json.dumps(a.rng.bit_generator.state),
+            "torch_rng": a.torch_rng.get_state().clone(),
+            "f2_alpha": a.sampler.schedule.alpha,
+            "cache": (learner.cache.stats()["lookups"], len(learner.cache)),
+            "env_steps": learner.env.total_steps,
+        }
+    m = learner.model  # SB3 SAC
+    return {
+        "weights": _weights(m.policy),
+        "log_ent_coef": float(m.log_ent_coef.detach()),
+        "timesteps": m.num_timesteps,
+        "updates": m._n_updates,
+        "buffer": (m.replay_buffer.pos, m.replay_buffer.full),
+        "env_steps": learner.env.total_steps,
+    }
+
+
+def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    if a.keys() != b.keys():
+        return False
+    for key in a:
+        x, y = a[key], b[key]
+        if isinstance(x, torch.Tensor):
+            if not torch.equal(x, y):
+                return False
+        elif key == "weights":
+            if len(x) != len(y) or not all(torch.equal(p, q) for p, q in zip(x, y)):
+                return False
+        elif x != y:
+            return False
+    return True
+
+
+@pytest.fixture
+def watched(monkeypatch: pytest.MonkeyPatch) -> dict[str, list]:
+    """Every environment the runner builds (split, game seed) and, around every evaluation, whether the
+    learner changed."""
+    seen: dict[str, list] = {"train_envs": [], "runner_envs": [], "evaluations": []}
+    for module, key in ((control_episodes, "train_envs"), (control_runner, "runner_envs")):
+        real_make = module.make_split_env
+
+        def make(name: str, split: str, game_seed: int, _real=real_make, _key=key, **kwargs: Any) -> Any:
+            seen[_key].append((split, game_seed))
+            return _real(name, split, game_seed, **kwargs)
+
+        monkeypatch.setattr(module, "make_split_env", make)
+    real_evaluate = control_runner.evaluate_control
+
+    def evaluate(learner: Any, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+        before = _snapshot(learner)
+        lines = real_evaluate(learner, *args, **kwargs)
+        seen["evaluations"].append(_same(before, _snapshot(learner)))
+        return lines
+
+    monkeypatch.setattr(control_runner, "evaluate_control", evaluate)
+    return seen
+
+
+def _check_protocol(out: Path, config: ControlRunConfig, watched: dict[str, list], seeds: int = 1) -> None:
+    """The files, held-out instances only in evaluations, training instances only in training."""
+    assert all((out / name).is_file() for name in FILES)
+    assert json.loads((out / "config.json").read_text()) == json.loads(json.dumps(config.to_json()))
+    records, evals = _lines(out / "metrics.jsonl"), _lines(out / "evals.jsonl")
+    assert sum(r["steps"] for r in records) == config.steps * seeds
+    assert {r["game_seed"] for r in records} == {0, 1} and all(r["game_seed"] in TRAIN_SEEDS for r in records)
+    # evaluations at 0, 40 and 80 steps, each on the two held-out instances
+    assert [(e["after_steps"], e["game_seed"]) for e in evals] == seeds * [
+        (s, g) for s in (0, 40, 80) for g in (1_000_000, 1_000_001)
+    ]
+    assert all(e["game_seed"] in EVAL_SEEDS and e["steps"] == 30 for e in evals)
+    assert {split for split, _ in watched["train_envs"]} == {"train"}
+    assert set(watched["runner_envs"]) == {("train", 0), ("eval", 1_000_000), ("eval", 1_000_001)}
+    assert watched["evaluations"] == [True] * 3 * seeds  # no evaluation changed the learner
+
+
+def test_sac_prior_run(tmp_path: Path, watched: dict[str, list]) -> None:
+    backend = FakeBackend()
+    config = _config(tmp_path / "run")
+    summary = run_control(config, backend=backend, encoder=HashEncoder(), progress=False)
+    out = config.out
+    _check_protocol(out, config, watched)
+    assert summary == json.loads((out / "summary.json").read_text()) and "partial" not in summary
+    records, evals = _lines(out / "metrics.jsonl"), _lines(out / "evals.jsonl")
+    # Every LLM call is counted once: training's in metrics.jsonl, the evaluations' (on a cache copy) apart.
+    train_queries = sum(r["llm_calls"] + r["partial_calls"] for r in records)
+    eval_queries = sum(e["llm_queries"] for e in evals)
+    assert summary["llm_queries"] == train_queries >= 1 and summary["eval_llm_queries"] == eval_queries >= 1
+    assert backend.n_calls == train_queries + eval_queries
+    assert summary["lookups"] == sum(r["lookups"] for r in records) == summary["decisions"]
+    assert [e["train_llm_queries"] for e in evals[::2]] == [
+        sum(r["llm_calls"] for r in records if r["end_step"] <= s) for s in (0, 40, 80)
+    ]
+    assert summary["hit_rate"] > 0 and summary["audits"] >= 1 and summary["audit_f5_violations"] == 0
+    assert summary["decision_unit"] == "skill decision" and summary["label"] == "sac-prior-static-2shot"
+    # SAC-Prior starts a new episode at every learn(): the one in progress at an evaluation is cut
+    assert [r["cut"] for r in records if r["end_step"] in (40, 80)] == [True, True]
+    seed = summary["per_seed"][0]
+    # gradient steps from the step that reaches learning_starts on (SB3: from the one after it)
+    assert seed["env_steps"] == 80 and seed["gradient_steps"] == 80 - 30 + 1 and seed["env_steps_per_s"] > 0
+    assert summary["demonstrations"]["demonstrator"].startswith("MetaWorld scripted expert")
+    assert (out / "cache" / "seed0").is_dir() and not (out / "checkpoint").exists()
+
+
+def test_sb3_sac_run_on_the_same_protocol(tmp_path: Path, watched: dict[str, list]) -> None:
+    config = _config(tmp_path / "sac", method="sac")
+    summary = run_control(config, progress=False)
+    _check_protocol(config.out, config, watched)
+    records = _lines(config.out / "metrics.jsonl")
+    # SB3 runs its episode on across evaluations: 30-step episodes fill 80 steps, the last one cut by the budget
+    assert [(r["steps"], r["cut"]) for r in records] == [(30, False), (30, False), (20, True)]
+    assert [r["game_seed"] for r in records] == [0, 1, 0]
+    assert summary["llm_queries"] == 0 and summary["eval_llm_queries"] is None and summary["cache_mode"] == "n/a"
+    assert summary["decision_unit"] == "action" and summary["decisions"] == 80
+    assert summary["per_seed"][0]["gradient_steps"] == 80 - 30
+
+
+def test_finished_runs_are_kept_other_configs_refused_and_a_killed_seed_restarts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = _config(tmp_path / "run", method="sac", seeds=[0, 1], eval_every=0, steps=40)
+    calls = {"seeds": 0}
+    real_train_seed = control_runner._Run._train_seed
+
+    def killed_in_second_seed(self: Any, seed: int, bar: Any) -> dict[str, Any]:
+        calls["seeds"] += 1
+        if seed == 1 and calls["seeds"] == 2:
+            raise KeyboardInterrupt
+        return real_train_seed(self, seed, bar)
+
+    monkeypatch.setattr(control_runner._Run, "_train_seed", killed_in_second_seed)
+    with pytest.raises(KeyboardInterrupt):
+        run_control(config, progress=False)
+    first = _lines(config.out / "metrics.jsonl")
+    assert {r["seed"] for r in first} == {0} and json.loads((config.out / "summary.json").read_text())["partial"]
+    summary = run_control(config, progress=False, resume=True)
+    assert summary["resumed"] == {"seeds_kept": [0], "restarted_seed": 1} and summary["seeds"] == [0, 1]
+    records = _lines(config.out / "metrics.jsonl")
+    assert records[: len(first)] == first and {r["seed"] for r in records[len(first) :]} == {1}
+    assert [s["seed"] for s in summary["per_seed"]] == [0, 1] and calls["seeds"] == 3
+
+    files = {name: (config.out / name).read_bytes() for name in FILES}
+    assert run_control(config, progress=False, resume=True) == summary  # finished: nothing runs
+    assert calls["seeds"] == 3
+    with pytest.raises(ConfigError, match="another configuration .*differs in steps"):
+        run_control(_config(config.out, method="sac", seeds=[0, 1], eval_every=0, steps=50), progress=False)
+    assert {name: (config.out / name).read_bytes() for name in FILES} == files
+
+
+def test_bad_configurations_are_refused(tmp_path: Path) -> None:
+    out = tmp_path / "never"
+    cases = [
+        (dict(env="babyai"), "not a continuous-control environment"),
+        (dict(env="mujoco"), "name the task of mujoco"),
+        (dict(env="metaworld:reach-v2"), "-v3"),
+        (dict(method="ppo"), "unknown control method"),
+        (dict(method="sac", shots=5), "shots apply to sac-prior only"),
+        (dict(method="sac", cache=CacheConfig()), "cache apply to sac-prior only"),
+        (dict(steps=0), "steps must be an integer ≥ 1"),
+        (dict(eval_every=-1), "eval_every must be an integer ≥ 0"),
+        (dict(skill_hold=0), "skill_hold must be an integer ≥ 1"),
+        (dict(eval_episodes=2_000_000), "the eval split"),
+        (dict(alpha_0=0.1, alpha_min=0.5), "alpha_min ≤ alpha_0"),
+        (dict(backend="nope"), "unknown LLM backend"),
+    ]
+    for changes, phrase in cases:
+        with pytest.raises(ConfigError, match=phrase):
+            ControlRunConfig(**{"out": out, **changes})
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "args, phrase",
+    [
+        (["run", ENV, "--episodes", "3"], "--episodes: an option of text environments; 'metaworld:reach-v3' is a"),
+        (["run", ENV, "--agent", "dqn", "--eval-games", "2"], "--agent, --eval-games: options of text environments"),
+        (["run", ENV, "--method", "sac", "--cache", "none"], "--cache: an option of --method sac-prior"),
+        (["run", ENV, "--method", "sac", "--skill-hold", "3"], "--skill-hold: an option of --method sac-prior"),
+        (["run", "babyai", "--steps", "100"], "--steps: an option of continuous-control environments"),
+        (["run", "babyai", "--method", "sac"], "'babyai' is a text environment"),
+    ],
+)
+def test_the_cli_refuses_options_of_the_other_kind(tmp_path: Path, args: list[str], phrase: str) -> None:
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "out")], env={"COLUMNS": "400"})
+    assert result.exit_code == 2, result.output
+    assert phrase in result.output
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_priorcache_run_on_metaworld_with_the_embedded_llm(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    args = ["run", ENV, "--steps", "60", "--eval-every", "30", "--eval-episodes", "2", "--max-steps", "20"]
+    args += ["--train-games", "2", "--shots", "2", "--skill-hold", "5", "--out", str(out), "--quiet"]
+    result = CliRunner().invoke(app, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "sac-prior-static-2shot" in result.output and "held-out return" in result.output
+    summary = json.loads((out / "summary.json").read_text())
+    records = _lines(out / "metrics.jsonl")
+    assert summary["steps"] == 60 and summary["lookups"] == sum(r["lookups"] for r in records) >= 12
+    assert 1 <= summary["llm_full_calls"] <= summary["lookups"] and summary["audit_f5_violations"] == 0
+    assert summary["eval_llm_queries"] >= 1 and summary["held_out"]["games"] == 2
+    assert summary["decision_latency_ms"]["p95"] > summary["decision_latency_ms"]["p50"] > 0
