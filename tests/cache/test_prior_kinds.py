@@ -11,11 +11,20 @@ from priorcache.cache.config import CacheConfig
 from priorcache.cache.prior_cache import PriorCache
 from priorcache.errors import CacheFormatError
 from priorcache.prior.base import Prompt
+from priorcache.prior.skill_prior import SkillGaussians, SkillPrior, SkillPriorConfig
 from tests.cache._fakes import FakeBackend, HashEncoder, at_cosine
-from tests.prior._skill_prior import SkillGaussianPrior
 
 SKILLS = ["lean forward and push with the back leg", "stand still", "hop on the front leg"]
-GAUSSIANS = {z: ([0.3 * i, -0.2], [0.1, 0.4 + i]) for i, z in enumerate(SKILLS)}
+# Per-skill Gaussians over 2-d actions with a mean that depends on a 3-d observation.
+GAUSSIANS = SkillGaussians(
+    tuple(SKILLS),
+    np.arange(3 * 2 * 3).reshape(3, 2, 3) / 40.0,
+    np.array([[0.3 * i, -0.2] for i in range(3)]),
+    np.array([[0.1, 0.4 + i] for i in range(3)]),
+    np.zeros(3),
+    np.ones(3),
+)
+CONFIG = SkillPriorConfig(GAUSSIANS)
 GOAL = Prompt("Goal: run forward.\n", "")
 
 
@@ -25,8 +34,8 @@ def skill_cache(**cfg) -> PriorCache:
         CacheConfig(similarity_threshold=0.9, **cfg),
         HashEncoder(),
         FakeBackend(),
-        prior_config=GAUSSIANS,
-        prior_kind=SkillGaussianPrior,
+        prior_config=CONFIG,
+        prior_kind=SkillPrior,
     )
 
 
@@ -37,14 +46,18 @@ def look(cache: PriorCache, state: str, cosine: float):
 def test_skill_priors_are_stored_served_audited_saved_and_loaded(tmp_path: Path) -> None:
     cache = skill_cache()
     miss = look(cache, "torso low, moving slowly", 1.0)
-    assert miss.kind == "miss" and isinstance(miss.prior, SkillGaussianPrior)
+    assert miss.kind == "miss" and isinstance(miss.prior, SkillPrior)
     similar = look(cache, "torso low, moving a bit faster", 0.95)
     assert similar.kind == "similar" and similar.llm_calls == similar.partial_calls == 0
-    # The served prior is the stored one: same skill distribution, same Gaussians.
+    # The served prior is the stored one: same skill distribution; the Gaussians are the kind's config,
+    # evaluated at the observation of the state it is served for (not the one it was asked for).
     np.testing.assert_allclose(similar.log_prior, miss.log_prior)
-    skill, action = similar.prior.sample(np.random.default_rng(0))
+    assert similar.prior.gaussians is GAUSSIANS
+    obs = np.array([0.5, -1.0, 2.0])
+    skill, action = similar.prior.sample_action(obs, np.random.default_rng(0))
     assert skill in SKILLS and action.shape == (2,)
-    assert similar.prior.gaussians[skill][1].tolist() == GAUSSIANS[skill][1]
+    k = SKILLS.index(skill)
+    np.testing.assert_allclose(GAUSSIANS.mean(obs, k), np.clip(GAUSSIANS.weights[k] @ obs + GAUSSIANS.bias[k], -1, 1))
 
     # Audited: every hit refreshes, F5 is measured between the served and the fresh skill prior.
     auditing = skill_cache(refresh_rate=1.0)
@@ -69,6 +82,6 @@ def test_a_save_of_another_prior_kind_is_refused(tmp_path: Path) -> None:
     look(cache, "torso low, moving slowly", 1.0)
     cache.save(tmp_path / "skills")
     categorical = PriorCache(CacheConfig(), HashEncoder(), FakeBackend())
-    with pytest.raises(CacheFormatError, match="skill-gaussian"):
+    with pytest.raises(CacheFormatError, match="'skill'"):
         categorical.load(tmp_path / "skills")
     assert len(categorical) == 0

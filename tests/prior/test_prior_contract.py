@@ -1,4 +1,4 @@
-"""The ``Prior`` contract, once for every kind: the categorical prior and a skill prior with Gaussians."""
+"""The ``Prior`` contract, once for every kind: the categorical prior and the skill prior (a Gaussian per skill)."""
 
 from __future__ import annotations
 
@@ -8,14 +8,22 @@ import pytest
 from priorcache.errors import ConfigError
 from priorcache.prior.action_prior import CategoricalPrior, PriorConfig
 from priorcache.prior.interface import Prior
-from tests.prior._skill_prior import SkillGaussianPrior
+from priorcache.prior.skill_prior import SkillGaussians, SkillPrior, SkillPriorConfig
 
 ACTIONS = ["go north", "take key", "open door", "look"]
 SCORES = np.array([-0.5, -1.5, -0.7, -3.0])
-GAUSSIANS = {a: ([float(i), -1.0], [0.5, 0.2]) for i, a in enumerate(ACTIONS)}
+# The actions as skills, each with a Gaussian over 2-d actions whose mean depends on a 3-d observation.
+GAUSSIANS = SkillGaussians(
+    tuple(ACTIONS),
+    np.arange(4 * 2 * 3).reshape(4, 2, 3) / 50.0,
+    np.array([[float(i) / 4, -0.5] for i in range(4)]),
+    np.array([[0.5, 0.2]] * 4),
+    np.zeros(3),
+    np.ones(3),
+)
 KINDS = {
     "categorical": (CategoricalPrior, PriorConfig(temperature=0.8, floor=0.05)),
-    "skill-gaussian": (SkillGaussianPrior, GAUSSIANS),
+    "skill": (SkillPrior, SkillPriorConfig(GAUSSIANS, PriorConfig(temperature=0.8, floor=0.05))),
 }
 
 

@@ -1,0 +1,555 @@
+"""SAC-Prior (docs/design.md §4; anchor: SPiRL's KL-regularised SAC, Pertsch et al. 2020): continuous control
+with LLM-chosen skills. The algorithm in one file, to be read top to bottom (saving: ``sac_saving``).
+
+Hybrid action space. A task has a small vocabulary of skills z (``env.skills``); a skill, once chosen,
+is held for H steps, so the LLM is asked at skill decisions only.
+
+- **High level** (F1 over skills): z ~ π(z|s) ∝ p_LLM(z|s)·exp(Q(s,z)/α_z), with p_LLM(z|s) served by a
+  prior source (a :class:`~priorcache.cache.prior_cache.PriorCache` in any mode; mode ``none`` is the
+  uncached reference; no source: the uniform p(z)) and Q(s,z) = E_{a∼π(·|s,z)} Q(s,a) estimated with
+  ``q_samples`` draws. α_z follows the cache's hit rate (F2), as DQN-Prior's does.
+- **Low level**: a tanh-Gaussian actor π(a|s,z) (the skill a one-hot input) minimising
+  E_{s, z, a∼π}[α·(log π(a|s,z) − log N_z(a|s)) − min_i Q_i(s,a)], with N_z the skill's Gaussian action
+  prior (:mod:`priorcache.prior.skill_prior`), evaluated at the current s. Every state of a batch is
+  trained under *every* skill (the vocabulary is small): the high level compares Q(s,z) across all
+  skills, so each skill's policy must be trained at all states, not only where it was chosen.
+- **Critics**: twin Q(s,a), target networks with soft updates; target
+  r + γ·(1 − done)·(min_i Q'_i(s',a') − α·KL̂(π‖N_z')(s')), a' ~ π(·|s',z'), z' the skill in force
+  at s', KL̂ = log π(a'|s',z') − log N_z'(a'|s') (a one-sample estimate: the KL of a tanh-Gaussian to
+  a Gaussian has no closed form). A truncated episode bootstraps with the skill it was holding. Q sees
+  neither the held skill nor its steps left (the design's Q(s,a)); the hierarchy enters through z'.
+- **α** (SPiRL's automatic α, log-parameterised): loss −log α·(KL̂ − δ_KL), so α rises while the mean
+  KL is above the target δ_KL = ``target_kl_per_dim``·d and falls below it.
+
+With the flat prior (:meth:`SkillGaussians.uniform`, log N_z = −d·log 2) the actor loss is SAC's
+α·log π − Q plus the constant α·d·log 2, the critic target is SAC's shifted by a constant, and the
+default δ_KL = d·(1 + log 2) is SAC's default target entropy −d (KL(π‖U) = d·log 2 − H(π)):
+this agent with ``prior_source=None`` and flat Gaussians is SAC (with skills as an extra input).
+
+Warm-up: for the first ``learning_starts`` steps the action is a draw from the held skill's N_z(·|s)
+(uniform for the flat prior, which is SAC's random warm-up). SB3-style API: ``learn(total_timesteps)``,
+``predict(obs, state, deterministic)`` (``state`` holds the current skill and its steps left, as
+SB3's recurrent policies hold theirs), ``save``/``load`` (safetensors + JSON, no pickle).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from priorcache.agents.base import episode_seed
+from priorcache.agents.control_buffer import ControlReplayBuffer
+from priorcache.agents.saving import read_arrays, write_arrays
+from priorcache.agents.torch_state import torch_threads
+from priorcache.errors import ConfigError
+from priorcache.posterior import PosteriorSampler, TemperatureSchedule
+from priorcache.prior.base import Prompt
+from priorcache.prior.skill_prior import SkillGaussians, check_vocabulary, skill_prompt
+
+NAME = "sac-prior"
+
+
+class SkillPriorSource(Protocol):
+    """What serves p(z|s): ``PriorCache.lookup`` fits (the result needs ``prior.log_prob(skills)``,
+    ``hit``, ``llm_calls``, ``partial_calls`` and ``llm_time_s``)."""
+
+    def lookup(
+        self,
+        state_text: str,
+        prompt: Prompt,
+        candidates: list[str],
+        q_values: np.ndarray | None = None,
+        alpha: float = 1.0,
+        embedding: np.ndarray | None = None,
+        step: int | None = None,
+    ) -> Any: ...
+
+
+# --- configuration (d3rlpy style: the config creates the algorithm) ------------------------------------
+@dataclass
+class SACPriorConfig:
+    skill_horizon: int = 10  # H: steps a skill is held
+    gamma: float = 0.99
+    tau: float = 0.005  # soft target update rate
+    actor_lr: float = 3e-4
+    critic_lr: float = 3e-4
+    alpha_lr: float = 3e-4
+    init_alpha: float = 1.0
+    target_kl_per_dim: float = 1.0 + math.log(2.0)  # δ_KL / d; flat prior: SAC's target entropy −d
+    batch_size: int = 256
+    buffer_size: int = 100_000
+    learning_starts: int = 1_000
+    updates_per_step: int = 1
+    hidden_size: int = 256
+    q_samples: int = 4  # draws per skill for Q(s,z)
+    skill_alpha_0: float = 1.0  # F2 for the high level's α_z
+    skill_alpha_min: float = 0.25
+    hit_rate_ema: float = 0.95
+    log_std_min: float = -5.0
+    log_std_max: float = 2.0
+    # Torch threads while learning (restored afterwards). The networks are small: on 2 busy cores a
+    # second thread made a gradient step 20× slower (33 ms against 1.6 ms), so one is the default.
+    torch_threads: int | None = 1
+
+    def __post_init__(self) -> None:
+        if self.torch_threads is not None and (not isinstance(self.torch_threads, int) or self.torch_threads < 1):
+            raise ConfigError(f"torch_threads must be None or an integer ≥ 1, got {self.torch_threads!r}")
+        for name in ("skill_horizon", "batch_size", "buffer_size", "updates_per_step", "hidden_size", "q_samples"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be an integer ≥ 1, got {getattr(self, name)!r}")
+        if not isinstance(self.learning_starts, int) or self.learning_starts < 0:
+            raise ConfigError(f"learning_starts must be an integer ≥ 0, got {self.learning_starts!r}")
+        if not (0.0 <= self.gamma <= 1.0 and 0.0 < self.tau <= 1.0):
+            raise ConfigError(f"need gamma in [0, 1] and tau in (0, 1], got {self.gamma}, {self.tau}")
+        positive = ("actor_lr", "critic_lr", "alpha_lr", "init_alpha")
+        if not all(math.isfinite(getattr(self, n)) and getattr(self, n) > 0 for n in positive):
+            raise ConfigError(f"{', '.join(positive)} must be finite and > 0")
+        if not math.isfinite(self.target_kl_per_dim) or self.log_std_min >= self.log_std_max:
+            raise ConfigError("target_kl_per_dim must be finite and log_std_min < log_std_max")
+        if not 0 < self.skill_alpha_min <= self.skill_alpha_0:
+            raise ConfigError(
+                f"need 0 < skill_alpha_min ≤ skill_alpha_0, got {self.skill_alpha_min}, {self.skill_alpha_0}"
+            )
+
+    def create(
+        self,
+        env: Any,
+        *,
+        prior_source: SkillPriorSource | None = None,
+        gaussians: SkillGaussians | None = None,
+        prompt_builder: Callable[[str, str], Prompt] | None = None,
+        embedder: Callable[[np.ndarray, str], np.ndarray] | None = None,
+        seed: int = 0,
+    ) -> SACPrior:
+        return SACPrior(self, env, prior_source, gaussians, prompt_builder, embedder, seed)
+
+
+# --- networks ------------------------------------------------------------------------------------------
+def mlp(inputs: int, hidden: int, outputs: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Linear(inputs, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, outputs)
+    )
+
+
+def squashed_gaussian(mean: torch.Tensor, log_std: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """a = tanh(u), u = mean + std·noise (reparameterised), and log π(a) = log N(u) − Σ log(1 − tanh²u),
+    the Jacobian term in the stable form 2·(log 2 − u − softplus(−2u))."""
+    u = mean + log_std.exp() * noise
+    log_n = (-0.5 * noise**2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+    return torch.tanh(u), log_n - (2.0 * (math.log(2.0) - u - F.softplus(-2.0 * u))).sum(-1)
+
+
+class Actor(nn.Module):
+    """π(a|s,z): a tanh-Gaussian whose mean and log-std come from an MLP on [s, one-hot(z)]."""
+
+    def __init__(self, obs_dim: int, n_skills: int, act_dim: int, hidden: int, log_std_range: tuple[float, float]):
+        super().__init__()
+        self.n_skills, self.log_std_range = n_skills, log_std_range
+        self.net = mlp(obs_dim + n_skills, hidden, 2 * act_dim)
+
+    def forward(self, obs: torch.Tensor, skill: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.net(torch.cat([obs, F.one_hot(skill, self.n_skills).to(obs.dtype)], dim=-1))
+        mean, log_std = out.chunk(2, dim=-1)
+        return mean, torch.clamp(log_std, *self.log_std_range)
+
+    def sample(self, obs: torch.Tensor, skill: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(a, log π(a|s,z)) for standard-normal ``noise`` of shape (B, d)."""
+        return squashed_gaussian(*self(obs, skill), noise)
+
+
+class TwinQ(nn.Module):
+    """Two independent Q(s,a) heads; ``forward`` returns both (B,) and (B,)."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: int) -> None:
+        super().__init__()
+        self.q1, self.q2 = mlp(obs_dim + act_dim, hidden, 1), mlp(obs_dim + act_dim, hidden, 1)
+
+    def forward(self, obs: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.cat([obs, action], dim=-1)
+        return self.q1(x).squeeze(-1), self.q2(x).squeeze(-1)
+
+
+# --- the agent -----------------------------------------------------------------------------------------
+@dataclass
+class SACPriorCounters:
+    """What learning cost: environment steps, skill decisions, and the LLM queries the prior source
+    reports (full and F7 partial apart), cache hits, gradient steps, and their times."""
+
+    env_steps: int = 0
+    episodes: int = 0
+    skill_decisions: int = 0
+    llm_queries: int = 0
+    partial_queries: int = 0
+    cache_hits: int = 0
+    gradient_steps: int = 0
+    llm_time_s: float = 0.0
+    decision_time_s: float = 0.0  # skill decisions, LLM included
+    train_time_s: float = 0.0  # gradient steps
+
+
+@dataclass(frozen=True)
+class SkillState:
+    """``predict``'s recurrent state: the skill in force and how many steps it is still held."""
+
+    skill: int
+    steps_left: int
+
+
+@dataclass
+class SkillDecision:
+    skill: int
+    hit: bool
+    lookup: Any = None  # what the prior source served (None without one)
+
+
+class SACPrior:
+    """SAC-Prior on a ControlEnv-shaped ``env`` (observation/action Box spaces, actions in [−1, 1]^d,
+    ``objective``, ``skills``, ``describe(obs)``, ``info["state_text"]``)."""
+
+    def __init__(
+        self,
+        config: SACPriorConfig,
+        env: Any,
+        prior_source: SkillPriorSource | None = None,
+        gaussians: SkillGaussians | None = None,
+        prompt_builder: Callable[[str, str], Prompt] | None = None,
+        embedder: Callable[[np.ndarray, str], np.ndarray] | None = None,
+        seed: int = 0,
+    ) -> None:
+        if not isinstance(config, SACPriorConfig):
+            raise ConfigError(f"config must be a SACPriorConfig, got {type(config).__name__}")
+        self.config, self.env, self.seed = config, env, seed
+        self.skills = check_vocabulary(getattr(env, "skills", ()))
+        self.objective = str(getattr(env, "objective", ""))
+        obs_space, act_space = env.observation_space, env.action_space
+        if len(obs_space.shape) != 1 or len(act_space.shape) != 1:
+            raise ConfigError(f"SAC-Prior needs vector observations and actions, got {obs_space} and {act_space}")
+        if not (np.all(act_space.low == -1.0) and np.all(act_space.high == 1.0)):
+            raise ConfigError(f"SAC-Prior needs the action box [-1, 1]^d, got {act_space}")
+        self.obs_dim, self.act_dim = int(obs_space.shape[0]), int(act_space.shape[0])
+        self.gaussians = self._check_gaussians(gaussians, prior_source)
+        self.prior_source = prior_source
+        self.prompt_builder = prompt_builder or functools.partial(skill_prompt, skills=self.skills)
+        self.embedder = embedder
+        self.target_kl = config.target_kl_per_dim * self.act_dim
+
+        self.rng = np.random.default_rng(seed)  # warm-up actions, skill draws, replay sampling
+        self._predict_rng = np.random.default_rng([seed, 1])
+        self.torch_rng = torch.Generator().manual_seed(seed)  # the actor's noise in learning
+        self.sampler = PosteriorSampler(
+            TemperatureSchedule(config.skill_alpha_0, config.skill_alpha_min, config.hit_rate_ema), self.rng
+        )
+        n, h = len(self.skills), config.hidden_size
+        with torch.random.fork_rng(devices=[]):  # seeded weights without touching torch's global RNG
+            torch.manual_seed(seed)
+            self.actor = Actor(self.obs_dim, n, self.act_dim, h, (config.log_std_min, config.log_std_max))
+            self.critic = TwinQ(self.obs_dim, self.act_dim, h)
+        self.critic_target = TwinQ(self.obs_dim, self.act_dim, h)
+        self.critic_target.load_state_dict(self.critic.state_dict())
+        self.critic_target.requires_grad_(False)
+        self.log_alpha = torch.tensor(math.log(config.init_alpha), requires_grad=True)
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=config.actor_lr)
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=config.critic_lr)
+        self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=config.alpha_lr)
+        self.buffer = ControlReplayBuffer(config.buffer_size, self.obs_dim, self.act_dim)
+        self.counters = SACPriorCounters()
+        self.episode_log: list[dict[str, Any]] = []
+        self.last_losses: dict[str, float] = {}
+        self._td = torch.zeros(0)  # |TD| of the last critic batch (reported to an adaptive cache)
+
+    def _check_gaussians(self, gaussians: SkillGaussians | None, source: Any) -> SkillGaussians:
+        """The agent's N_z: the given ones, else the source's (a skill-prior cache), else the flat prior.
+        A source whose served priors carry other Gaussians would disagree with the losses: refused."""
+        served = getattr(getattr(source, "prior_config", None), "gaussians", None)
+        if gaussians is None:
+            gaussians = (
+                served if served is not None else SkillGaussians.uniform(self.skills, self.obs_dim, self.act_dim)
+            )
+        if not isinstance(gaussians, SkillGaussians):
+            raise ConfigError(f"gaussians must be SkillGaussians, got {type(gaussians).__name__}")
+        if served is not None and served != gaussians:
+            raise ConfigError("the prior source serves other skill Gaussians than the agent's own")
+        if gaussians.skills != self.skills:
+            raise ConfigError(
+                f"the skill Gaussians are for skills {list(gaussians.skills)}, the env's are {list(self.skills)}"
+            )
+        if (gaussians.obs_dim, gaussians.act_dim) != (self.obs_dim, self.act_dim):
+            raise ConfigError(
+                f"the skill Gaussians are for obs/action dims {gaussians.obs_dim}/{gaussians.act_dim}, "
+                f"the env's are {self.obs_dim}/{self.act_dim}"
+            )
+        return gaussians
+
+    @property
+    def alpha(self) -> float:
+        return float(self.log_alpha.detach().exp())
+
+    # --- the high level: F1 over skills -----------------------------------------------------------
+    def skill_q_values(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
+        """Q(s,z) = E_{a∼π(·|s,z)} min_i Q_i(s,a) for every skill, from ``q_samples`` draws each
+        (``deterministic``: at the actor's mean action, the action ``predict`` would take)."""
+        n, k = len(self.skills), 1 if deterministic else self.config.q_samples
+        with torch.no_grad():
+            s = torch.as_tensor(obs, dtype=torch.float32).expand(n * k, -1)
+            z = torch.arange(n).repeat_interleave(k)
+            if deterministic:
+                a = torch.tanh(self.actor(s, z)[0])
+            else:
+                a, _ = self.actor.sample(s, z, torch.randn(n * k, self.act_dim, generator=self.torch_rng))
+            q = torch.min(*self.critic(s, a)).view(n, k).mean(dim=1)
+        return q.numpy().astype(np.float64)
+
+    def _skill_prior(self, obs: np.ndarray, state_text: str, q: np.ndarray, alpha: float) -> tuple[np.ndarray, Any]:
+        """log p(z|s) over the vocabulary and the lookup behind it (uniform and None without a source)."""
+        if self.prior_source is None:
+            return np.full(len(self.skills), -math.log(len(self.skills))), None
+        embedding = self.embedder(obs, state_text) if self.embedder is not None else None
+        lookup = self.prior_source.lookup(
+            state_text,
+            self.prompt_builder(self.objective, state_text),
+            list(self.skills),
+            q_values=q,
+            alpha=alpha,
+            embedding=embedding,
+            step=self.counters.skill_decisions,
+        )
+        return lookup.prior.log_prob(self.skills), lookup
+
+    def _decide_skill(self, obs: np.ndarray, state_text: str) -> SkillDecision:
+        """A skill decision while learning: the prior (an LLM query unless the cache serves it), F2's
+        update, then z ~ π(z|s) ∝ p(z|s)·exp(Q(s,z)/α_z)."""
+        start = time.perf_counter()
+        q = self.skill_q_values(obs)
+        log_prior, lookup = self._skill_prior(obs, state_text, q, self.sampler.schedule.alpha)
+        c = self.counters
+        c.skill_decisions += 1
+        hit = lookup is not None and bool(lookup.hit)
+        if lookup is not None:
+            self.sampler.schedule.update(hit)  # F2, before the draw, as DQN-Prior
+            c.llm_queries += int(lookup.llm_calls)
+            c.partial_queries += int(lookup.partial_calls)
+            c.cache_hits += int(hit)
+            c.llm_time_s += float(lookup.llm_time_s)
+        skill, _ = self.sampler.sample(log_prior, q)
+        c.decision_time_s += time.perf_counter() - start
+        return SkillDecision(skill, hit, lookup)
+
+    # --- the losses (methods, so the tests can evaluate them on fixed batches) ---------------------------
+    def critic_loss(self, batch: dict[str, torch.Tensor], noise: torch.Tensor | None = None) -> torch.Tensor:
+        """½-free MSE of both heads to r + γ(1−done)(min Q'(s',a') − α·KL̂(π‖N_z')(s'))."""
+        with torch.no_grad():
+            s2, z2 = batch["next_obs"], batch["next_skills"]
+            if noise is None:
+                noise = torch.randn(len(s2), self.act_dim, generator=self.torch_rng)
+            a2, log_pi2 = self.actor.sample(s2, z2, noise)
+            kl2 = log_pi2 - self.gaussians.log_density_torch(s2, a2, z2)
+            q_next = torch.min(*self.critic_target(s2, a2)) - self.log_alpha.exp() * kl2
+            target = batch["rewards"] + self.config.gamma * (1.0 - batch["dones"]) * q_next
+        q1, q2 = self.critic(batch["obs"], batch["actions"])
+        self._td = (q1.detach() - target).abs()
+        return F.mse_loss(q1, target) + F.mse_loss(q2, target)
+
+    def actor_loss(self, obs: torch.Tensor, noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(E[α·(log π(a|s,z) − log N_z(a|s)) − min_i Q_i(s,a)], KL̂ per sample) over every state of
+        ``obs`` (B, obs_dim) under every skill: B·Z samples, state-major (``noise``: (B·Z, d))."""
+        n = len(self.skills)
+        s = obs.repeat_interleave(n, dim=0)
+        z = torch.arange(n).repeat(len(obs))
+        if noise is None:
+            noise = torch.randn(len(s), self.act_dim, generator=self.torch_rng)
+        a, log_pi = self.actor.sample(s, z, noise)
+        kl = log_pi - self.gaussians.log_density_torch(s, a, z)
+        q = torch.min(*self.critic(s, a))
+        return (self.log_alpha.exp().detach() * kl - q).mean(), kl
+
+    def alpha_loss(self, kl: torch.Tensor) -> torch.Tensor:
+        """SPiRL's automatic α: −log α·(mean KL̂ − δ_KL); α rises while the KL is above the target."""
+        return -(self.log_alpha * (kl.detach().mean() - self.target_kl))
+
+    def _update(self) -> None:
+        start = time.perf_counter()
+        batch = self.buffer.sample(self.config.batch_size, self.rng)
+        critic_loss = self.critic_loss(batch)
+        self.critic_opt.zero_grad()
+        critic_loss.backward()
+        self.critic_opt.step()
+        self.critic.requires_grad_(False)  # the actor's gradient must not reach the critics
+        actor_loss, kl = self.actor_loss(batch["obs"])
+        self.actor_opt.zero_grad()
+        actor_loss.backward()
+        self.actor_opt.step()
+        self.critic.requires_grad_(True)
+        alpha_loss = self.alpha_loss(kl)
+        self.alpha_opt.zero_grad()
+        alpha_loss.backward()
+        self.alpha_opt.step()
+        with torch.no_grad():
+            for p, tp in zip(self.critic.parameters(), self.critic_target.parameters()):
+                tp.lerp_(p, self.config.tau)
+        source = self.prior_source
+        if source is not None and getattr(source, "learns_from_outcomes", False):
+            hits = batch["hits"]
+            source.observe_td(True, float(self._td[hits].sum()), int(hits.sum()))
+            source.observe_td(False, float(self._td[~hits].sum()), int((~hits).sum()))
+        self.counters.gradient_steps += 1
+        self.counters.train_time_s += time.perf_counter() - start
+        self.last_losses = {
+            "critic": float(critic_loss.detach()),
+            "actor": float(actor_loss.detach()),
+            "kl": float(kl.detach().mean()),
+            "alpha": self.alpha,
+        }
+
+    # --- learning --------------------------------------------------------------------------------------
+    def learn(self, total_timesteps: int, progress_bar: bool = False) -> SACPrior:
+        """Run ``total_timesteps`` environment steps, learning as it goes (one gradient step per env
+        step by default, after ``learning_starts``). Each call starts a new episode; episodes are
+        reset with seeds (seed, episode number), so a run with the same seed replays exactly."""
+        if not isinstance(total_timesteps, int) or total_timesteps < 1:
+            raise ConfigError(f"total_timesteps must be an integer ≥ 1, got {total_timesteps!r}")
+        with torch_threads(self.config.torch_threads):
+            self._learn(total_timesteps, progress_bar)
+        return self
+
+    def _learn(self, total_timesteps: int, progress_bar: bool) -> None:
+        from tqdm.auto import tqdm
+
+        cfg, c, g = self.config, self.counters, self.gaussians
+        bar = tqdm(total=total_timesteps, desc=NAME, unit="step", disable=not progress_bar)
+        obs, info, decision = self._begin_episode()
+        left, episode = cfg.skill_horizon, {"return": 0.0, "length": 0, "success": False}
+        for _ in range(total_timesteps):
+            z = decision.skill
+            if c.env_steps < cfg.learning_starts:
+                action = g.sample(obs, z, self.rng).astype(np.float32)
+            else:
+                action = self._actor_action(obs, z, torch.randn(1, self.act_dim, generator=self.torch_rng))
+            next_obs, reward, terminated, truncated, info = self.env.step(action)
+            next_obs = np.asarray(next_obs, np.float32)
+            c.env_steps += 1
+            left -= 1
+            episode["return"] += float(reward)
+            episode["length"] += 1
+            episode["success"] = episode["success"] or bool(info.get("success", False))
+            if self.prior_source is not None and getattr(self.prior_source, "learns_from_outcomes", False):
+                self.prior_source.observe_reward(float(reward))
+            done = terminated or truncated
+            hit = decision.hit
+            if not done and left == 0:  # the next skill is decided at s', so the target knows z'
+                decision, left = self._decide_skill(next_obs, info["state_text"]), cfg.skill_horizon
+            self.buffer.add(obs, action, float(reward), bool(terminated), z, hit, next_obs, decision.skill)
+            if c.env_steps >= cfg.learning_starts and len(self.buffer) >= cfg.batch_size:
+                for _ in range(cfg.updates_per_step):
+                    self._update()
+            obs = next_obs
+            bar.update(1)
+            if done:
+                c.episodes += 1
+                totals = {"env_steps": c.env_steps, "llm_queries": c.llm_queries, "partial_queries": c.partial_queries}
+                self.episode_log.append({**episode, **totals, "alpha": self.alpha})
+                bar.set_postfix(ret=f"{episode['return']:.1f}", alpha=f"{self.alpha:.3g}", llm=c.llm_queries)
+                obs, info, decision = self._begin_episode()
+                left, episode = cfg.skill_horizon, {"return": 0.0, "length": 0, "success": False}
+        bar.close()
+
+    def _begin_episode(self) -> tuple[np.ndarray, dict[str, Any], SkillDecision]:
+        obs, info = self.env.reset(seed=episode_seed(self.seed, self.counters.episodes))
+        obs = np.asarray(obs, np.float32)
+        return obs, info, self._decide_skill(obs, info["state_text"])
+
+    def _actor_action(self, obs: np.ndarray, skill: int, noise: torch.Tensor | None) -> np.ndarray:
+        """a ~ π(·|s,z) with standard-normal ``noise`` (1, d); tanh of the mean when ``noise`` is None."""
+        with torch.no_grad():
+            s = torch.as_tensor(obs, dtype=torch.float32).unsqueeze(0)
+            z = torch.tensor([skill])
+            if noise is None:
+                return torch.tanh(self.actor(s, z)[0])[0].numpy()
+            return self.actor.sample(s, z, noise)[0][0].numpy()
+
+    # --- acting without learning ----------------------------------------------------------------------
+    def predict(
+        self,
+        obs: np.ndarray,
+        state: SkillState | None = None,
+        deterministic: bool = True,
+        state_text: str | None = None,
+    ) -> tuple[np.ndarray, SkillState]:
+        """The action for one observation and the skill state to pass back with the next one.
+
+        With ``state`` None (an episode's first step) or a skill at its last held step, a new skill
+        is decided (the mode of F1, argmax log p(z|s) + Q(s,z)/α_z, or a draw when not
+        ``deterministic``): a lookup of the prior source, counted by the source (a cache) but not in
+        the agent's training counters. The action is tanh of the actor's mean, or a draw. Draws come
+        from predict's own generator: nothing learning uses changes."""
+        obs = np.asarray(obs, np.float32)
+        if obs.shape != (self.obs_dim,):
+            raise ConfigError(f"predict takes one observation of shape ({self.obs_dim},), got {obs.shape}")
+        with torch_threads(self.config.torch_threads):
+            return self._predict(obs, state, deterministic, state_text)
+
+    def _predict(
+        self, obs: np.ndarray, state: SkillState | None, deterministic: bool, state_text: str | None
+    ) -> tuple[np.ndarray, SkillState]:
+        if state is None or state.steps_left <= 0:
+            text = self.env.describe(obs) if state_text is None else state_text
+            q = self.skill_q_values(obs, deterministic=True)
+            alpha = self.sampler.schedule.alpha
+            log_prior, _ = self._skill_prior(obs, text, q, alpha)
+            logits = log_prior + q / alpha
+            if deterministic:
+                skill = int(np.argmax(logits))
+            else:
+                probs = np.exp(logits - logits.max())
+                skill = int(self._predict_rng.choice(len(probs), p=probs / probs.sum()))
+            state = SkillState(skill, self.config.skill_horizon)
+        if not 0 <= state.skill < len(self.skills):
+            raise ConfigError(f"skill index {state.skill} outside the vocabulary of {len(self.skills)}")
+        noise = None if deterministic else torch.as_tensor(self._predict_rng.standard_normal((1, self.act_dim)))
+        action = self._actor_action(obs, state.skill, None if noise is None else noise.float())
+        return action.astype(np.float32), SkillState(state.skill, state.steps_left - 1)
+
+    # --- persistence ---------------------------------------------------------------------------------------
+    def save(self, path: str | Path) -> None:
+        """Networks, optimisers' moments, α, the RNGs, counters, F2's hit rate and the skill Gaussians
+        into folder ``path`` (weights.safetensors + agent.json; :mod:`priorcache.agents.sac_saving`).
+        The replay buffer is saved apart: ``save_replay_buffer``."""
+        from priorcache.agents.sac_saving import save_agent
+
+        save_agent(self, Path(path))
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        env: Any,
+        prior_source: SkillPriorSource | None = None,
+        prompt_builder: Callable[[str, str], Prompt] | None = None,
+        embedder: Callable[[np.ndarray, str], np.ndarray] | None = None,
+    ) -> SACPrior:
+        """The agent ``save`` wrote, on ``env`` with the given prior source; ConfigError when the folder is
+        damaged or ``env``'s observation/action dimensions, skills or objective differ from the saved one's."""
+        from priorcache.agents.sac_saving import load_agent
+
+        return load_agent(cls, Path(path), env, prior_source, prompt_builder, embedder)
+
+    def save_replay_buffer(self, path: str | Path) -> None:
+        """The replay buffer's transitions into the file ``path`` (safetensors, atomic)."""
+        arrays, position = self.buffer.to_arrays()
+        write_arrays(Path(path), arrays, position)
+
+    def load_replay_buffer(self, path: str | Path) -> None:
+        arrays, position = read_arrays(Path(path))
+        try:
+            self.buffer.load_arrays(arrays, position.get("pos"), position.get("full"))
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
