@@ -28,16 +28,25 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from priorcache.experiments.control_episodes import ControlEpisode, RecordingSource, TrainingInstances
+from priorcache.io import atomic_write_json
+
+if TYPE_CHECKING:
+    from priorcache.experiments.control_runner import ControlRunConfig
 
 #: The ``env.reset`` seed of every evaluation episode: a held-out instance is the same task each time.
 EVAL_RESET_SEED = 0
 #: Torch threads of both methods (SAC-Prior's default, see the module docstring).
 TORCH_THREADS = 1
+#: The demonstrations' seed (the SAC demonstrator's training seed): one set of demonstrations, saved
+#: once, serves every run seed.
+DEMONSTRATION_SEED = 0
 
 Sink = Callable[[], ControlEpisode | None]
 
@@ -49,11 +58,77 @@ def _torch_threads() -> Any:
     return torch_threads(TORCH_THREADS)
 
 
+@dataclass
+class SkillPriorParts:
+    """What every SAC-Prior seed shares: the backend, encoder and skill Gaussians (each seed builds its
+    own cache from them), and what the demonstrations were."""
+
+    backend: Any
+    encoder: Any
+    gaussians: Any
+    info: dict[str, Any]
+
+    @classmethod
+    def build(cls, config: ControlRunConfig, env: Any, backend: Any, encoder: Any, progress: bool) -> SkillPriorParts:
+        from priorcache.prior.skill_prior import SkillGaussians, fit_skill_gaussians
+
+        obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
+        start = time.perf_counter()
+        if config.shots:
+            from priorcache.envs.control_demos import record_control_demos
+
+            # The task's own episode length: a MuJoCo demonstrator is saved per length, and trains for minutes.
+            demos = record_control_demos(config.env, config.shots, seed=DEMONSTRATION_SEED, progress=progress)
+            gaussians = fit_skill_gaussians(
+                demos.observations, demos.actions, demos.skills, env.skills, obs_dim=obs_dim, act_dim=act_dim
+            )
+            info = {
+                "shots": config.shots,
+                "demonstrator": demos.demonstrator,
+                "game_seeds": list(demos.game_seeds),
+                "episode_returns": list(demos.episode_returns),
+                "episode_success": list(demos.episode_success),
+                "steps": len(demos.skills),
+                "skill_steps": dict(zip(gaussians.skills, gaussians.steps)),
+                "skills_fitted": dict(zip(gaussians.skills, gaussians.fitted)),
+            }
+        else:
+            gaussians = SkillGaussians.uniform(env.skills, obs_dim, act_dim)
+            info = {"shots": 0, "gaussians": "flat (uniform on [-1, 1]^d)"}
+        info["wall_time_s"] = time.perf_counter() - start
+        if backend is None:
+            from priorcache.prior.registry import make_backend
+
+            load = time.perf_counter()
+            backend = make_backend(
+                config.backend, config.model_path, config.device, base_url=config.base_url, model=config.model
+            )
+            info["backend_load_wall_time_s"] = time.perf_counter() - load
+        info["backend_name"] = str(getattr(backend, "name", type(backend).__name__))
+        if encoder is None:
+            from priorcache.cache.encoder import MiniLMEncoder
+
+            encoder = MiniLMEncoder()
+        return cls(backend, encoder, gaussians, info)
+
+    def cache(self, config: ControlRunConfig) -> Any:
+        """A new cache of ``config``'s settings serving this skill prior."""
+        from priorcache.cache.prior_cache import PriorCache
+        from priorcache.prior.skill_prior import SkillPrior, SkillPriorConfig
+
+        assert config.cache is not None
+        return PriorCache(config.cache, self.encoder, self.backend, SkillPriorConfig(self.gaussians), SkillPrior)
+
+
 class SB3SAC:
     """Stable-Baselines3 SAC on ``env`` with the run's shared settings."""
 
     decision_unit = "action"
     uses_llm = False
+    #: SB3's ``learn(reset_num_timesteps=False)`` runs the episode in progress on.
+    cuts_episodes = False
+    #: SB3 saves pickles, which this project never loads: an unfinished seed restarts.
+    checkpoints = False
 
     def __init__(
         self,
@@ -140,6 +215,9 @@ class SACPriorLearner:
 
     decision_unit = "skill decision"
     uses_llm = True
+    #: ``SACPrior.learn`` starts a new episode on every call: the one in progress ends with the chunk.
+    cuts_episodes = True
+    checkpoints = True
 
     def __init__(
         self,
@@ -195,6 +273,24 @@ class SACPriorLearner:
 
     def act(self, obs: np.ndarray, state: Any, info: dict[str, Any]) -> tuple[np.ndarray, Any]:
         return self.agent.predict(obs, state, deterministic=True, state_text=info["state_text"])
+
+    def save(self, folder: Path) -> None:
+        """Agent (safetensors + JSON), replay buffer and cache with its run-time state into ``folder``."""
+        folder.mkdir(parents=True, exist_ok=True)
+        self.agent.save(folder / "agent")
+        self.agent.save_replay_buffer(folder / "replay.safetensors")
+        self.cache.save(folder / "cache")
+        atomic_write_json(folder / "cache_runtime.json", self.cache.runtime_state())
+
+    def restore(self, folder: Path, llm_queries: int) -> None:
+        """The state ``save`` wrote into ``folder`` (``llm_queries``: the source's count then)."""
+        from priorcache.agents.sac_prior import SACPrior
+        from priorcache.experiments.run_folder import restore_cache
+
+        restore_cache(folder, self.cache)
+        self.agent = SACPrior.load(folder / "agent", self.env, prior_source=self.source)
+        self.agent.load_replay_buffer(folder / "replay.safetensors")
+        self.source.llm_queries = llm_queries
 
     def info(self) -> dict[str, Any]:
         c = self.agent.counters

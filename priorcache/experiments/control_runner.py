@@ -23,14 +23,20 @@ each file atomically after every chunk: ``config.json``; ``metrics.jsonl`` (one 
 episode, :class:`~priorcache.experiments.control_episodes.ControlEpisode`); ``evals.jsonl`` (one line
 per held-out episode); ``summary.json`` (``"partial": true`` until the run ends); ``cache/seedN/``
 (each seed's cache at its end, cached modes). **Resume** (``resume=True``): a finished run is
-returned as it is; finished seeds (``checkpoint/progress.json`` counts them and their lines) are
-kept, and the seed that was running restarts from scratch: no learner is checkpointed (SB3 saves
-pickles, which this project never loads).
+returned as it is; otherwise the run goes on from its checkpoint (``checkpoint/``: ``progress.json``
+counts the finished seeds, the steps of the seed in training and the lines all that accounts for;
+lines beyond are cut). SAC-Prior is checkpointed after every chunk (``learner/``: the agent in
+safetensors + JSON, its replay buffer, the cache and its run-time state; ``seed_clock.json``), so a
+killed seed goes on from its last evaluation; an SB3 SAC seed that was running starts again from
+scratch: SB3 saves pickles, which this project never loads. Every chunk of SAC-Prior ends its
+episode in progress (``SACPrior.learn`` starts a new one on every call), so a resumed seed plays the
+episodes an uninterrupted one plays.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
@@ -39,11 +45,12 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from priorcache.cache.prior_cache import CacheConfig, PriorCache
+from priorcache.cache.prior_cache import CacheConfig
+from priorcache.cache.store import swap_into_place
 from priorcache.envs.registry import ENVIRONMENTS, environment_info, game_seeds, make_split_env
 from priorcache.errors import ConfigError
 from priorcache.experiments.control_episodes import TrainingInstances, summarise_control, summarise_control_held_out
-from priorcache.experiments.control_learners import SB3SAC, SACPriorLearner, evaluate_control
+from priorcache.experiments.control_learners import SB3SAC, SACPriorLearner, SkillPriorParts, evaluate_control
 from priorcache.experiments.run_folder import (
     CHECKPOINT,
     Progress,
@@ -54,18 +61,18 @@ from priorcache.experiments.run_folder import (
     write_checkpoint,
 )
 from priorcache.experiments.summaries import load_summary, read_json_object
-from priorcache.io import atomic_write_json, atomic_write_text, folder_lock
+from priorcache.io import atomic_write_json, atomic_write_text, folder_lock, make_temp_dir
 from priorcache.validation import check_seeds, is_int, is_number
 
 METHODS = ("sac", "sac-prior")
+#: In a checkpoint folder: the SAC-Prior learner mid-seed, and that seed's clocks.
+_LEARNER = "learner"
+_CLOCK = "seed_clock.json"
 #: Defaults of a run (``priorcache run`` uses them when the options are not given).
 DEFAULT_STEPS = 5_000
 DEFAULT_EVAL_EVERY = 1_000
 DEFAULT_SHOTS = 5
 DEFAULT_SKILL_HOLD = 10
-#: The demonstrations' seed (the SAC demonstrator's training seed): one set of demonstrations, saved
-#: once, serves every run seed.
-DEMONSTRATION_SEED = 0
 
 
 def control_envs() -> list[str]:
@@ -229,7 +236,7 @@ def run_control(
     train_seeds = game_seeds(config.env, "train", config.train_games)
     probe = make_split_env(config.env, "train", train_seeds[0], **env_kwargs)
     try:
-        prior = _SkillPriorParts.build(config, probe, backend, encoder, progress) if config.method != "sac" else None
+        prior = SkillPriorParts.build(config, probe, backend, encoder, progress) if config.method != "sac" else None
     finally:
         probe.close()
     out = folder.out
@@ -255,65 +262,6 @@ def run_control(
     return summary
 
 
-@dataclass
-class _SkillPriorParts:
-    """What every SAC-Prior seed shares: the backend, encoder and skill Gaussians (each seed builds its
-    own cache from them), and what the demonstrations were."""
-
-    backend: Any
-    encoder: Any
-    gaussians: Any
-    info: dict[str, Any]
-
-    @classmethod
-    def build(cls, config: ControlRunConfig, env: Any, backend: Any, encoder: Any, progress: bool) -> _SkillPriorParts:
-        from priorcache.prior.skill_prior import SkillGaussians, fit_skill_gaussians
-
-        obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
-        start = time.perf_counter()
-        if config.shots:
-            from priorcache.envs.control_demos import record_control_demos
-
-            # The task's own episode length: a MuJoCo demonstrator is saved per length, and trains for minutes.
-            demos = record_control_demos(config.env, config.shots, seed=DEMONSTRATION_SEED, progress=progress)
-            gaussians = fit_skill_gaussians(
-                demos.observations, demos.actions, demos.skills, env.skills, obs_dim=obs_dim, act_dim=act_dim
-            )
-            info = {
-                "shots": config.shots,
-                "demonstrator": demos.demonstrator,
-                "game_seeds": list(demos.game_seeds),
-                "episode_returns": list(demos.episode_returns),
-                "episode_success": list(demos.episode_success),
-                "steps": len(demos.skills),
-                "skill_steps": dict(zip(gaussians.skills, gaussians.steps)),
-                "skills_fitted": dict(zip(gaussians.skills, gaussians.fitted)),
-            }
-        else:
-            gaussians = SkillGaussians.uniform(env.skills, obs_dim, act_dim)
-            info = {"shots": 0, "gaussians": "flat (uniform on [-1, 1]^d)"}
-        info["wall_time_s"] = time.perf_counter() - start
-        if backend is None:
-            from priorcache.prior.registry import make_backend
-
-            load = time.perf_counter()
-            backend = make_backend(
-                config.backend, config.model_path, config.device, base_url=config.base_url, model=config.model
-            )
-            info["backend_load_wall_time_s"] = time.perf_counter() - load
-        if encoder is None:
-            from priorcache.cache.encoder import MiniLMEncoder
-
-            encoder = MiniLMEncoder()
-        return cls(backend, encoder, gaussians, info)
-
-    def cache(self, config: ControlRunConfig) -> PriorCache:
-        from priorcache.prior.skill_prior import SkillPrior, SkillPriorConfig
-
-        assert config.cache is not None
-        return PriorCache(config.cache, self.encoder, self.backend, SkillPriorConfig(self.gaussians), SkillPrior)
-
-
 class _Run:
     """The seeds of one run, their lines and per-seed facts, and the files they go to."""
 
@@ -324,7 +272,7 @@ class _Run:
         train_seeds: list[int],
         eval_envs: list[tuple[int, Any]],
         env_kwargs: dict[str, Any],
-        prior: _SkillPriorParts | None,
+        prior: SkillPriorParts | None,
         progress: bool,
     ) -> None:
         self.config, self.out, self.train_seeds, self.eval_envs = config, out, train_seeds, eval_envs
@@ -334,17 +282,21 @@ class _Run:
         self.per_seed: list[dict[str, Any]] = []
         self.first_seed = 0
         self.resumed: dict[str, Any] | None = None
+        self._resume_from: tuple[Progress, Path] | None = None  # a checkpoint inside the seed first_seed
+        self.checkpoint_s = 0.0
 
     def resume(self) -> None:
-        """Keep the finished seeds of the checkpoint; the one that was running starts again."""
+        """Keep what the checkpoint accounts for: the finished seeds, and the seed in training where its
+        learner was checkpointed (SAC-Prior); an SB3 seed that was running starts again."""
         found = read_progress(self.out)
-        if found is None:  # killed during the first seed: nothing to keep
-            self.resumed = {"seeds_kept": [], "restarted_seed": self.config.seeds[0]}
+        seeds = self.config.seeds
+        if found is None:  # killed before the first checkpoint: nothing to keep
+            self.resumed = {"seeds_kept": [], "restarted_seed": seeds[0], "continued_at_step": None}
             return
-        at, _ = found
+        at, folder = found
         self.records = read_lines(self.out / "metrics.jsonl", at.metrics_lines)
         self.evals = read_lines(self.out / "evals.jsonl", at.eval_lines)
-        kept = self.config.seeds[: at.seed_index]
+        kept = seeds[: at.seed_index]
         partial = read_json_object(self.out / "summary.json", "a run summary")
         self.per_seed = [s for s in partial.get("per_seed", []) if isinstance(s, dict) and s.get("seed") in kept]
         if sorted(s["seed"] for s in self.per_seed) != sorted(kept):
@@ -352,10 +304,18 @@ class _Run:
                 f"{self.out}/summary.json lacks the facts of finished seeds {kept}: the folder was edited"
             )
         self.first_seed = at.seed_index
-        restarted = self.config.seeds[at.seed_index] if at.seed_index < len(self.config.seeds) else None
-        self.resumed = {"seeds_kept": kept, "restarted_seed": restarted}
-        if restarted is not None:
-            tqdm.write(f"resume: seeds {kept} are finished and kept; seed {restarted} starts again from scratch")
+        running = seeds[at.seed_index] if at.seed_index < len(seeds) else None
+        within = running is not None and (folder / _LEARNER).is_dir()
+        self._resume_from = (at, folder) if within else None
+        self.resumed = {
+            "seeds_kept": kept,
+            "restarted_seed": None if within else running,
+            "continued_at_step": at.steps if within else None,
+        }
+        if within:
+            tqdm.write(f"resume: seeds {kept} are finished; seed {running} goes on from step {at.steps}")
+        elif running is not None:
+            tqdm.write(f"resume: seeds {kept} are finished and kept; seed {running} starts again from scratch")
 
     def train(self) -> None:
         config = self.config
@@ -368,14 +328,11 @@ class _Run:
         )
         try:
             for i in range(self.first_seed, len(config.seeds)):
-                self.per_seed.append(self._train_seed(config.seeds[i], bar))
+                resume_from = self._resume_from if i == self.first_seed else None
+                self.per_seed.append(self._train_seed(i, bar, resume_from))
                 self._write_progress()
-                write_checkpoint(
-                    self.out,
-                    Progress(seed_index=i + 1, metrics_lines=len(self.records), eval_lines=len(self.evals)),
-                    None,
-                    None,
-                )
+                # the seed is done: its lines are counted, no learner is kept
+                self._checkpoint(Progress(seed_index=i + 1), None, {})
         finally:
             bar.close()
 
@@ -395,8 +352,29 @@ class _Run:
             env, self.prior.cache(c), skill_hold=c.skill_hold, alpha_0=c.alpha_0, alpha_min=c.alpha_min, **shared
         )
 
-    def _train_seed(self, seed: int, bar: Any) -> dict[str, Any]:
-        config, learner = self.config, None
+    def _checkpoint(self, progress: Progress, learner: Any, clock: dict[str, float]) -> None:
+        """``progress`` (with the line counts filled in), and ``learner`` and the seed's ``clock`` when
+        given, as the run's checkpoint (:mod:`priorcache.experiments.run_folder`'s folder and swap)."""
+        progress.metrics_lines, progress.eval_lines = len(self.records), len(self.evals)
+        start = time.perf_counter()
+        if learner is None:
+            write_checkpoint(self.out, progress, None, None)
+        else:
+            for stale in self.out.glob(f".{CHECKPOINT}.tmp-*"):  # left by a kill mid-write; we hold the lock
+                shutil.rmtree(stale, ignore_errors=True)
+            tmp = make_temp_dir(self.out, f".{CHECKPOINT}.tmp-")
+            try:
+                learner.save(tmp / _LEARNER)
+                atomic_write_json(tmp / _CLOCK, clock)
+                atomic_write_json(tmp / "progress.json", asdict(progress))  # last: without it, no checkpoint
+                swap_into_place(tmp, self.out / CHECKPOINT)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+        self.checkpoint_s += time.perf_counter() - start
+
+    def _train_seed(self, index: int, bar: Any, resume_from: tuple[Progress, Path] | None) -> dict[str, Any]:
+        config, seed, learner = self.config, self.config.seeds[index], None
         env = TrainingInstances(
             config.env,
             self.train_seeds,
@@ -405,51 +383,58 @@ class _Run:
             on_step=lambda: bar.update(1),
             train_clock=lambda: learner.train_time() if learner is not None else 0.0,
         )
+        clock = {"train": 0.0, "eval": 0.0, "before": 0.0}  # seconds; "before": of the run before a resume
         started = time.perf_counter()
-        train_wall = eval_wall = 0.0
         try:
             learner = self._learner(env, seed)
-            episodes = 0
+            done = 0
 
-            def evaluate(done: int) -> float:
+            def evaluate(done: int) -> None:
                 begin = time.perf_counter()
                 lines = evaluate_control(
                     learner,
                     self.eval_envs,
                     seed=seed,
-                    after_episodes=episodes,
+                    after_episodes=env.started,
                     after_steps=done,
                     train_llm_queries=learner.llm_queries(),
                 )
                 self.evals.extend(lines)
                 held = [line["episode_return"] for line in lines]
                 bar.set_postfix(held_out_return=f"{sum(held) / len(held):.1f}", llm=learner.llm_queries())
-                return time.perf_counter() - begin
+                clock["eval"] += time.perf_counter() - begin
 
-            if config.eval_every:
-                eval_wall += evaluate(0)
-            done = 0
+            if resume_from is not None:
+                at, folder = resume_from
+                learner.restore(folder / _LEARNER, at.queries)
+                env.started, env.total_steps, done = at.episodes_done, at.steps, at.steps
+                clock.update(json.loads((folder / _CLOCK).read_text()))
+                bar.update(done)
+            elif config.eval_every:
+                evaluate(0)
             while done < config.steps:
                 n = min(config.eval_every or config.steps, config.steps - done)
                 begin = time.perf_counter()
                 learner.learn(n)
-                train_wall += time.perf_counter() - begin
+                clock["train"] += time.perf_counter() - begin
                 done += n
-                if done == config.steps:
-                    env.end_episode()  # the budget is spent: the episode in progress is cut
-                finished = env.take_finished()
-                episodes += len(finished)
-                self.records.extend(r.to_json() for r in finished)
-                eval_wall += evaluate(done)  # every chunk ends at an evaluation point
+                if learner.cuts_episodes or done == config.steps:
+                    env.end_episode()  # the episode in progress ends with the chunk (or the budget)
+                self.records.extend(r.to_json() for r in env.take_finished())
+                evaluate(done)  # every chunk ends at an evaluation point
                 self._write_progress()
+                if learner.checkpoints and done < config.steps:
+                    elapsed = {**clock, "before": clock["before"] + time.perf_counter() - started}
+                    progress = Progress(index, env.started, done, learner.llm_queries(), done)
+                    self._checkpoint(progress, learner, elapsed)
             facts = {
                 "seed": seed,
                 "env_steps": env.total_steps,
-                "episodes": episodes,
-                "train_wall_time_s": train_wall,
-                "env_steps_per_s": env.total_steps / train_wall if train_wall > 0 else None,
-                "eval_wall_time_s": eval_wall,
-                "wall_time_s": time.perf_counter() - started,
+                "episodes": sum(r["seed"] == seed for r in self.records),
+                "train_wall_time_s": clock["train"],
+                "env_steps_per_s": env.total_steps / clock["train"] if clock["train"] > 0 else None,
+                "eval_wall_time_s": clock["eval"],
+                "wall_time_s": clock["before"] + time.perf_counter() - started,
                 "llm_queries": learner.llm_queries(),
                 **learner.info(),
             }
@@ -495,6 +480,8 @@ class _Run:
                 "train_wall_time_s": train_wall,
                 "eval_wall_time_s": sum(s["eval_wall_time_s"] for s in self.per_seed),
                 "wall_time_s": sum(s["wall_time_s"] for s in self.per_seed),
+                # checkpoints of this process (a resumed run: since the resume)
+                "checkpoint_time_s": self.checkpoint_s,
                 "per_seed": self.per_seed,
                 "resumed": self.resumed,
             }

@@ -183,11 +183,11 @@ def test_finished_runs_are_kept_other_configs_refused_and_a_killed_seed_restarts
     calls = {"seeds": 0}
     real_train_seed = control_runner._Run._train_seed
 
-    def killed_in_second_seed(self: Any, seed: int, bar: Any) -> dict[str, Any]:
+    def killed_in_second_seed(self: Any, index: int, *args: Any) -> dict[str, Any]:
         calls["seeds"] += 1
-        if seed == 1 and calls["seeds"] == 2:
+        if index == 1 and calls["seeds"] == 2:
             raise KeyboardInterrupt
-        return real_train_seed(self, seed, bar)
+        return real_train_seed(self, index, *args)
 
     monkeypatch.setattr(control_runner._Run, "_train_seed", killed_in_second_seed)
     with pytest.raises(KeyboardInterrupt):
@@ -195,7 +195,8 @@ def test_finished_runs_are_kept_other_configs_refused_and_a_killed_seed_restarts
     first = _lines(config.out / "metrics.jsonl")
     assert {r["seed"] for r in first} == {0} and json.loads((config.out / "summary.json").read_text())["partial"]
     summary = run_control(config, progress=False, resume=True)
-    assert summary["resumed"] == {"seeds_kept": [0], "restarted_seed": 1} and summary["seeds"] == [0, 1]
+    resumed = {"seeds_kept": [0], "restarted_seed": 1, "continued_at_step": None}  # SB3: no mid-seed checkpoint
+    assert summary["resumed"] == resumed and summary["seeds"] == [0, 1]
     records = _lines(config.out / "metrics.jsonl")
     assert records[: len(first)] == first and {r["seed"] for r in records[len(first) :]} == {1}
     assert [s["seed"] for s in summary["per_seed"]] == [0, 1] and calls["seeds"] == 3
@@ -206,6 +207,36 @@ def test_finished_runs_are_kept_other_configs_refused_and_a_killed_seed_restarts
     with pytest.raises(ConfigError, match="another configuration .*differs in steps"):
         run_control(_config(config.out, method="sac", seeds=[0, 1], eval_every=0, steps=50), progress=False)
     assert {name: (config.out / name).read_bytes() for name in FILES} == files
+
+
+def _untimed(path: Path) -> list[dict[str, Any]]:
+    timed = ("time", "wall", "_ms")
+    return [{k: v for k, v in line.items() if not any(t in k for t in timed)} for line in _lines(path)]
+
+
+def test_a_killed_sac_prior_seed_goes_on_from_its_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    whole = _config(tmp_path / "whole", steps=120)
+    run_control(whole, backend=FakeBackend(), encoder=HashEncoder(), progress=False)
+    config = _config(tmp_path / "killed", steps=120)
+    real_learn = control_runner.SACPriorLearner.learn
+    calls = {"n": 0}
+
+    def learn(self: Any, steps: int) -> None:
+        calls["n"] += 1
+        if calls["n"] == 3:  # after the checkpoints at 40 and 80 steps
+            raise KeyboardInterrupt
+        real_learn(self, steps)
+
+    monkeypatch.setattr(control_runner.SACPriorLearner, "learn", learn)
+    with pytest.raises(KeyboardInterrupt):
+        run_control(config, backend=FakeBackend(), encoder=HashEncoder(), progress=False)
+    assert (config.out / "checkpoint" / "learner" / "agent").is_dir()
+    summary = run_control(config, backend=FakeBackend(), encoder=HashEncoder(), progress=False, resume=True)
+    assert summary["resumed"] == {"seeds_kept": [], "restarted_seed": None, "continued_at_step": 80}
+    # the same episodes, lookups, LLM calls and held-out returns as the run nobody killed
+    for name in ("metrics.jsonl", "evals.jsonl"):
+        assert _untimed(config.out / name) == _untimed(whole.out / name)
+    assert summary["per_seed"][0]["gradient_steps"] == 120 - 30 + 1 and not (config.out / "checkpoint").exists()
 
 
 def test_bad_configurations_are_refused(tmp_path: Path) -> None:
