@@ -388,7 +388,7 @@ def envs() -> None:
     table.add_column("kind")
     table.add_column("episodes", justify="right")
     for name, info in sorted(ENVIRONMENTS.items()):
-        # Control tasks have no runner yet, so no training budget to show.
+        # Control tasks are budgeted in environment steps (`run --steps`), not episodes.
         episodes = str(info.default_episodes) if info.kind == "text" else "-"
         cells = (name, "\n".join(info.variants) or "-", info.description, info.requires, info.kind, episodes)
         table.add_row(*(Text(cell) for cell in cells))
