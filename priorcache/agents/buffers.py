@@ -29,9 +29,58 @@ class Transition:
     hit: bool = False
 
 
-class ReplayBuffer:
+class RingBuffer:
+    """What every replay buffer here shares: preallocated arrays named ``fields`` (one row per
+    transition, set by the subclass's ``__init__`` with ``size``, ``pos`` and ``full``), uniform
+    sampling, and saving/restoring the filled rows."""
+
+    fields: tuple[str, ...] = ()
+    size: int
+    pos: int
+    full: bool
+
+    def __len__(self) -> int:
+        return self.size if self.full else self.pos
+
+    def sample(self, n: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        """``n`` transitions drawn uniformly with replacement (one ``rng.integers`` draw)."""
+        idx = rng.integers(0, len(self), size=n)
+        return {k: torch.as_tensor(getattr(self, k)[idx]) for k in self.fields}
+
+    def to_arrays(self) -> tuple[dict[str, np.ndarray], dict[str, int | bool]]:
+        """The stored transitions (the filled rows only) and the ring's position, for saving."""
+        n = len(self)
+        return {k: np.ascontiguousarray(getattr(self, k)[:n]) for k in self.fields}, {
+            "pos": self.pos,
+            "full": self.full,
+        }
+
+    def load_arrays(self, arrays: dict[str, np.ndarray], pos: int, full: bool) -> None:
+        """Inverse of :meth:`to_arrays`; ConfigError (nothing changed) when they do not fit this buffer."""
+        if not (is_json_int(pos) and isinstance(full, bool) and 0 <= pos < self.size):
+            raise ConfigError(f"replay buffer position {pos!r} (full={full!r}) does not fit a buffer of {self.size}")
+        n = self.size if full else pos
+        if sorted(arrays) != sorted(self.fields):
+            raise ConfigError(f"replay buffer arrays {sorted(arrays)}, expected {sorted(self.fields)}")
+        for k in self.fields:
+            mine = getattr(self, k)
+            if arrays[k].shape != (n, *mine.shape[1:]) or arrays[k].dtype != mine.dtype:
+                raise ConfigError(
+                    f"replay buffer array {k!r} is {arrays[k].dtype}{list(arrays[k].shape)}, "
+                    f"expected {mine.dtype}{[n, *mine.shape[1:]]}"
+                )
+            if mine.dtype.kind == "f" and not np.isfinite(arrays[k]).all():
+                raise ConfigError(f"replay buffer array {k!r} holds non-finite numbers")
+        for k in self.fields:
+            getattr(self, k)[:n] = arrays[k]
+        self.pos, self.full = pos, full
+
+
+class ReplayBuffer(RingBuffer):
     """A ring buffer of ``size`` transitions in preallocated arrays (``dim``: the encoder's, of
     actions; ``state_dim``: of the stored state features, ``dim`` when None)."""
+
+    fields = FIELDS
 
     def __init__(self, size: int, dim: int, support: int, state_dim: int | None = None) -> None:
         state_dim = dim if state_dim is None else state_dim
@@ -45,9 +94,6 @@ class ReplayBuffer:
         self.next_mask = np.zeros((size, support), bool)
         self.size, self.pos, self.full = size, 0, False
 
-    def __len__(self) -> int:
-        return self.size if self.full else self.pos
-
     def add(self, t: Transition, next_state: np.ndarray, support: np.ndarray) -> None:
         i = self.pos
         self.states[i], self.actions[i], self.rewards[i], self.dones[i] = t.state, t.action, t.reward, t.done
@@ -59,33 +105,3 @@ class ReplayBuffer:
         self.next_mask[i, : len(support)] = True
         self.pos = (i + 1) % self.size
         self.full = self.full or self.pos == 0
-
-    def sample(self, n: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
-        """``n`` transitions drawn uniformly with replacement (one ``rng.integers`` draw)."""
-        idx = rng.integers(0, len(self), size=n)
-        return {k: torch.as_tensor(getattr(self, k)[idx]) for k in FIELDS}
-
-    def to_arrays(self) -> tuple[dict[str, np.ndarray], dict[str, int | bool]]:
-        """The stored transitions (the filled rows only) and the ring's position, for saving."""
-        n = len(self)
-        return {k: np.ascontiguousarray(getattr(self, k)[:n]) for k in FIELDS}, {"pos": self.pos, "full": self.full}
-
-    def load_arrays(self, arrays: dict[str, np.ndarray], pos: int, full: bool) -> None:
-        """Inverse of :meth:`to_arrays`; ConfigError (nothing changed) when they do not fit this buffer."""
-        if not (is_json_int(pos) and isinstance(full, bool) and 0 <= pos < self.size):
-            raise ConfigError(f"replay buffer position {pos!r} (full={full!r}) does not fit a buffer of {self.size}")
-        n = self.size if full else pos
-        if sorted(arrays) != sorted(FIELDS):
-            raise ConfigError(f"replay buffer arrays {sorted(arrays)}, expected {sorted(FIELDS)}")
-        for k in FIELDS:
-            mine = getattr(self, k)
-            if arrays[k].shape != (n, *mine.shape[1:]) or arrays[k].dtype != mine.dtype:
-                raise ConfigError(
-                    f"replay buffer array {k!r} is {arrays[k].dtype}{list(arrays[k].shape)}, "
-                    f"expected {mine.dtype}{[n, *mine.shape[1:]]}"
-                )
-            if mine.dtype.kind == "f" and not np.isfinite(arrays[k]).all():
-                raise ConfigError(f"replay buffer array {k!r} holds non-finite numbers")
-        for k in FIELDS:
-            getattr(self, k)[:n] = arrays[k]
-        self.pos, self.full = pos, full

@@ -80,10 +80,12 @@ def read_agent(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         value = doc.get(key)
         if not isinstance(value, kind) or isinstance(value, bool):
             raise ConfigError(f"{manifest} is damaged: {key!r} must be of type {kind.__name__}, got {value!r:.80}")
-    return doc, _read_weights(path, doc.get("weights"))
+    return doc, read_weights(path, doc.get("weights"))
 
 
-def _read_weights(path: Path, weights: Any) -> dict[str, torch.Tensor]:
+def read_weights(path: Path, weights: Any, manifest: str = MANIFEST) -> dict[str, torch.Tensor]:
+    """The tensors of ``path/weights.safetensors`` that ``manifest``'s ``weights`` entry describes
+    (file name, sha256, tensor names); ConfigError naming what is wrong. None: no weights."""
     if weights is None:
         return {}
     if (
@@ -92,19 +94,19 @@ def _read_weights(path: Path, weights: Any) -> dict[str, torch.Tensor]:
         or not isinstance(weights.get("sha256"), str)
         or not isinstance(weights.get("tensors"), list)
     ):
-        raise ConfigError(f"{path / MANIFEST} is damaged: bad 'weights' entry {weights!r:.120}")
+        raise ConfigError(f"{path / manifest} is damaged: bad 'weights' entry {weights!r:.120}")
     file = path / WEIGHTS
     if not file.is_file():
         raise ConfigError(f"{path} is damaged: {WEIGHTS} is missing")
     data = file.read_bytes()
     if hashlib.sha256(data).hexdigest() != weights["sha256"]:
-        raise ConfigError(f"{file} is damaged or from another save: its sha256 differs from {MANIFEST}'s")
+        raise ConfigError(f"{file} is damaged or from another save: its sha256 differs from {manifest}'s")
     try:
         tensors = load_tensors(data)
     except (SafetensorError, ValueError, RuntimeError) as e:
         raise ConfigError(f"{file} is not a readable safetensors file: {e}") from None
     if sorted(tensors) != sorted(weights["tensors"]):
-        raise ConfigError(f"{file} holds other tensors than {MANIFEST} lists")
+        raise ConfigError(f"{file} holds other tensors than {manifest} lists")
     return tensors
 
 

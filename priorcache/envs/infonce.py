@@ -29,8 +29,6 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -39,6 +37,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from priorcache.agents.torch_state import torch_threads
 from priorcache.errors import ConfigError
 from priorcache.validation import is_int, is_number
 
@@ -229,18 +228,6 @@ def _agreement(net: nn.Sequential, x: torch.Tensor, label_ids: np.ndarray, query
     center = key_center(net, x)
     nearest = ref[torch.argmax(keys(net, x[query], center) @ keys(net, x[ref], center).T, dim=1).numpy()]
     return float(np.mean(label_ids[nearest] == label_ids[query]))
-
-
-@contextmanager
-def torch_threads(n: int | None) -> Iterator[None]:
-    """Torch on ``n`` threads inside the block (unchanged for None), the previous number restored after."""
-    before = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def train_encoder(

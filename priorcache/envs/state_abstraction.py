@@ -37,10 +37,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
+from priorcache.agents.saving import read_weights
 from priorcache.envs.infonce import AbstractionConfig, build_network, info_nce, key_center, keys, train_encoder
 from priorcache.errors import ConfigError
 from priorcache.io import atomic_write_bytes, atomic_write_json
@@ -332,20 +331,9 @@ def _read_manifest(path: Path) -> dict[str, Any]:
 
 
 def _read_weights(path: Path, weights: dict[str, Any]) -> dict[str, torch.Tensor]:
-    file = path / WEIGHTS
-    if weights.get("file") != WEIGHTS or not isinstance(weights.get("sha256"), str):
-        raise ConfigError(f"{path / MANIFEST} is damaged: bad 'weights' entry {weights!r:.120}")
-    if not file.is_file():
-        raise ConfigError(f"{path} is damaged: {WEIGHTS} is missing")
-    data = file.read_bytes()
-    if hashlib.sha256(data).hexdigest() != weights["sha256"]:
-        raise ConfigError(f"{file} is damaged or from another save: its sha256 differs from {MANIFEST}'s")
-    try:
-        tensors = load_tensors(data)
-    except (SafetensorError, ValueError, RuntimeError) as e:
-        raise ConfigError(f"{file} is not a readable safetensors file: {e}") from None
-    if sorted(tensors) != weights.get("tensors") or not {_LABELLED, _CENTER} <= set(tensors):
-        raise ConfigError(f"{file} holds other tensors than {MANIFEST} lists")
+    tensors = read_weights(path, weights, manifest=MANIFEST)
+    if not {_LABELLED, _CENTER} <= set(tensors):
+        raise ConfigError(f"{path / WEIGHTS} lacks the labelled keys or their centre")
     return tensors
 
 

@@ -30,7 +30,7 @@ import numpy as np
 
 from priorcache.agents.base import episode_seed
 from priorcache.envs.registry import make_split_env
-from priorcache.experiments.metrics import mean_ci95
+from priorcache.experiments.metrics import mean_ci95, summarise_held_out
 
 #: Lookup kinds that served a prior without a full LLM call.
 HIT_KINDS = ("exact", "similar")
@@ -290,41 +290,9 @@ def summarise_control(records: list[dict[str, Any]], decision_unit: str) -> dict
 
 
 def summarise_control_held_out(evals: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """Held-out return and success (mean and 95 % CI over seeds) of every seed's last evaluation, and
-    the learning curve: the same at every evaluation point (training steps), with the training LLM
-    queries spent by then (means over seeds). None without evaluations."""
-    if not evals:
-        return None
-    groups: dict[tuple[int, int], list[dict[str, Any]]] = {}
-    for e in evals:
-        groups.setdefault((e["seed"], e["after_steps"]), []).append(e)
-    seeds = sorted({seed for seed, _ in groups})
-
-    def mean(key: str, group: list[dict[str, Any]]) -> float:
-        return float(np.mean([float(e[key]) for e in group]))
-
-    curve = []
-    for point in sorted({point for _, point in groups}):
-        per_seed = [groups[s, point] for s in seeds if (s, point) in groups]
-        curve.append(
-            {
-                "after_steps": point,
-                "seeds": len(per_seed),
-                "train_steps": float(np.mean([p[0]["train_steps"] for p in per_seed])),
-                "train_llm_queries": float(np.mean([p[0]["train_llm_queries"] for p in per_seed])),
-                "success": mean_ci95([mean("success", p) for p in per_seed]),
-                "return": mean_ci95([mean("episode_return", p) for p in per_seed]),
-            }
-        )
-    final = [groups[s, max(point for seed, point in groups if seed == s)] for s in seeds]
-    queries = [e["llm_queries"] for e in evals if e["llm_queries"] is not None]
-    return {
-        "success": mean_ci95([mean("success", f) for f in final]),
-        "return": mean_ci95([mean("episode_return", f) for f in final]),
-        "games": len({e["game_seed"] for e in evals}),
-        "after_steps": [f[0]["after_steps"] for f in final],
-        "steps": sum(e["steps"] for e in evals),
-        "llm_queries": sum(queries) if queries else None,
-        "wall_time_s": sum(e["wall_time_s"] for e in evals),
-        "curve": curve,
-    }
+    """The text runs' held-out summary (:func:`summarise_held_out`) at evaluation points counted in
+    training steps, with the evaluations' wall time. None without evaluations."""
+    summary = summarise_held_out(evals, point="after_steps")
+    if summary is not None:
+        summary["wall_time_s"] = sum(e["wall_time_s"] for e in evals)
+    return summary

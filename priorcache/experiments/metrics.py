@@ -150,26 +150,27 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def summarise_held_out(evals: list[dict[str, Any]]) -> dict[str, Any] | None:
+def summarise_held_out(evals: list[dict[str, Any]], point: str = "after_episodes") -> dict[str, Any] | None:
     """Held-out success and return (mean and 95 % CI over seeds) of the last evaluation of every seed,
-    and the learning curve: the same at every evaluation point, with the training environment
-    steps and LLM queries spent by then (means over seeds). None without evaluations."""
+    and the learning curve: the same at every evaluation point (``point``: training episodes, or
+    ``"after_steps"`` for control runs), with the training environment steps and LLM queries spent
+    by then (means over seeds). None without evaluations."""
     if not evals:
         return None
-    groups: dict[tuple[int, int], list[dict[str, Any]]] = {}  # (seed, after_episodes) -> its episodes
+    groups: dict[tuple[int, int], list[dict[str, Any]]] = {}  # (seed, evaluation point) -> its episodes
     for e in evals:
-        groups.setdefault((e["seed"], e["after_episodes"]), []).append(e)
+        groups.setdefault((e["seed"], e[point]), []).append(e)
     seeds = sorted({seed for seed, _ in groups})
 
     def mean(key: str, group: list[dict[str, Any]]) -> float:
         return float(np.mean([e[key] for e in group]))
 
     curve = []
-    for point in sorted({point for _, point in groups}):
-        per_seed = [groups[s, point] for s in seeds if (s, point) in groups]
+    for at in sorted({at for _, at in groups}):
+        per_seed = [groups[s, at] for s in seeds if (s, at) in groups]
         curve.append(
             {
-                "after_episodes": point,
+                point: at,
                 "seeds": len(per_seed),
                 "train_steps": float(np.mean([p[0]["train_steps"] for p in per_seed])),
                 "train_llm_queries": float(np.mean([p[0]["train_llm_queries"] for p in per_seed])),
@@ -177,13 +178,13 @@ def summarise_held_out(evals: list[dict[str, Any]]) -> dict[str, Any] | None:
                 "return": mean_ci95([mean("episode_return", p) for p in per_seed]),
             }
         )
-    final = [groups[s, max(point for seed, point in groups if seed == s)] for s in seeds]
+    final = [groups[s, max(at for seed, at in groups if seed == s)] for s in seeds]
     queries = [e["llm_queries"] for e in evals if e["llm_queries"] is not None]
     return {
         "success": mean_ci95([mean("success", f) for f in final]),
         "return": mean_ci95([mean("episode_return", f) for f in final]),
         "games": len({e["game_seed"] for e in evals}),
-        "after_episodes": [f[0]["after_episodes"] for f in final],
+        point: [f[0][point] for f in final],
         "steps": sum(e["steps"] for e in evals),
         "llm_queries": sum(queries) if queries else None,
         "curve": curve,
