@@ -27,9 +27,11 @@ default δ_KL = d·(1 + log 2) is SAC's default target entropy −d (KL(π‖U) 
 this agent with ``prior_source=None`` and flat Gaussians is SAC (with skills as an extra input).
 
 Warm-up: for the first ``learning_starts`` steps the action is a draw from the held skill's N_z(·|s)
-(uniform for the flat prior, which is SAC's random warm-up). SB3-style API: ``learn(total_timesteps)``,
+(uniform for the flat prior, which is SAC's random warm-up). SB3-style API: ``learn(total_timesteps)``
+(the episode in progress goes on across calls, as SB3's ``learn(n, reset_num_timesteps=False)``),
 ``predict(obs, state, deterministic)`` (``state`` holds the current skill and its steps left, as
-SB3's recurrent policies hold theirs), ``save``/``load`` (safetensors + JSON, no pickle).
+SB3's recurrent policies hold theirs), ``save``/``load`` (safetensors + JSON, no pickle; the episode
+in progress is saved with its actions and replayed on load).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ import functools
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -212,6 +214,22 @@ class SkillDecision:
     lookup: Any = None  # what the prior source served (None without one)
 
 
+@dataclass
+class EpisodeInProgress:
+    """The training episode ``learn`` is in the middle of: it goes on at the next call. ``actions``
+    are the episode's so far: a save keeps them, and a load replays them from the reset with
+    ``reset_seed`` to bring a fresh env to ``obs`` (MuJoCo's state cannot be saved simply)."""
+
+    reset_seed: int
+    obs: np.ndarray  # the observation the next step acts on
+    decision: SkillDecision  # the skill in force
+    steps_left: int  # steps it is still held (≥ 1)
+    episode_return: float = 0.0
+    length: int = 0
+    success: bool = False
+    actions: list[np.ndarray] = field(default_factory=list)
+
+
 class SACPrior:
     """SAC-Prior on a ControlEnv-shaped ``env`` (observation/action Box spaces, actions in [−1, 1]^d,
     ``objective``, ``skills``, ``describe(obs)``, ``info["state_text"]``)."""
@@ -264,6 +282,7 @@ class SACPrior:
         self.buffer = ControlReplayBuffer(config.buffer_size, self.obs_dim, self.act_dim)
         self.counters = SACPriorCounters()
         self.episode_log: list[dict[str, Any]] = []
+        self.episode_in_progress: EpisodeInProgress | None = None
         self.last_losses: dict[str, float] = {}
         self._td = torch.zeros(0)  # |TD| of the last critic batch (reported to an adaptive cache)
 
@@ -411,12 +430,17 @@ class SACPrior:
         }
 
     # --- learning --------------------------------------------------------------------------------------
-    def learn(self, total_timesteps: int, progress_bar: bool = False) -> SACPrior:
+    def learn(self, total_timesteps: int, progress_bar: bool = False, new_episode: bool = False) -> SACPrior:
         """Run ``total_timesteps`` environment steps, learning as it goes (one gradient step per env
-        step by default, after ``learning_starts``). Each call starts a new episode; episodes are
-        reset with seeds (seed, episode number), so a run with the same seed replays exactly."""
+        step by default, after ``learning_starts``). The episode in progress when the previous call
+        ended goes on (as SB3's ``learn(n, reset_num_timesteps=False)``), so learning in chunks plays
+        the episodes one long call plays; ``new_episode`` abandons it and starts a new one. Between
+        calls ``env`` must stay as the last call left it (evaluate on another instance). Episodes are
+        reset with seeds (seed, episodes finished), so a run with the same seed replays exactly."""
         if not isinstance(total_timesteps, int) or total_timesteps < 1:
             raise ConfigError(f"total_timesteps must be an integer ≥ 1, got {total_timesteps!r}")
+        if new_episode:
+            self.episode_in_progress = None
         with torch_threads(self.config.torch_threads):
             self._learn(total_timesteps, progress_bar)
         return self
@@ -426,46 +450,50 @@ class SACPrior:
 
         cfg, c, g = self.config, self.counters, self.gaussians
         bar = tqdm(total=total_timesteps, desc=NAME, unit="step", disable=not progress_bar)
-        obs, info, decision = self._begin_episode()
-        left, episode = cfg.skill_horizon, {"return": 0.0, "length": 0, "success": False}
         for _ in range(total_timesteps):
-            z = decision.skill
+            # Begun here rather than when the last one ends, so a call never ends on a fresh reset.
+            ep = self.episode_in_progress = self.episode_in_progress or self._begin_episode()
+            obs, z = ep.obs, ep.decision.skill
             if c.env_steps < cfg.learning_starts:
                 action = g.sample(obs, z, self.rng).astype(np.float32)
             else:
                 action = self._actor_action(obs, z, torch.randn(1, self.act_dim, generator=self.torch_rng))
             next_obs, reward, terminated, truncated, info = self.env.step(action)
             next_obs = np.asarray(next_obs, np.float32)
+            ep.actions.append(np.array(action, np.float32))
             c.env_steps += 1
-            left -= 1
-            episode["return"] += float(reward)
-            episode["length"] += 1
-            episode["success"] = episode["success"] or bool(info.get("success", False))
+            ep.steps_left -= 1
+            ep.episode_return += float(reward)
+            ep.length += 1
+            ep.success = ep.success or bool(info.get("success", False))
             if self.prior_source is not None and getattr(self.prior_source, "learns_from_outcomes", False):
                 self.prior_source.observe_reward(float(reward))
             done = terminated or truncated
-            hit = decision.hit
-            if not done and left == 0:  # the next skill is decided at s', so the target knows z'
-                decision, left = self._decide_skill(next_obs, info["state_text"]), cfg.skill_horizon
-            self.buffer.add(obs, action, float(reward), bool(terminated), z, hit, next_obs, decision.skill)
+            hit = ep.decision.hit
+            if not done and ep.steps_left == 0:  # the next skill is decided at s', so the target knows z'
+                ep.decision, ep.steps_left = self._decide_skill(next_obs, info["state_text"]), cfg.skill_horizon
+            self.buffer.add(obs, action, float(reward), bool(terminated), z, hit, next_obs, ep.decision.skill)
             if c.env_steps >= cfg.learning_starts and len(self.buffer) >= cfg.batch_size:
                 for _ in range(cfg.updates_per_step):
                     self._update()
-            obs = next_obs
+            ep.obs = next_obs
             bar.update(1)
             if done:
                 c.episodes += 1
                 totals = {"env_steps": c.env_steps, "llm_queries": c.llm_queries, "partial_queries": c.partial_queries}
-                self.episode_log.append({**episode, **totals, "alpha": self.alpha})
-                bar.set_postfix(ret=f"{episode['return']:.1f}", alpha=f"{self.alpha:.3g}", llm=c.llm_queries)
-                obs, info, decision = self._begin_episode()
-                left, episode = cfg.skill_horizon, {"return": 0.0, "length": 0, "success": False}
+                record = {"return": ep.episode_return, "length": ep.length, "success": ep.success}
+                self.episode_log.append({**record, **totals, "alpha": self.alpha})
+                bar.set_postfix(ret=f"{ep.episode_return:.1f}", alpha=f"{self.alpha:.3g}", llm=c.llm_queries)
+                self.episode_in_progress = None
         bar.close()
 
-    def _begin_episode(self) -> tuple[np.ndarray, dict[str, Any], SkillDecision]:
-        obs, info = self.env.reset(seed=episode_seed(self.seed, self.counters.episodes))
+    def _begin_episode(self) -> EpisodeInProgress:
+        reset_seed = episode_seed(self.seed, self.counters.episodes)
+        obs, info = self.env.reset(seed=reset_seed)
         obs = np.asarray(obs, np.float32)
-        return obs, info, self._decide_skill(obs, info["state_text"])
+        return EpisodeInProgress(
+            reset_seed, obs, self._decide_skill(obs, info["state_text"]), self.config.skill_horizon
+        )
 
     def _actor_action(self, obs: np.ndarray, skill: int, noise: torch.Tensor | None) -> np.ndarray:
         """a ~ π(·|s,z) with standard-normal ``noise`` (1, d); tanh of the mean when ``noise`` is None."""
@@ -521,7 +549,8 @@ class SACPrior:
     # --- persistence ---------------------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
         """Networks, optimisers' moments, α, the RNGs, counters, F2's hit rate and the skill Gaussians
-        into folder ``path`` (weights.safetensors + agent.json; :mod:`priorcache.agents.sac_saving`).
+        into folder ``path`` (weights.safetensors + agent.json; :mod:`priorcache.agents.sac_saving`), and
+        the episode in progress (its actions, skill, steps left, return so far: ``load`` replays it).
         The replay buffer is saved apart: ``save_replay_buffer``."""
         from priorcache.agents.sac_saving import save_agent
 
@@ -535,12 +564,18 @@ class SACPrior:
         prior_source: SkillPriorSource | None = None,
         prompt_builder: Callable[[str, str], Prompt] | None = None,
         embedder: Callable[[np.ndarray, str], np.ndarray] | None = None,
+        replay_episode: bool = True,
     ) -> SACPrior:
         """The agent ``save`` wrote, on ``env`` with the given prior source; ConfigError when the folder is
-        damaged or ``env``'s observation/action dimensions, skills or objective differ from the saved one's."""
+        damaged or ``env``'s observation/action dimensions, skills or objective differ from the saved one's.
+
+        An episode in progress at the save is replayed on ``env`` (reset with its seed, its actions
+        stepped again, its last observation checked: ConfigError when the env does not reproduce it),
+        so ``learn`` goes on with it as the saved agent would; ``replay_episode=False`` drops it and
+        leaves ``env`` untouched (``learn`` starts a new episode)."""
         from priorcache.agents.sac_saving import load_agent
 
-        return load_agent(cls, Path(path), env, prior_source, prompt_builder, embedder)
+        return load_agent(cls, Path(path), env, prior_source, prompt_builder, embedder, replay_episode)
 
     def save_replay_buffer(self, path: str | Path) -> None:
         """The replay buffer's transitions into the file ``path`` (safetensors, atomic)."""

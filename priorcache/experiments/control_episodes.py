@@ -8,8 +8,11 @@ episodes on the training task instances, the prior lookups of each, and the summ
   whatever seed the learner passes (SB3 resets without one after the first episode), so both methods
   meet the same instances and initial states in the same order. It records every episode as a
   :class:`ControlEpisode` (return, success, steps, the prior lookups and decision times made during
-  it); an episode a learner abandons (SAC-Prior's ``learn`` starts a new episode on every call, so the
-  one in progress at an evaluation is dropped) is recorded with ``cut`` true.
+  it). Both learners run their episode in progress on across evaluations (SB3's
+  ``learn(n, reset_num_timesteps=False)``, SAC-Prior's ``learn``); an episode the seed's budget ends
+  (or a learner abandons) is recorded with ``cut`` true. A checkpoint keeps the episode in progress
+  (:meth:`TrainingInstances.episode_state`); a resumed learner replays its actions on the instance
+  (:meth:`TrainingInstances.replaying`), since a MuJoCo state cannot be saved simply.
 - :class:`RecordingSource` stands between SAC-Prior and its :class:`~priorcache.cache.prior_cache.PriorCache`:
   it forwards every lookup, times it and adds it to the episode in progress.
 - :func:`summarise_control` and :func:`summarise_control_held_out` build ``summary.json`` from the
@@ -21,8 +24,9 @@ Success is MetaWorld's flag reached at any step of the episode (always false on 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import gymnasium
@@ -30,6 +34,7 @@ import numpy as np
 
 from priorcache.agents.base import episode_seed
 from priorcache.envs.registry import make_split_env
+from priorcache.errors import ConfigError
 from priorcache.experiments.metrics import mean_ci95, summarise_held_out
 
 #: Lookup kinds that served a prior without a full LLM call.
@@ -163,6 +168,7 @@ class TrainingInstances(gymnasium.Env):
         self._active: Any = None
         self._ended = True
         self._clock_start = (0.0, 0.0)
+        self._replaying = False
 
     def _env(self, game_seed: int) -> Any:
         if game_seed not in self._envs:
@@ -197,10 +203,11 @@ class TrainingInstances(gymnasium.Env):
         record.steps += 1
         record.episode_return += float(reward)
         record.success = record.success or bool(info.get("success", False))
-        self.total_steps += 1
+        if not self._replaying:  # a replayed step was counted when it was first played
+            self.total_steps += 1
         if terminated or truncated:
             self._finish(cut=False)
-        if self.on_step is not None:
+        if self.on_step is not None and not self._replaying:
             self.on_step()
         return obs, reward, terminated, truncated, info
 
@@ -221,6 +228,57 @@ class TrainingInstances(gymnasium.Env):
         nothing when it ended or took no step (its lookups, if any, stay with it until it does)."""
         if self.current is not None and not self._ended and self.current.steps > 0:
             self._finish(cut=True)
+
+    def episode_state(self) -> dict[str, Any] | None:
+        """The episode in progress for a checkpoint (its record so far and the seconds it has run),
+        None when none is."""
+        if self.current is None or self._ended:
+            return None
+        wall_start, train_start = self._clock_start
+        train_now = self.train_clock() if self.train_clock else 0.0
+        return {
+            "record": self.current.to_json(),
+            "wall_s": time.perf_counter() - wall_start,
+            "train_s": train_now - train_start,
+        }
+
+    @contextmanager
+    def replaying(self, started: int, total_steps: int, state: dict[str, Any] | None) -> Iterator[None]:
+        """Resume at ``started`` episodes (the one in progress included) and ``total_steps`` steps with
+        the episode in progress ``state`` (:meth:`episode_state`'s; None: none was). Inside the block
+        the learner replays that episode: reset, then its actions (steps not counted again); after
+        it, the episode must stand where ``state`` says (ConfigError otherwise) and gets its record
+        back, lookups and decision times included."""
+        self.started = started - int(state is not None)
+        self._replaying = True
+        try:
+            yield
+        finally:
+            self._replaying = False
+        self.total_steps = total_steps
+        in_progress = self.current is not None and not self._ended
+        if state is None:
+            if in_progress:
+                raise ConfigError("the learner replayed an episode the checkpoint does not hold")
+            return
+        try:
+            saved = ControlEpisode(**{f.name: state["record"][f.name] for f in fields(ControlEpisode)})
+            clocks = float(state["wall_s"]), float(state["train_s"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise ConfigError(f"the checkpoint's training episode in progress is damaged: {e!r}") from None
+        record = self.current
+
+        def facts(r: ControlEpisode) -> tuple[Any, ...]:
+            return r.episode, r.steps, r.episode_return, r.success
+
+        if not (in_progress and record is not None and self.started == started and facts(record) == facts(saved)):
+            raise ConfigError(
+                f"the learner did not replay training episode {saved.episode} to its {saved.steps} steps and "
+                f"return {saved.episode_return}: the checkpoint and the environment disagree"
+            )
+        self.current = saved
+        train_now = self.train_clock() if self.train_clock else 0.0
+        self._clock_start = (time.perf_counter() - clocks[0], train_now - clocks[1])
 
     def take_finished(self) -> list[ControlEpisode]:
         """The episodes finished (or cut) since the last call, in order."""

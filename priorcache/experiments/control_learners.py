@@ -8,6 +8,9 @@ evaluation both go through (:mod:`priorcache.experiments.control_runner`).
 - ``sac-prior``: :class:`~priorcache.agents.sac_prior.SACPrior`, its p_LLM(z|s) served by a
   :class:`~priorcache.cache.prior_cache.PriorCache` of the skill prior kind (mode ``none`` is the
   uncached reference) through a :class:`~priorcache.experiments.control_episodes.RecordingSource`.
+  Its ``learn`` too runs the episode in progress on across calls, so both methods play the same
+  episodes. Its checkpoint holds the episode in progress (the agent's, actions included, and the
+  training record's); a restore replays the actions on the training instance.
 
 Both learn on the same :class:`~priorcache.experiments.control_episodes.TrainingInstances`, with the
 same network width, batch size, replay size (the whole budget), warm-up steps, γ, τ, learning rates
@@ -47,6 +50,8 @@ TORCH_THREADS = 1
 #: The demonstrations' seed (the SAC demonstrator's training seed): one set of demonstrations, saved
 #: once, serves every run seed.
 DEMONSTRATION_SEED = 0
+#: In a SAC-Prior checkpoint: the training record of the episode in progress.
+_EPISODE = "training_episode.json"
 
 Sink = Callable[[], ControlEpisode | None]
 
@@ -125,8 +130,6 @@ class SB3SAC:
 
     decision_unit = "action"
     uses_llm = False
-    #: SB3's ``learn(reset_num_timesteps=False)`` runs the episode in progress on.
-    cuts_episodes = False
     #: SB3 saves pickles, which this project never loads: an unfinished seed restarts.
     checkpoints = False
 
@@ -215,8 +218,6 @@ class SACPriorLearner:
 
     decision_unit = "skill decision"
     uses_llm = True
-    #: ``SACPrior.learn`` starts a new episode on every call: the one in progress ends with the chunk.
-    cuts_episodes = True
     checkpoints = True
 
     def __init__(
@@ -275,20 +276,29 @@ class SACPriorLearner:
         return self.agent.predict(obs, state, deterministic=True, state_text=info["state_text"])
 
     def save(self, folder: Path) -> None:
-        """Agent (safetensors + JSON), replay buffer and cache with its run-time state into ``folder``."""
+        """Agent (safetensors + JSON, its episode in progress included), replay buffer, cache with its
+        run-time state, and the training record of the episode in progress into ``folder``."""
         folder.mkdir(parents=True, exist_ok=True)
         self.agent.save(folder / "agent")
         self.agent.save_replay_buffer(folder / "replay.safetensors")
         self.cache.save(folder / "cache")
         atomic_write_json(folder / "cache_runtime.json", self.cache.runtime_state())
+        atomic_write_json(folder / _EPISODE, {"episode": self.env.episode_state()})
 
-    def restore(self, folder: Path, llm_queries: int) -> None:
-        """The state ``save`` wrote into ``folder`` (``llm_queries``: the source's count then)."""
+    def restore(self, folder: Path, llm_queries: int, episodes_started: int, steps: int) -> None:
+        """The state ``save`` wrote into ``folder`` when the source had made ``llm_queries`` and the
+        training instances had started ``episodes_started`` episodes and played ``steps`` steps. The
+        agent's load replays the episode in progress on the training instance it was on."""
         from priorcache.agents.sac_prior import SACPrior
         from priorcache.experiments.run_folder import restore_cache
+        from priorcache.experiments.summaries import read_json_object
 
         restore_cache(folder, self.cache)
-        self.agent = SACPrior.load(folder / "agent", self.env, prior_source=self.source)
+        # a checkpoint written before episodes went on across chunks has none in progress
+        has = (folder / _EPISODE).is_file()
+        episode = read_json_object(folder / _EPISODE, "a training episode").get("episode") if has else None
+        with self.env.replaying(episodes_started, steps, episode):
+            self.agent = SACPrior.load(folder / "agent", self.env, prior_source=self.source)
         self.agent.load_replay_buffer(folder / "replay.safetensors")
         self.source.llm_queries = llm_queries
 

@@ -26,11 +26,13 @@ per held-out episode); ``summary.json`` (``"partial": true`` until the run ends)
 returned as it is; otherwise the run goes on from its checkpoint (``checkpoint/``: ``progress.json``
 counts the finished seeds, the steps of the seed in training and the lines all that accounts for;
 lines beyond are cut). SAC-Prior is checkpointed after every chunk (``learner/``: the agent in
-safetensors + JSON, its replay buffer, the cache and its run-time state; ``seed_clock.json``), so a
-killed seed goes on from its last evaluation; an SB3 SAC seed that was running starts again from
-scratch: SB3 saves pickles, which this project never loads. Every chunk of SAC-Prior ends its
-episode in progress (``SACPrior.learn`` starts a new one on every call), so a resumed seed plays the
-episodes an uninterrupted one plays.
+safetensors + JSON, its replay buffer, the cache and its run-time state, the training episode in
+progress; ``seed_clock.json``), so a killed seed goes on from its last evaluation; an SB3 SAC seed
+that was running starts again from scratch: SB3 saves pickles, which this project never loads.
+Both methods run their episode in progress on across chunks (only the seed's budget cuts one);
+SAC-Prior's checkpoint holds it (its actions, skill, steps left, return and record so far) and a
+resumed seed replays its actions on the training instance (a MuJoCo state cannot be saved simply,
+but it replays exactly), so a resumed seed plays the episodes an uninterrupted one plays.
 """
 
 from __future__ import annotations
@@ -406,8 +408,8 @@ class _Run:
 
             if resume_from is not None:
                 at, folder = resume_from
-                learner.restore(folder / _LEARNER, at.queries)
-                env.started, env.total_steps, done = at.episodes_done, at.steps, at.steps
+                learner.restore(folder / _LEARNER, at.queries, at.episodes_done, at.steps)
+                done = at.steps
                 clock.update(json.loads((folder / _CLOCK).read_text()))
                 bar.update(done)
             elif config.eval_every:
@@ -418,8 +420,8 @@ class _Run:
                 learner.learn(n)
                 clock["train"] += time.perf_counter() - begin
                 done += n
-                if learner.cuts_episodes or done == config.steps:
-                    env.end_episode()  # the episode in progress ends with the chunk (or the budget)
+                if done == config.steps:
+                    env.end_episode()  # the budget cuts the episode in progress; a chunk's end does not
                 self.records.extend(r.to_json() for r in env.take_finished())
                 evaluate(done)  # every chunk ends at an evaluation point
                 self._write_progress()

@@ -174,7 +174,8 @@ def test_skills_are_held_and_the_llm_is_asked_at_skill_decisions_only(gaussians:
 def test_the_uncached_reference_asks_at_every_decision(gaussians: SkillGaussians) -> None:
     agent = TINY.create(PendulumControl(max_episode_steps=40), prior_source=skill_cache(gaussians, "none"))
     agent.learn(80)
-    assert agent.counters.llm_queries == agent.counters.skill_decisions == 17 and agent.counters.cache_hits == 0
+    # two 40-step episodes of 8 decisions each (H = 5); the call ends with the second, none begins
+    assert agent.counters.llm_queries == agent.counters.skill_decisions == 16 and agent.counters.cache_hits == 0
 
 
 def test_a_learned_state_abstraction_keys_the_cache_and_an_adaptive_cache_hears_rewards(
@@ -227,6 +228,37 @@ def test_a_strong_prior_decides_the_skill_when_q_is_flat(gaussians: SkillGaussia
     assert agent.prior_source.stats()["lookups"] == 2 and backend.n_calls == calls
 
 
+# --- episodes across learn calls -----------------------------------------------------------------------
+def _facts(agent: SACPrior) -> dict:
+    """What learning did, less its timings."""
+    c = agent.counters
+    return {
+        "counts": (c.env_steps, c.episodes, c.skill_decisions, c.llm_queries, c.cache_hits, c.gradient_steps),
+        "episodes": agent.episode_log,
+        "buffer": [agent.buffer.obs[: len(agent.buffer)].tolist(), agent.buffer.skills[: len(agent.buffer)].tolist()],
+        "weights": [p.tolist() for p in agent.actor.parameters()],
+    }
+
+
+def test_an_episode_goes_on_across_learn_calls(gaussians: SkillGaussians) -> None:
+    """Learning in two calls plays the episodes one call plays: the episode in progress at the end of
+    the first goes on in the second (its steps add up to one 40-step episode, none is cut)."""
+
+    def make() -> SACPrior:
+        return TINY.create(PendulumControl(max_episode_steps=40), prior_source=skill_cache(gaussians), seed=3)
+
+    whole, chunked, restarted = make().learn(100), make().learn(60), make().learn(60)
+    ep = chunked.episode_in_progress
+    assert ep is not None and (ep.length, len(ep.actions)) == (20, 20) and len(chunked.episode_log) == 1
+    chunked.learn(40)
+    assert [(e["length"], e["env_steps"]) for e in chunked.episode_log] == [(40, 40), (40, 80)]
+    assert chunked.episode_in_progress is not None and chunked.episode_in_progress.length == 20
+    assert _facts(chunked) == _facts(whole)
+    # new_episode abandons the episode in progress: the next one runs 40 steps from step 60
+    restarted.learn(40, new_episode=True)
+    assert [(e["length"], e["env_steps"]) for e in restarted.episode_log] == [(40, 40), (40, 100)]
+
+
 # --- persistence ---------------------------------------------------------------------------------------
 def test_save_and_load_give_identical_predictions_and_training(tmp_path: Path, gaussians: SkillGaussians) -> None:
     env = PendulumControl(max_episode_steps=50)
@@ -236,19 +268,41 @@ def test_save_and_load_give_identical_predictions_and_training(tmp_path: Path, g
     loaded = SACPrior.load(tmp_path / "agent", PendulumControl(max_episode_steps=50), skill_cache(gaussians, "none"))
     loaded.load_replay_buffer(tmp_path / "buffer.safetensors")
     assert loaded.gaussians == gaussians and loaded.counters == agent.counters and loaded.alpha == agent.alpha
-    obs = [env.reset(seed=s)[0] for s in range(5)]
+    probe = PendulumControl()  # not the training env: its episode in progress goes on at the next learn()
+    obs = [probe.reset(seed=s)[0] for s in range(5)]
     for deterministic in (True, False):
         ours = [agent.predict(o, deterministic=deterministic) for o in obs]
         theirs = [loaded.predict(o, deterministic=deterministic) for o in obs]
         for (a1, s1), (a2, s2) in zip(ours, theirs):
             np.testing.assert_array_equal(a1, a2)
             assert s1 == s2
-    # Both train on identically: same RNG streams, optimiser moments, buffer and counters.
+    # Both train on identically: same RNG streams, optimiser moments, buffer and counters, and the
+    # episode in progress at the save (20 of 50 steps) replayed on the fresh env and going on.
+    assert loaded.episode_in_progress is not None and loaded.episode_in_progress.length == 20
     agent.learn(60)
     loaded.learn(60)
     assert agent.episode_log == loaded.episode_log and agent.counters.env_steps == 180
+    assert [e["length"] for e in loaded.episode_log] == [50, 50, 50]
     for p, q in zip(agent.actor.parameters(), loaded.actor.parameters()):
         torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
+class OtherStarts(PendulumControl):
+    """Resets to other initial states than the seed asks for."""
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        return super().reset(seed=None if seed is None else seed + 1, options=options)
+
+
+def test_an_episode_in_progress_that_does_not_replay_is_refused_or_dropped(tmp_path: Path) -> None:
+    agent = TINY.create(PendulumControl(max_episode_steps=50), seed=4).learn(30)
+    agent.save(tmp_path / "agent")
+    with pytest.raises(ConfigError, match="ended it at step 10 of 30.*replay_episode=False"):
+        SACPrior.load(tmp_path / "agent", PendulumControl(max_episode_steps=10))
+    with pytest.raises(ConfigError, match="did not reach its saved observation"):
+        SACPrior.load(tmp_path / "agent", OtherStarts(max_episode_steps=50))
+    dropped = SACPrior.load(tmp_path / "agent", PendulumControl(max_episode_steps=50), replay_episode=False)
+    assert dropped.episode_in_progress is None and dropped.learn(50).episode_log[0]["length"] == 50
 
 
 class OtherSkills(PendulumControl):

@@ -65,6 +65,7 @@ def _snapshot(learner: Any) -> dict[str, Any]:
             "f2_alpha": a.sampler.schedule.alpha,
             "cache": (learner.cache.stats()["lookups"], len(learner.cache)),
             "env_steps": learner.env.total_steps,
+            "in_progress": _in_progress(learner),
         }
     m = learner.model  # SB3 SAC
     return {
@@ -74,7 +75,16 @@ def _snapshot(learner: Any) -> dict[str, Any]:
         "updates": m._n_updates,
         "buffer": (m.replay_buffer.pos, m.replay_buffer.full),
         "env_steps": learner.env.total_steps,
+        "in_progress": _in_progress(learner),
     }
+
+
+def _in_progress(learner: Any) -> Any:
+    """The training episode in progress: the training instances' record and SAC-Prior's own."""
+    record = learner.env.current
+    ours = (record.episode, record.steps, record.episode_return) if record is not None else None
+    ep = getattr(getattr(learner, "agent", None), "episode_in_progress", None)
+    return ours, None if ep is None else (ep.length, ep.steps_left, ep.obs.tolist())
 
 
 def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -154,8 +164,12 @@ def test_sac_prior_run(tmp_path: Path, watched: dict[str, list]) -> None:
     ]
     assert summary["hit_rate"] > 0 and summary["audits"] >= 1 and summary["audit_f5_violations"] == 0
     assert summary["decision_unit"] == "skill decision" and summary["label"] == "sac-prior-static-2shot"
-    # SAC-Prior starts a new episode at every learn(): the one in progress at an evaluation is cut
-    assert [r["cut"] for r in records if r["end_step"] in (40, 80)] == [True, True]
+    # SAC-Prior runs its episode on across evaluations, as SB3 does: only the budget cuts the last one
+    assert [(r["steps"], r["cut"], r["end_step"]) for r in records] == [
+        (30, False, 30),
+        (30, False, 60),
+        (20, True, 80),
+    ]
     seed = summary["per_seed"][0]
     # gradient steps from the step that reaches learning_starts on (SB3: from the one after it)
     assert seed["env_steps"] == 80 and seed["gradient_steps"] == 80 - 30 + 1 and seed["env_steps_per_s"] > 0
@@ -231,12 +245,16 @@ def test_a_killed_sac_prior_seed_goes_on_from_its_checkpoint(tmp_path: Path, mon
     with pytest.raises(KeyboardInterrupt):
         run_control(config, backend=FakeBackend(), encoder=HashEncoder(), progress=False)
     assert (config.out / "checkpoint" / "learner" / "agent").is_dir()
+    # the checkpoint at 80 steps holds an episode in progress (the third, 20 of 30 steps): resuming replays it
+    held = json.loads((config.out / "checkpoint" / "learner" / "training_episode.json").read_text())["episode"]
+    assert (held["record"]["episode"], held["record"]["steps"]) == (2, 20)
     summary = run_control(config, backend=FakeBackend(), encoder=HashEncoder(), progress=False, resume=True)
     assert summary["resumed"] == {"seeds_kept": [], "restarted_seed": None, "continued_at_step": 80}
     # the same episodes, lookups, LLM calls and held-out returns as the run nobody killed
     for name in ("metrics.jsonl", "evals.jsonl"):
         assert _untimed(config.out / name) == _untimed(whole.out / name)
     assert summary["per_seed"][0]["gradient_steps"] == 120 - 30 + 1 and not (config.out / "checkpoint").exists()
+    assert [(r["steps"], r["cut"]) for r in _lines(config.out / "metrics.jsonl")] == 4 * [(30, False)]
 
 
 def test_bad_configurations_are_refused(tmp_path: Path) -> None:
