@@ -23,6 +23,9 @@ _EXPORTS = {
     # environments
     "make_env": "priorcache.envs.registry",
     "ENVIRONMENTS": "priorcache.envs.registry",
+    "ControlEnv": "priorcache.envs.control",
+    "record_control_demos": "priorcache.envs.control_demos",
+    "StateAbstraction": "priorcache.envs.state_abstraction",
     # LLM backends, prompts and priors
     "make_backend": "priorcache.prior.registry",
     "BACKENDS": "priorcache.prior.registry",
@@ -32,6 +35,9 @@ _EXPORTS = {
     "CategoricalPrior": "priorcache.prior.action_prior",
     "PriorConfig": "priorcache.prior.action_prior",
     "Audit": "priorcache.prior.divergence",
+    "SkillPrior": "priorcache.prior.skill_prior",
+    "SkillGaussians": "priorcache.prior.skill_prior",
+    "fit_skill_gaussians": "priorcache.prior.skill_prior",
     # the cache
     "MiniLMEncoder": "priorcache.cache.encoder",
     "PriorCache": "priorcache.cache.prior_cache",
@@ -48,12 +54,16 @@ _EXPORTS = {
     "DQNPriorAgent": "priorcache.agents.dqn_prior",
     "DirectLLMAgent": "priorcache.agents.dqn_prior",
     "ReActAgent": "priorcache.agents.react",
+    "SACPrior": "priorcache.agents.sac_prior",
+    "SACPriorConfig": "priorcache.agents.sac_prior",
     "AGENTS": "priorcache.agents.registry",
     "make_agent": "priorcache.agents.registry",
     "load_agent": "priorcache.agents.registry",
     # experiments
     "RunConfig": "priorcache.experiments.runner",
     "run_experiment": "priorcache.experiments.runner",
+    "ControlRunConfig": "priorcache.experiments.control_runner",
+    "run_control": "priorcache.experiments.control_runner",
     # errors
     "PriorCacheError": "priorcache.errors",
     "ConfigError": "priorcache.errors",
