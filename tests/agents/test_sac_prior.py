@@ -384,7 +384,8 @@ def test_sac_prior_learns_pendulum_with_the_real_llm_behind_a_static_cache() -> 
     assert len(returns) == 25
     assert np.mean(returns[-5:]) > np.mean(returns[:5]) + 300, returns
     c, stats_ = agent.counters, cache.stats()
-    assert c.skill_decisions == 25 * 20 + 1 and stats_["lookups"] == c.skill_decisions
+    # 25 episodes of 20 decisions; a learn call that ends with an episode starts no new one
+    assert c.skill_decisions == 25 * 20 and stats_["lookups"] == c.skill_decisions
     assert c.llm_queries == stats_["llm_calls"] and c.llm_queries * 4 < c.skill_decisions  # ≥ 4× fewer than uncached
     audits = cache.audit_log()
     assert audits and all(a["kl"] <= a["kl_bound"] + 1e-9 for a in audits)  # F5 on the skill priors
@@ -422,7 +423,7 @@ def test_sac_prior_on_metaworld_reach_with_the_real_llm(tmp_path: Path) -> None:
     agent = config.create(env, prior_source=cache, seed=0).learn(600)
 
     c = agent.counters
-    assert (c.episodes, c.skill_decisions) == (4, 4 * 15 + 1) and c.gradient_steps == 301
+    assert (c.episodes, c.skill_decisions) == (4, 4 * 15) and c.gradient_steps == 301
     assert c.llm_queries == cache.stats()["llm_calls"] and 0 < c.llm_queries < c.skill_decisions
     assert all(isinstance(e["success"], bool) for e in agent.episode_log)
     assert all(a["kl"] <= a["kl_bound"] + 1e-9 for a in cache.audit_log())
