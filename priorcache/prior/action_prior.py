@@ -153,16 +153,22 @@ class CategoricalPrior(Prior):
 
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any], config: PriorConfig = PriorConfig()) -> CategoricalPrior:
-        if not isinstance(payload, Mapping) or set(payload) != {"scores"}:
-            raise ConfigError("a categorical prior payload must be {scores: {action: score}}")
-        scores = payload["scores"]
-        if not isinstance(scores, Mapping) or not scores:
-            raise ConfigError("scores must be a non-empty map action → score")
-        bad = [
-            a
-            for a, s in scores.items()
-            if not isinstance(a, str) or isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s)
-        ]
-        if bad:
-            raise ConfigError(f"non-finite or non-numeric scores for actions {bad[:5]}")
-        return cls({a: float(s) for a, s in scores.items()}, config)
+        return cls(scores_from_payload(payload, "categorical", "action"), config)
+
+
+def scores_from_payload(payload: Any, kind: str, item: str) -> dict[str, float]:
+    """The ``{"scores": {name: raw score}}`` payload of a scored prior kind, checked: ConfigError naming
+    the ``kind`` and the ``item``s (actions, skills) whose scores are not finite numbers."""
+    if not isinstance(payload, Mapping) or set(payload) != {"scores"}:
+        raise ConfigError(f"a {kind} prior payload must be {{scores: {{{item}: score}}}}")
+    scores = payload["scores"]
+    if not isinstance(scores, Mapping) or not scores:
+        raise ConfigError(f"scores must be a non-empty map {item} → score")
+    bad = [
+        a
+        for a, s in scores.items()
+        if not isinstance(a, str) or isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s)
+    ]
+    if bad:
+        raise ConfigError(f"non-finite or non-numeric scores for {item}s {bad[:5]}")
+    return {a: float(s) for a, s in scores.items()}

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from priorcache.errors import ConfigError
-from priorcache.prior.action_prior import PriorConfig, check_candidates, log_prior
+from priorcache.prior.action_prior import PriorConfig, check_candidates, log_prior, scores_from_payload
 from priorcache.prior.base import Prompt
 from priorcache.prior.interface import Prior
 
@@ -450,19 +450,7 @@ class SkillPrior(Prior):
 
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any], config: SkillPriorConfig) -> SkillPrior:
-        if not isinstance(payload, Mapping) or set(payload) != {"scores"}:
-            raise ConfigError("a skill prior payload must be {scores: {skill: score}}")
-        scores = payload["scores"]
-        if not isinstance(scores, Mapping) or not scores:
-            raise ConfigError("scores must be a non-empty map skill → score")
-        bad = [
-            z
-            for z, s in scores.items()
-            if not isinstance(z, str) or isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s)
-        ]
-        if bad:
-            raise ConfigError(f"non-finite or non-numeric scores for skills {bad[:5]}")
-        return cls({z: float(s) for z, s in scores.items()}, config)
+        return cls(scores_from_payload(payload, "skill", "skill"), config)
 
 
 # --- the prompt the LLM scores skill names under (F9: objective in the prefix, φ(s) in the state part) ---
