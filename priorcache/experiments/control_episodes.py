@@ -37,9 +37,6 @@ from priorcache.envs.registry import make_split_env
 from priorcache.errors import ConfigError
 from priorcache.experiments.metrics import mean_ci95, summarise_held_out
 
-#: Lookup kinds that served a prior without a full LLM call.
-HIT_KINDS = ("exact", "similar")
-
 
 @dataclass
 class ControlEpisode:
