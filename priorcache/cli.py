@@ -16,6 +16,12 @@ from priorcache.cache.prior_cache import CacheConfig
 from priorcache.envs.registry import ENVIRONMENTS, default_episodes
 from priorcache.errors import ConfigError, PriorCacheError
 from priorcache.experiments.bench import METHODS, QUICK, TEXT_ENVS, BenchConfig, run_bench
+from priorcache.experiments.control_bench import (
+    CONTROL_METHODS,
+    DEFAULT_CONTROL_METHODS,
+    ControlBenchConfig,
+    run_control_bench,
+)
 from priorcache.experiments.control_options import control_config, control_summary_table, refuse_control_options
 from priorcache.experiments.control_runner import (
     DEFAULT_EVAL_EVERY,
@@ -23,6 +29,7 @@ from priorcache.experiments.control_runner import (
     DEFAULT_SKILL_HOLD,
     DEFAULT_STEPS,
     ControlRunConfig,
+    control_envs,
     is_control_env,
     run_control,
 )
@@ -483,6 +490,69 @@ def bench_text(
     )
 
 
+CONTROL_TASKS = control_envs()
+CONTROL_METHOD_HELP = f"method (repeatable): {', '.join(CONTROL_METHODS)}"
+
+
+@bench_app.command("control")
+def bench_control(
+    env: list[str] = typer.Option(CONTROL_TASKS, "--env", help="control task (repeat the option for several)"),
+    method: list[str] = typer.Option(list(DEFAULT_CONTROL_METHODS), "--method", help=CONTROL_METHOD_HELP),
+    seeds: str = typer.Option("0-2", help="seeds, '0,1,2' or '0-2'"),
+    steps: int = typer.Option(DEFAULT_STEPS, min=1, help="training environment steps per seed, every method"),
+    eval_every: int = typer.Option(
+        DEFAULT_EVAL_EVERY, min=0, help="evaluate every N environment steps (0: after the last only)"
+    ),
+    eval_episodes: int = typer.Option(5, min=1, help="held-out task instances, one deterministic episode each"),
+    train_games: int = typer.Option(10, min=1, help="training task instances, played in turn"),
+    max_steps: int | None = typer.Option(None, min=1, help="episode step limit (default: the task's own)"),
+    shots: int = typer.Option(DEFAULT_SHOTS, min=0, help="demonstrations the skill Gaussians are fitted on"),
+    skill_hold: int = typer.Option(DEFAULT_SKILL_HOLD, min=1, help="H, environment steps a skill is held"),
+    backend: str = typer.Option("embedded", help="LLM backend: embedded, transformers or openai"),
+    model_path: str | None = typer.Option(None, help="local model folder for --backend transformers"),
+    base_url: str | None = typer.Option(None, help=BASE_URL_HELP),
+    model: str | None = typer.Option(None, help="--backend openai: the model name the server serves"),
+    device: str = typer.Option("cpu", help="torch device for the LLM backend"),
+    out: Path = typer.Option(Path("runs/bench-control"), help="benchmark folder; rerunning it resumes"),
+) -> None:
+    """SB3 SAC and SAC-Prior on the control tasks, same seeds and steps; resumable; writes a table and plots."""
+    try:
+        config = ControlBenchConfig(
+            out=out,
+            envs=env,
+            methods=method,
+            seeds=_parse_seeds(seeds),
+            steps=steps,
+            eval_every=eval_every,
+            eval_episodes=eval_episodes,
+            train_games=train_games,
+            max_episode_steps=max_steps,
+            shots=shots,
+            skill_hold=skill_hold,
+            backend=backend,
+            model_path=model_path,
+            base_url=base_url,
+            model=model,
+            device=device,
+        )
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        result = run_control_bench(config)
+    except PriorCacheError as e:
+        _error(e)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        console.print(
+            Text.assemble(
+                ("interrupted: ", "yellow"), f"finished runs are kept in {out}/runs; run the same command to resume"
+            )
+        )
+        raise typer.Exit(130) from None
+    console.print(result["files"][0].read_text(), markup=False)
+    console.print("written: " + ", ".join(str(p) for p in result["files"]), markup=False)
+
+
 @app.command()
 def report(
     run_dir: Path = typer.Argument(..., help="a benchmark folder or any folder holding run folders"),
@@ -495,7 +565,8 @@ def report(
         _error(e)
         raise typer.Exit(2) from None
     # markup=False: the table quotes environment names, method labels and sources as the runs recorded them.
-    console.print(result["files"][0].read_text(), markup=False)
+    for table in (p for p in result["files"] if p.suffix == ".md"):
+        console.print(table.read_text(), markup=False)
     console.print("written: " + ", ".join(str(p) for p in result["files"]), markup=False)
 
 

@@ -156,7 +156,7 @@ class BenchConfig:
         return Path(self.out) / "runs" / env.replace(":", "-") / method / f"seed{seed}"
 
 
-def run_status(config: RunConfig) -> str:
+def run_status(config: Any) -> str:
     """'finished', 'todo' (absent or interrupted), or raises when a finished run used other settings."""
     out = Path(config.out)
     if not is_finished(out):
@@ -191,29 +191,17 @@ def run_bench(
     progress: bool = True,
     on_run: Callable[[RunConfig, dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """Run every missing (environment, method, seed) cell, then write the report; returns the report.
-
-    Each cell runs under its run folder's lock (``folder_lock``), so that several bench processes
-    on one ``--out`` share the work: a cell another process is running is skipped and returned to
-    after the others (then waiting for its lock), and a cell found finished once its lock is held
-    is not run again."""
+    """Run every missing (environment, method, seed) cell, then write the report; returns the report."""
     cells = [
         config.run_config(env, method, seed)
         for env in config.envs
         for method in config.methods
         for seed in config.seeds
     ]
-    todo = [cell for cell in cells if run_status(cell) == "todo"]  # also refuses mismatched finished runs
     adaptations: dict[tuple[str, int, str], Adaptation] = {}
-    bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc="bench text", unit="run", disable=not progress)
     models = {"backend": backend, "encoder": encoder}
 
     def run_cell(cell: RunConfig) -> None:
-        """Run ``cell``, its lock held, unless another process finished it meanwhile."""
-        if run_status(cell) == "finished":
-            bar.update(1)
-            return
-        bar.set_postfix_str(f"{cell.env} {cell.label} seed {cell.seeds[0]}")
         if models["encoder"] is None:
             from priorcache.cache.encoder import MiniLMEncoder
 
@@ -237,30 +225,53 @@ def run_bench(
             adaptation = adaptations[key]
         # A killed run of these settings continues from its checkpoint; one of other settings (an
         # older release's) is replaced. Foreign files in the folder are refused either way.
-        try:
-            plan_run_folder(Path(cell.out), cell.to_json(), cell.cache_path, resume=True, overwrite=False)
-            resume = True
-        except ConfigError:
-            resume = False
+        resume = can_resume(cell)
         summary = run_experiment(
             cell, encoder=models["encoder"], progress=False, adaptation=adaptation, resume=resume, overwrite=not resume
         )
         if on_run is not None:
             on_run(cell, summary)
         write_report(Path(config.out))
+
+    run_cells(cells, run_cell, "bench text", progress)
+    return write_report(Path(config.out))
+
+
+def can_resume(cell: Any) -> bool:
+    """Whether ``cell``'s folder holds nothing or a run of these very settings (else it is replaced)."""
+    try:
+        plan_run_folder(Path(cell.out), cell.to_json(), getattr(cell, "cache_path", None), resume=True, overwrite=False)
+    except ConfigError:
+        return False
+    return True
+
+
+def run_cells(cells: list[Any], run_cell: Callable[[Any], None], desc: str, progress: bool = True) -> None:
+    """Run every cell (a run config with ``out``, ``env``, ``label``, ``seeds``) not yet finished.
+
+    Each cell runs under its run folder's lock (``folder_lock``), so that several bench processes
+    on one ``--out`` share the work: a cell another process is running is skipped and returned to
+    after the others (then waiting for its lock), and a cell found finished once its lock is held
+    is not run again."""
+    todo = [cell for cell in cells if run_status(cell) == "todo"]  # also refuses mismatched finished runs
+    bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc=desc, unit="run", disable=not progress)
+
+    def run_locked(cell: Any) -> None:
+        if run_status(cell) != "finished":  # another process may have finished it meanwhile
+            bar.set_postfix_str(f"{cell.env} {cell.label} seed {cell.seeds[0]}")
+            run_cell(cell)
         bar.update(1)
 
     try:
-        busy: list[RunConfig] = []
+        busy: list[Any] = []
         for cell in todo:
             with folder_lock(cell.out, blocking=False) as held:
                 if not held:  # another bench process is running it: do the others first
                     busy.append(cell)
                     continue
-                run_cell(cell)
+                run_locked(cell)
         for cell in busy:
             with folder_lock(cell.out):  # waits for that process; it holds no other lock meanwhile
-                run_cell(cell)
+                run_locked(cell)
     finally:
         bar.close()
-    return write_report(Path(config.out))

@@ -156,6 +156,10 @@ class SB3SAC:
                 device="cpu",
                 verbose=0,
             )
+        # SB3 would otherwise make an empty log folder in the system temp directory on every learn call.
+        from stable_baselines3.common.logger import Logger
+
+        self.model.set_logger(Logger(folder=None, output_formats=[]))
         self.model.on_action = self._on_action
 
     def _on_action(self, elapsed_s: float) -> None:

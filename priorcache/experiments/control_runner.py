@@ -148,6 +148,7 @@ class ControlRunConfig:
         game_seeds(self.env, "eval", self.eval_episodes)
         if self.method == "sac":
             self._refuse_prior_settings()
+            self.label = self.label or self.default_label()
             return
         from priorcache.prior.registry import check_backend_options
 
@@ -164,6 +165,7 @@ class ControlRunConfig:
         self.alpha_min = 0.25 if self.alpha_min is None else self.alpha_min
         if not (is_number(self.alpha_0) and is_number(self.alpha_min) and 0 < self.alpha_min <= self.alpha_0):
             raise ConfigError(f"need 0 < alpha_min ≤ alpha_0, got {self.alpha_0!r} and {self.alpha_min!r}")
+        self.label = self.label or self.default_label()
 
     def _refuse_prior_settings(self) -> None:
         given = [
@@ -197,6 +199,8 @@ class ControlRunConfig:
         if self.method == "sac":
             return "sac"
         mode = "uncached" if self.cache_mode == "none" else self.cache_mode
+        if mode == "kl-budget":
+            mode += f"-{self.cache.kl_budget.target_kl:g}"
         shots = "" if self.shots == DEFAULT_SHOTS else f"-{self.shots}shot"
         return f"sac-prior-{mode}{shots}"
 
@@ -324,7 +328,7 @@ class _Run:
         bar = tqdm(
             total=config.steps * len(config.seeds),
             initial=config.steps * self.first_seed,
-            desc=f"{config.env} {config.default_label() if config.label is None else config.label}",
+            desc=f"{config.env} {config.label}",
             unit="step",
             disable=not self.progress,
         )
@@ -472,7 +476,7 @@ class _Run:
                 "kind": "control",
                 "agent": config.method,
                 "method": config.method,
-                "label": config.label or config.default_label(),
+                "label": config.label,
                 "cache_mode": config.cache_mode,
                 "backend": config.backend if config.method != "sac" else None,
                 "skill_hold": config.skill_hold,

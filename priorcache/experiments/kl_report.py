@@ -37,7 +37,7 @@ import numpy as np
 
 from priorcache.errors import ConfigError
 from priorcache.experiments.kl_report_stats import F5_TOLERANCE, collect_audits, kl_summary
-from priorcache.experiments.report import _save_figure, read_run
+from priorcache.experiments.report import read_run, save_figure
 from priorcache.io import atomic_write_json, atomic_write_text
 from priorcache.prior.divergence import f6_distance
 
@@ -255,7 +255,7 @@ def plot(s: dict[str, Any], audits: list[dict[str, Any]], path: Path) -> Path:
 
     fig.suptitle(f"{s['env']} · {s['method']} · seeds {s['seeds']}", fontsize=10)
     fig.tight_layout()
-    _save_figure(fig, path)
+    save_figure(fig, path)
     plt.close(fig)
     return path
 

@@ -342,7 +342,7 @@ def render_csv(rows: list[dict[str, Any]]) -> str:
     return buffer.getvalue()
 
 
-def _save_figure(fig: Any, path: Path) -> None:
+def save_figure(fig: Any, path: Path) -> None:
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=120, bbox_inches="tight")
 
@@ -383,7 +383,7 @@ def plot(rows: list[dict[str, Any]], out: Path) -> list[Path]:
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
     path = out / "success_vs_queries.png"
-    _save_figure(fig, path)
+    save_figure(fig, path)
     plt.close(fig)
     written.append(path)
 
@@ -405,7 +405,7 @@ def plot(rows: list[dict[str, Any]], out: Path) -> list[Path]:
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
     path = out / "learning_curves.png"
-    _save_figure(fig, path)
+    save_figure(fig, path)
     plt.close(fig)
     written.append(path)
 
@@ -430,7 +430,7 @@ def plot(rows: list[dict[str, Any]], out: Path) -> list[Path]:
         axes[0][0].legend(fontsize=7)
         fig.tight_layout()
         path = out / "held_out_curves.png"
-        _save_figure(fig, path)
+        save_figure(fig, path)
         plt.close(fig)
         written.append(path)
     return written
@@ -508,18 +508,36 @@ def plot_cache_params(runs: list[RunFolder], out: Path) -> Path | None:
     fig.suptitle("cache parameters over training (one line per seed)", fontsize=10)
     fig.tight_layout(rect=(0, 0, 1 - 1.5 / (4.2 * len(envs) + 1.5), 0.96))
     path = out / "cache_params.png"
-    _save_figure(fig, path)
+    save_figure(fig, path)
     plt.close(fig)
     return path
 
 
 def write_report(runs_root: Path, out: Path | None = None) -> dict[str, Any]:
-    """Find the runs under ``runs_root``, write the table and plots into ``out`` (default: ``runs_root``)."""
+    """Find the runs under ``runs_root``, write the table and plots into ``out`` (default: ``runs_root``):
+    the text report of the text runs and the control report (:mod:`priorcache.experiments.control_report`)
+    of the control runs, whichever there are. ``files`` lists the markdown tables first."""
+    from priorcache.experiments.control_report import is_control_run, write_control_report
+
     runs = find_runs(runs_root)
     if not runs:
         raise ConfigError(f"no run folders (config.json + metrics.jsonl) under {runs_root}")
     out = Path(out or runs_root)
     out.mkdir(parents=True, exist_ok=True)
+    text_runs = [run for run in runs if not is_control_run(run)]
+    control_runs = [run for run in runs if is_control_run(run)]
+    result: dict[str, Any] = {"rows": [], "incomplete": [], "files": []}
+    if control_runs:
+        result["control"] = write_control_report(control_runs, out)
+    if text_runs:
+        result.update(_write_text_report(text_runs, out))
+    result["files"] = sorted(
+        result["files"] + result.get("control", {}).get("files", []), key=lambda p: p.suffix != ".md"
+    )
+    return result
+
+
+def _write_text_report(runs: list[RunFolder], out: Path) -> dict[str, Any]:
     rows = aggregate(runs)
     incomplete = [str(run.path) for run in runs if not run.finished]
     atomic_write_text(out / "results.md", render_markdown(rows, incomplete))
