@@ -33,7 +33,6 @@ TEXT_ONLY = (
     "eval_policy",
     "adapt",
     "max_examples",
-    "tensorboard",
     "num_envs",
     "demo_episodes",
     "lora_epochs",
@@ -129,6 +128,7 @@ def control_config(
         eval_episodes=params.get("eval_episodes") or 5,
         train_games=params["train_games"],
         max_episode_steps=params.get("max_steps"),
+        tensorboard=bool(params.get("tensorboard")),
         out=Path("runs"),  # replaced below when not given: the default name holds the label
         **prior,
     )

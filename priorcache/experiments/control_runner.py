@@ -63,6 +63,7 @@ from priorcache.experiments.run_folder import (
     write_checkpoint,
 )
 from priorcache.experiments.summaries import load_summary, read_json_object
+from priorcache.experiments.tensorboard_log import ScalarLog
 from priorcache.io import atomic_write_json, atomic_write_text, folder_lock, make_temp_dir
 from priorcache.validation import check_seeds, is_int, is_number
 
@@ -118,6 +119,7 @@ class ControlRunConfig:
     alpha_0: float | None = None  # sac-prior: F2 temperature of the skill choice when nothing hits (1.0)
     alpha_min: float | None = None  # sac-prior: … at a 100 % hit rate (0.25)
     out: Path = Path("runs/latest-control")
+    tensorboard: bool = False  # TensorBoard scalars per seed under out/tensorboard/
     label: str | None = None  # the method's name in reports (default: method, cache mode, shots)
 
     def __post_init__(self) -> None:
@@ -290,6 +292,7 @@ class _Run:
         self.resumed: dict[str, Any] | None = None
         self._resume_from: tuple[Progress, Path] | None = None  # a checkpoint inside the seed first_seed
         self.checkpoint_s = 0.0
+        self.log = ScalarLog(out / "tensorboard" if config.tensorboard else None)
 
     def resume(self) -> None:
         """Keep what the checkpoint accounts for: the finished seeds, and the seed in training where its
@@ -341,6 +344,7 @@ class _Run:
                 self._checkpoint(Progress(seed_index=i + 1), None, {})
         finally:
             bar.close()
+            self.log.close()
 
     def _learner(self, env: TrainingInstances, seed: int) -> Any:
         c = self.config
@@ -394,6 +398,8 @@ class _Run:
         try:
             learner = self._learner(env, seed)
             done = 0
+            # the seed's training LLM queries, summed over its episodes for the TensorBoard curves
+            queries = [sum(r["llm_calls"] + r["partial_calls"] for r in self.records if r["seed"] == seed)]
 
             def evaluate(done: int) -> None:
                 begin = time.perf_counter()
@@ -407,6 +413,13 @@ class _Run:
                 )
                 self.evals.extend(lines)
                 held = [line["episode_return"] for line in lines]
+                self.log.held_out(
+                    seed,
+                    done,
+                    learner.llm_queries(),
+                    sum(line["success"] for line in lines) / len(lines),
+                    sum(held) / len(held),
+                )
                 bar.set_postfix(held_out_return=f"{sum(held) / len(held):.1f}", llm=learner.llm_queries())
                 clock["eval"] += time.perf_counter() - begin
 
@@ -426,7 +439,10 @@ class _Run:
                 done += n
                 if done == config.steps:
                     env.end_episode()  # the budget cuts the episode in progress; a chunk's end does not
-                self.records.extend(r.to_json() for r in env.take_finished())
+                for record in env.take_finished():
+                    queries[0] += record.llm_queries
+                    self.log.episode(seed, record, record.end_step, queries[0])
+                    self.records.append(record.to_json())
                 evaluate(done)  # every chunk ends at an evaluation point
                 self._write_progress()
                 if learner.checkpoints and done < config.steps:

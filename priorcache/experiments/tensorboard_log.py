@@ -1,8 +1,9 @@
 """TensorBoard scalars of a run (``--tensorboard``): one event folder per seed under ``tensorboard/``.
 
 Per training episode, against the seed's environment steps: return, success, LLM queries so far,
-cache hit rate of the episode, F2's α and the cache's δ (and K, r). Per evaluation: held-out
-success and return, against environment steps and against LLM queries spent by then.
+cache hit rate of the episode, F2's α and the cache's δ (and K, r) (text runs; control runs have the
+first four). Per evaluation: held-out success and return, against environment steps and against LLM
+queries spent by then.
 """
 
 from __future__ import annotations
@@ -39,9 +40,10 @@ class ScalarLog:
         w.add_scalar("train/llm_queries", queries, steps)
         if record.lookups:
             w.add_scalar("cache/hit_rate", record.hits / record.lookups, steps)
-        if record.alpha is not None:
-            w.add_scalar("posterior/alpha", record.alpha, steps)
-        for name, value in (record.cache_params or {}).items():
+        alpha = getattr(record, "alpha", None)  # a control episode has neither α nor cache parameters
+        if alpha is not None:
+            w.add_scalar("posterior/alpha", alpha, steps)
+        for name, value in (getattr(record, "cache_params", None) or {}).items():
             if isinstance(value, (int, float)):
                 w.add_scalar(f"cache/{name}", value, steps)
         w.flush()
@@ -50,12 +52,23 @@ class ScalarLog:
         """One evaluation (greedy episodes on every held-out game)."""
         if self.folder is None or not found:
             return
+        self.held_out(
+            seed,
+            found[0].train_steps,
+            found[0].train_llm_queries,
+            sum(e.success for e in found) / len(found),
+            sum(e.episode_return for e in found) / len(found),
+        )
+
+    def held_out(self, seed: int, steps: int, queries: int, success: float, mean_return: float) -> None:
+        """One evaluation's means, at the seed's training environment steps and LLM queries."""
+        if self.folder is None:
+            return
         w = self._writer(seed)
-        steps, queries = found[0].train_steps, found[0].train_llm_queries
-        success = sum(e.success for e in found) / len(found)
         w.add_scalar("held_out/success", success, steps)
-        w.add_scalar("held_out/return", sum(e.episode_return for e in found) / len(found), steps)
+        w.add_scalar("held_out/return", mean_return, steps)
         w.add_scalar("held_out/success_vs_llm_queries", success, queries)
+        w.add_scalar("held_out/return_vs_llm_queries", mean_return, queries)
         w.flush()
 
     def close(self) -> None:

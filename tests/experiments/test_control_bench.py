@@ -89,9 +89,9 @@ def test_the_table_is_what_the_run_files_say(bench: tuple[Path, list, dict]) -> 
         evals = [e for run in runs for e in _lines(run / "evals.jsonl")]
         queries = sum(r["llm_calls"] + r["partial_calls"] for r in records)
         per_step[method] = queries / sum(r["steps"] for r in records)
-        held_out[method] = sum(
-            sum(e["episode_return"] for e in evals if e["seed"] == s) / 2 for s in (0, 1)
-        ) / 2  # one evaluation per seed (eval_every 0), two held-out instances each
+        held_out[method] = (
+            sum(sum(e["episode_return"] for e in evals if e["seed"] == s) / 2 for s in (0, 1)) / 2
+        )  # one evaluation per seed (eval_every 0), two held-out instances each
         assert rows[method]["seeds"] == [0, 1]
         assert rows[method]["llm_queries_per_seed"] == pytest.approx(queries / 2)
         assert rows[method]["held_out_return"] == pytest.approx(held_out[method])

@@ -147,7 +147,7 @@ def _check_protocol(out: Path, config: ControlRunConfig, watched: dict[str, list
 
 def test_sac_prior_run(tmp_path: Path, watched: dict[str, list]) -> None:
     backend = FakeBackend()
-    config = _config(tmp_path / "run")
+    config = _config(tmp_path / "run", tensorboard=True)
     summary = run_control(config, backend=backend, encoder=HashEncoder(), progress=False)
     out = config.out
     _check_protocol(out, config, watched)
@@ -175,6 +175,22 @@ def test_sac_prior_run(tmp_path: Path, watched: dict[str, list]) -> None:
     assert seed["env_steps"] == 80 and seed["gradient_steps"] == 80 - 30 + 1 and seed["env_steps_per_s"] > 0
     assert summary["demonstrations"]["demonstrator"].startswith("MetaWorld scripted expert")
     assert (out / "cache" / "seed0").is_dir() and not (out / "checkpoint").exists()
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tensorboard" / "seed0"))
+    events.Reload()
+    assert {"train/return", "train/llm_queries", "cache/hit_rate", "held_out/return_vs_llm_queries"} <= set(
+        events.Tags()["scalars"]
+    )
+    assert [e.step for e in events.Scalars("held_out/return")] == [0, 40, 80]
+    assert [e.value for e in events.Scalars("held_out/return")] == pytest.approx(
+        [sum(e["episode_return"] for e in evals if e["after_steps"] == s) / 2 for s in (0, 40, 80)]
+    )
+    assert [(e.step, e.value) for e in events.Scalars("train/llm_queries")] == [
+        (r["end_step"], sum(q["llm_calls"] + q["partial_calls"] for q in records[: i + 1]))
+        for i, r in enumerate(records)
+    ]
 
 
 def test_sb3_sac_run_on_the_same_protocol(tmp_path: Path, watched: dict[str, list]) -> None:
