@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -364,6 +365,13 @@ def compare(
             fmt_ci(a["held_out"]["success"]),
             fmt_ci(b["held_out"]["success"]),
             f"{100 * result['held_out_retention']:.1f}% retained",
+        )
+        retained = result["held_out_return_retention"]
+        table.add_row(
+            "held-out return",
+            fmt_ci(a["held_out"]["return"]),
+            fmt_ci(b["held_out"]["return"]),
+            "n/a: reference ≤ 0" if math.isnan(retained) else f"{100 * retained:.1f}% retained",
         )
     elif a.get("held_out") or b.get("held_out"):
         # The headline is missing on one side: say so rather than leave the row out silently.

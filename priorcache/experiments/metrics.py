@@ -191,9 +191,9 @@ def summarise_held_out(evals: list[dict[str, Any]], point: str = "after_episodes
     }
 
 
-def _held_out(summary: dict[str, Any]) -> float:
+def _held_out(summary: dict[str, Any], key: str = "success") -> float:
     held = summary.get("held_out")
-    return held["success"]["mean"] if held else float("nan")
+    return held[key]["mean"] if held else float("nan")
 
 
 def compare(candidate: dict[str, Any], reference: dict[str, Any]) -> dict[str, float]:
@@ -208,5 +208,11 @@ def compare(candidate: dict[str, Any], reference: dict[str, Any]) -> dict[str, f
         "latency_p95_ratio_x": ratio(reference["decision_latency_ms"]["p95"], candidate["decision_latency_ms"]["p95"]),
         "success_retention": ratio(candidate["success_rate"]["mean"], reference["success_rate"]["mean"]),
         "held_out_retention": ratio(_held_out(candidate), _held_out(reference)),
+        # a ratio of returns means something only over a positive reference (locomotion returns can be < 0)
+        "held_out_return_retention": (
+            ratio(_held_out(candidate, "return"), _held_out(reference, "return"))
+            if _held_out(reference, "return") > 0
+            else float("nan")
+        ),
         "return_retention": ratio(candidate["mean_return"]["mean"], reference["mean_return"]["mean"]),
     }

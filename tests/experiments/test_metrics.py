@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from priorcache.experiments.metrics import compare, mean_ci95, summarise
+from priorcache.experiments.metrics import compare, mean_ci95, summarise, summarise_held_out
 
 
 def record(seed, episode, success, ret, llm_calls, partial, hits, times, audits=()):
@@ -67,3 +67,29 @@ def test_compare_reports_reduction_latency_ratio_and_retention():
     free = summarise([record(0, 0, False, 0.0, 0, 0, 10, [1.0] * 10)])
     assert compare(free, uncached)["query_reduction_x"] == math.inf
     assert math.isnan(compare(free, free)["success_retention"])
+
+
+def test_compare_held_out_return_retention_needs_a_positive_reference():
+    def with_held_out(returns: list[float]) -> dict:
+        summary = summarise([record(0, 0, True, 2.0, 1, 1, 8, [1.0] * 10)])
+        summary["held_out"] = summarise_held_out(
+            [
+                {
+                    "seed": s,
+                    "after_episodes": 1,
+                    "game_seed": 9,
+                    "train_steps": 5,
+                    "train_llm_queries": 1,
+                    "success": False,
+                    "episode_return": r,
+                    "steps": 5,
+                    "llm_queries": None,
+                }
+                for s, r in enumerate(returns)
+            ]
+        )
+        return summary
+
+    assert compare(with_held_out([3.0, 5.0]), with_held_out([8.0, 8.0]))["held_out_return_retention"] == 0.5
+    # −10 against −20 is not "50 % retained": no ratio over a reference ≤ 0
+    assert math.isnan(compare(with_held_out([-10.0]), with_held_out([-20.0]))["held_out_return_retention"])
