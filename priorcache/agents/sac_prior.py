@@ -52,11 +52,11 @@ from torch.nn import functional as F
 from priorcache.agents.base import episode_seed
 from priorcache.agents.control_buffer import ControlReplayBuffer
 from priorcache.agents.saving import read_arrays, write_arrays
-from priorcache.agents.torch_state import torch_threads
 from priorcache.errors import ConfigError
 from priorcache.posterior import PosteriorSampler, TemperatureSchedule
 from priorcache.prior.base import Prompt
 from priorcache.prior.skill_prior import SkillGaussians, check_vocabulary, skill_prompt
+from priorcache.torch_threads import torch_threads
 
 NAME = "sac-prior"
 

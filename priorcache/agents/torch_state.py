@@ -3,13 +3,12 @@
 ``state_tensors({"actor": net, "actor_opt": adam, "rng": generator})`` gives ``actor.<param>``,
 ``actor_opt.<param index>.<slot>`` (Adam's step and moments) and ``rng`` (the generator's state);
 ``load_state_tensors`` puts such a map back into the same kinds of objects and refuses tensors it
-has no place for. ``torch_threads`` runs a block on a given number of torch threads.
+has no place for.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -52,15 +51,3 @@ def load_state_tensors(tensors: Mapping[str, torch.Tensor], parts: Mapping[str, 
             part.load_state_dict({"state": state, "param_groups": part.state_dict()["param_groups"]})
         else:
             part.set_state(tensors[name])
-
-
-@contextmanager
-def torch_threads(n: int | None) -> Iterator[None]:
-    """Torch on ``n`` threads inside the block (unchanged for None), the previous number restored after."""
-    before = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)

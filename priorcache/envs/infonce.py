@@ -37,8 +37,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from priorcache.agents.torch_state import torch_threads
 from priorcache.errors import ConfigError
+from priorcache.torch_threads import torch_threads
 from priorcache.validation import is_int, is_number
 
 # A bar for runs of at least this many optimiser steps (tens of seconds on 2 cores), on a terminal only.

@@ -58,7 +58,7 @@ Sink = Callable[[], ControlEpisode | None]
 
 def _torch_threads() -> Any:
     """Torch on ``TORCH_THREADS`` threads for a block (imported here: torch loads only when a run does)."""
-    from priorcache.agents.torch_state import torch_threads
+    from priorcache.torch_threads import torch_threads
 
     return torch_threads(TORCH_THREADS)
 
