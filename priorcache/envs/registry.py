@@ -131,7 +131,8 @@ ENVIRONMENTS: Mapping[str, EnvironmentInfo] = MappingProxyType(
             ),
         ),
         # Continuous control (issue 12). prompt_template is empty: their prompts are the skill prior's, not a
-        # text-game template. default_episodes is a placeholder until the control runner measures its budgets.
+        # text-game template. Their budget is in environment steps (the control runner's DEFAULT_STEPS), so
+        # default_episodes does not apply and ``default_episodes()`` refuses them.
         "mujoco": EnvironmentInfo(
             description="Gymnasium MuJoCo v5 locomotion (HalfCheetah, Walker2d, Ant): torques in [-1, 1], "
             "a binned text description of the state, a vocabulary of gait skills",
@@ -193,6 +194,8 @@ def default_episodes(name: str) -> int:
     info = environment_info(name)
     if info is None:
         raise UnknownEnvironmentError(f"unknown environment {name!r}; choose from {_choices()}")
+    if info.kind != "text":
+        raise ConfigError(f"{name!r} is a continuous-control task: its budget is environment steps (--steps)")
     return info.default_episodes
 
 

@@ -79,6 +79,8 @@ def test_every_family_has_a_training_budget_that_run_and_bench_default_to(tmp_pa
 
     assert default_episodes("babyai") == ENVIRONMENTS["babyai"].default_episodes == 40
     assert default_episodes("textworld:tw-cooking") == ENVIRONMENTS["textworld"].default_episodes
+    with pytest.raises(ConfigError, match="environment steps"):
+        default_episodes("mujoco:ant")
     with pytest.raises(UnknownEnvironmentError, match="unknown environment 'chess'"):
         default_episodes("chess")
     bench = BenchConfig(out=tmp_path, envs=["babyai", "webshop"], methods=["dqn", "direct-llm"])
