@@ -175,8 +175,9 @@ def render_control_markdown(rows: list[dict[str, Any]], incomplete: list[str]) -
         "mean over seeds ± 95 % CI (Student's t). Query reduction (training LLM queries per environment "
         f"step) and retention are against `{CONTROL_REFERENCE}` of the same task; return vs SAC against "
         "Stable-Baselines3 SAC at the same environment steps. Ratios of returns are shown only over a "
-        "positive denominator. env steps/s: training and evaluation wall time of each seed, side by side "
-        "on one machine.",
+        "positive denominator. env steps/s: each seed's training environment steps over its training wall "
+        "time (environment, decisions, LLM and gradient steps; evaluations excluded), measured in one "
+        "benchmark on one machine.",
         f"Seeds: {', '.join(str(list(s)) for s in seeds) or 'none'}.",
     ]
     if incomplete:
