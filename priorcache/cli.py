@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -476,10 +478,25 @@ def bench_text(
             lora_epochs=lora_epochs,
             **settings,
         )
+    except PriorCacheError as e:
+        _error(e)
+        raise typer.Exit(2) from None
+    _run_bench(lambda: run_bench(config), out)
+    # markup=False: the table quotes environment names, method labels and sources as the runs recorded them.
+    console.print((out / "results.md").read_text(), markup=False)
+    console.print(
+        f"table and plots in {out}/ (results.md, results.csv, success_vs_queries.png, learning_curves.png)",
+        markup=False,
+    )
+
+
+def _run_bench(run: Callable[[], dict[str, Any]], out: Path) -> dict[str, Any]:
+    """``run()`` a benchmark: a PriorCacheError is a one-line error (exit 2), Ctrl-C says how to resume (130)."""
+    try:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-        run_bench(config)
+        return run()
     except PriorCacheError as e:
         _error(e)
         raise typer.Exit(2) from None
@@ -490,12 +507,6 @@ def bench_text(
             )
         )
         raise typer.Exit(130) from None
-    # markup=False: the table quotes environment names, method labels and sources as the runs recorded them.
-    console.print((out / "results.md").read_text(), markup=False)
-    console.print(
-        f"table and plots in {out}/ (results.md, results.csv, success_vs_queries.png, learning_curves.png)",
-        markup=False,
-    )
 
 
 CONTROL_TASKS = control_envs()
@@ -543,20 +554,10 @@ def bench_control(
             model=model,
             device=device,
         )
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-        result = run_control_bench(config)
     except PriorCacheError as e:
         _error(e)
         raise typer.Exit(2) from None
-    except KeyboardInterrupt:
-        console.print(
-            Text.assemble(
-                ("interrupted: ", "yellow"), f"finished runs are kept in {out}/runs; run the same command to resume"
-            )
-        )
-        raise typer.Exit(130) from None
+    result = _run_bench(lambda: run_control_bench(config), out)
     console.print(result["files"][0].read_text(), markup=False)
     console.print("written: " + ", ".join(str(p) for p in result["files"]), markup=False)
 

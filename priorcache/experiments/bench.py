@@ -199,35 +199,21 @@ def run_bench(
         for seed in config.seeds
     ]
     adaptations: dict[tuple[str, int, str], Adaptation] = {}
-    models = {"backend": backend, "encoder": encoder}
+    models = SharedModels(config, backend, encoder)
 
     def run_cell(cell: RunConfig) -> None:
-        if models["encoder"] is None:
-            from priorcache.cache.encoder import MiniLMEncoder
-
-            models["encoder"] = MiniLMEncoder()
         adaptation = None
         if agent_spec(cell.agent).needs_llm:
-            if models["backend"] is None:
-                from priorcache.prior.registry import make_backend
-
-                models["backend"] = make_backend(
-                    config.backend,
-                    model_path=config.model_path,
-                    device=config.device,
-                    base_url=config.base_url,
-                    model=config.model,
-                )
             key = (cell.env, cell.shots, cell.adapt, cell.lora_epochs)
             if key not in adaptations:  # once per environment and adaptation, shared by its runs
-                base = None if cell.adapt in ("lora", "both") else models["backend"]
+                base = None if cell.adapt in ("lora", "both") else models.backend()
                 adaptations[key] = adapt_for(cell, base)
             adaptation = adaptations[key]
         # A killed run of these settings continues from its checkpoint; one of other settings (an
         # older release's) is replaced. Foreign files in the folder are refused either way.
         resume = can_resume(cell)
         summary = run_experiment(
-            cell, encoder=models["encoder"], progress=False, adaptation=adaptation, resume=resume, overwrite=not resume
+            cell, encoder=models.encoder(), progress=False, adaptation=adaptation, resume=resume, overwrite=not resume
         )
         if on_run is not None:
             on_run(cell, summary)
@@ -235,6 +221,31 @@ def run_bench(
 
     run_cells(cells, run_cell, "bench text", progress)
     return write_report(Path(config.out))
+
+
+class SharedModels:
+    """The LLM backend and the sentence encoder that a benchmark's runs share, each loaded on first use
+    (from ``config``'s backend, model_path, device, base_url and model) unless given."""
+
+    def __init__(self, config: Any, backend: Any = None, encoder: Any = None) -> None:
+        self.config, self._backend, self._encoder = config, backend, encoder
+
+    def encoder(self) -> Any:
+        if self._encoder is None:
+            from priorcache.cache.encoder import MiniLMEncoder
+
+            self._encoder = MiniLMEncoder()
+        return self._encoder
+
+    def backend(self) -> Any:
+        if self._backend is None:
+            from priorcache.prior.registry import make_backend
+
+            c = self.config
+            self._backend = make_backend(
+                c.backend, model_path=c.model_path, device=c.device, base_url=c.base_url, model=c.model
+            )
+        return self._backend
 
 
 def can_resume(cell: Any) -> bool:

@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 
 from priorcache.cache.config import MODES, CacheConfig
 from priorcache.errors import ConfigError
-from priorcache.experiments.bench import KL_TARGETS, can_resume, run_cells
+from priorcache.experiments.bench import KL_TARGETS, SharedModels, can_resume, run_cells
 from priorcache.experiments.control_runner import (
     DEFAULT_EVAL_EVERY,
     DEFAULT_SHOTS,
@@ -145,28 +145,12 @@ def run_control_bench(
 ) -> dict[str, Any]:
     """Run every missing (task, method, seed) cell, then write the report; returns the report."""
     cells = [config.run_config(env, m, seed) for env in config.envs for m in config.methods for seed in config.seeds]
-    models = {"backend": backend, "encoder": encoder}
+    models = SharedModels(config, backend, encoder)
 
     def run_cell(cell: ControlRunConfig) -> None:
-        if cell.method == "sac-prior":
-            if models["encoder"] is None:
-                from priorcache.cache.encoder import MiniLMEncoder
-
-                models["encoder"] = MiniLMEncoder()
-            if models["backend"] is None:
-                from priorcache.prior.registry import make_backend
-
-                models["backend"] = make_backend(
-                    config.backend,
-                    model_path=config.model_path,
-                    device=config.device,
-                    base_url=config.base_url,
-                    model=config.model,
-                )
+        llm = (models.backend(), models.encoder()) if cell.method == "sac-prior" else (None, None)
         resume = can_resume(cell)
-        summary = run_control(
-            cell, models["backend"], models["encoder"], progress=False, resume=resume, overwrite=not resume
-        )
+        summary = run_control(cell, *llm, progress=False, resume=resume, overwrite=not resume)
         if on_run is not None:
             on_run(cell, summary)
         write_report(Path(config.out))

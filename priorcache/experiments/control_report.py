@@ -28,7 +28,7 @@ import numpy as np
 
 from priorcache.errors import ConfigError
 from priorcache.experiments.control_episodes import summarise_control, summarise_control_held_out
-from priorcache.experiments.report import RunFolder, save_figure
+from priorcache.experiments.report import RunFolder, method_colours, save_figure
 from priorcache.experiments.summaries import load_summary
 from priorcache.io import atomic_write_json, atomic_write_text
 
@@ -231,9 +231,7 @@ def plot_control(rows: list[dict[str, Any]], out: Path) -> list[Path]:
     envs = sorted({r["env"] for r in rows})
     if not envs:
         return []
-    methods = [m for m in _ORDER if any(r["method"] == m for r in rows)]
-    methods += sorted({r["method"] for r in rows} - set(methods))
-    colours = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
+    colours = method_colours(rows, _ORDER)
     written = []
     for name, key, xlabel in (
         ("control_curves.png", "train_steps", "training environment steps"),

@@ -347,6 +347,15 @@ def save_figure(fig: Any, path: Path) -> None:
         fig.savefig(tmp, dpi=120, bbox_inches="tight")
 
 
+def method_colours(rows: list[dict[str, Any]], order: list[str]) -> dict[str, Any]:
+    """One tab10 colour per method of ``rows``: the methods of ``order`` first, in that order, then the rest."""
+    import matplotlib.pyplot as plt
+
+    methods = [m for m in order if any(r["method"] == m for r in rows)]
+    methods += sorted({r["method"] for r in rows} - set(methods))
+    return {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
+
+
 def plot(rows: list[dict[str, Any]], out: Path) -> list[Path]:
     """success_vs_queries.png and learning_curves.png, one panel per environment."""
     import matplotlib
@@ -357,9 +366,7 @@ def plot(rows: list[dict[str, Any]], out: Path) -> list[Path]:
     envs = sorted({r["env"] for r in rows})
     if not envs:
         return []
-    methods = [m for m in _METHOD_ORDER if any(r["method"] == m for r in rows)]
-    methods += sorted({r["method"] for r in rows} - set(methods))
-    colours = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
+    colours = method_colours(rows, _METHOD_ORDER)
     written = []
 
     fig, axes = plt.subplots(1, len(envs), figsize=(4.2 * len(envs), 3.6), squeeze=False)
