@@ -1,46 +1,17 @@
-"""The prior cache's calls to the outside (the LLM backend and the encoder) with their cost booked,
-and the checks of what a caller hands it (embeddings, Q values, α). Never called under the cache's lock."""
+"""The prior cache's encoder call with its cost booked, and the checks of what a caller hands it
+(embeddings, Q values, α). Never called under the cache's lock. Backend calls, one or many prompts,
+go through :func:`priorcache.cache.batch.ask_backend_batch`."""
 
 from __future__ import annotations
 
 import math
-import time
 from typing import Any
 
 import numpy as np
 
 from priorcache.cache.records import LookupCost
-from priorcache.errors import BackendError, ConfigError
-from priorcache.prior.action_prior import check_scores
-from priorcache.prior.base import LLMBackend, Prompt
+from priorcache.errors import ConfigError
 from priorcache.validation import is_number
-
-
-def ask_backend(
-    backend: LLMBackend, name: str, prompt: Prompt, actions: list[str], cost: LookupCost, *, partial: bool
-) -> np.ndarray:
-    """F3 scores of ``actions`` from one backend call; its time and tokens are booked in ``cost``
-    (as a partial F7 call when ``partial``)."""
-    t = time.perf_counter()
-    result = backend.score([prompt], [actions], length_normalise=True)
-    wall = time.perf_counter() - t
-    cost.external_wall_s += wall
-    source = f"LLM backend {name!r}"
-    got = getattr(result, "scores", None)
-    if got is None or len(got) != 1:
-        raise BackendError(f"{source} returned {0 if got is None else len(got)} score vectors for 1 prompt")
-    scores = check_scores(got[0], actions, source)
-    reported = getattr(result, "wall_time_s", None)
-    # The backend's own timing is the measure; a missing or bogus one falls back to ours.
-    llm_time = float(reported) if is_number(reported) and math.isfinite(reported) and reported >= 0 else wall
-    prefix = "partial_" if partial else ""
-    for field, value in (
-        ("llm_time_s", llm_time),
-        ("prompt_tokens", int(getattr(result, "prompt_tokens", 0) or 0)),
-        ("continuation_tokens", int(getattr(result, "continuation_tokens", 0) or 0)),
-    ):
-        setattr(cost, prefix + field, getattr(cost, prefix + field) + value)
-    return scores
 
 
 def encode_state(encoder: Any, name: str, dim: int, state_text: str, cost: LookupCost) -> np.ndarray:

@@ -47,9 +47,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from priorcache.cache import store
-from priorcache.cache.batch import LookupRequest, ask_backend_batch, encode_states
+from priorcache.cache.batch import LLMCall, LookupRequest, ask_backend_batch, encode_states
 from priorcache.cache.bookkeeping import Books, lookup_result
-from priorcache.cache.calls import ask_backend, encode_state
+from priorcache.cache.calls import encode_state
 from priorcache.cache.config import CacheConfig
 from priorcache.cache.controllers import make_controller
 from priorcache.cache.entry_table import EntryTable
@@ -576,7 +576,7 @@ class PriorCache:
 
     # --- outside calls (never under the lock) ---------------------------------------------------
     def _ask(self, prompt: Prompt, actions: list[str], cost: LookupCost, *, partial: bool) -> Prior:
-        scores = ask_backend(self.backend, self.backend_name, prompt, actions, cost, partial=partial)
+        scores = ask_backend_batch(self.backend, self.backend_name, [LLMCall(prompt, actions, cost, partial)])[0]
         return self.prior_kind.from_scores(actions, scores, self.prior_config)
 
     def _encode(self, state_text: str, cost: LookupCost) -> np.ndarray:
