@@ -252,8 +252,10 @@ def plot_control(rows: list[dict[str, Any]], out: Path) -> list[Path]:
             ax.set_ylabel("held-out return")
             ax.set_title(env)
             ax.grid(alpha=0.3)
-        axes[0][0].legend(fontsize=7)
-        fig.tight_layout()
+        # one legend for the figure: a task's panel may lack some methods
+        handles = [plt.Line2D([], [], color=c, marker=".", label=m) for m, c in colours.items()]
+        fig.legend(handles=handles, fontsize=7, loc="upper center", ncol=min(len(handles), 6))
+        fig.tight_layout(rect=(0, 0, 1, 0.9))
         path = out / name
         save_figure(fig, path)
         plt.close(fig)
