@@ -66,7 +66,9 @@ def ask_backend_batch(backend: LLMBackend, name: str, calls: Sequence[LLMCall]) 
     source = f"LLM backend {name!r}"
     got = getattr(result, "scores", None)
     if got is None or len(got) != len(calls):
-        raise BackendError(f"{source} returned {0 if got is None else len(got)} score vectors for {len(calls)} prompt(s)")
+        raise BackendError(
+            f"{source} returned {0 if got is None else len(got)} score vectors for {len(calls)} prompt(s)"
+        )
     scores = [check_scores(row, c.actions, source) for row, c in zip(got, calls)]
     reported = getattr(result, "wall_time_s", None)
     # The backend's own timing is the measure; a missing or bogus one falls back to ours.
