@@ -153,7 +153,12 @@ class BenchConfig:
         )
 
     def run_dir(self, env: str, method: str, seed: int) -> Path:
-        return Path(self.out) / "runs" / env.replace(":", "-") / method / f"seed{seed}"
+        return cell_dir(self.out, env, method, seed)
+
+
+def cell_dir(out: Path, env: str, method: str, seed: int) -> Path:
+    """A benchmark cell's run folder: ``OUT/runs/<env>/<method>/seed<N>`` (``:`` in the env name as ``-``)."""
+    return Path(out) / "runs" / env.replace(":", "-") / method / f"seed{seed}"
 
 
 def run_status(config: Any) -> str:

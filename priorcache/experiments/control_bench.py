@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 
 from priorcache.cache.config import MODES, CacheConfig
 from priorcache.errors import ConfigError
-from priorcache.experiments.bench import KL_TARGETS, SharedModels, can_resume, run_cells
+from priorcache.experiments.bench import KL_TARGETS, SharedModels, can_resume, cell_dir, run_cells
 from priorcache.experiments.control_runner import (
     DEFAULT_EVAL_EVERY,
     DEFAULT_SHOTS,
@@ -115,7 +115,7 @@ class ControlBenchConfig:
             "eval_episodes": self.eval_episodes,
             "train_games": self.train_games,
             "max_episode_steps": self.max_episode_steps,
-            "out": self.run_dir(env, method, seed),
+            "out": cell_dir(self.out, env, method, seed),
             "label": method,
         }
         if m.method == "sac":
@@ -131,9 +131,6 @@ class ControlBenchConfig:
             model=self.model,
             device=self.device,
         )
-
-    def run_dir(self, env: str, method: str, seed: int) -> Path:
-        return Path(self.out) / "runs" / env.replace(":", "-") / method / f"seed{seed}"
 
 
 def run_control_bench(

@@ -18,17 +18,14 @@ Outputs, atomically: ``control_results.md``, ``control_results.csv``, ``control_
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from priorcache.errors import ConfigError
 from priorcache.experiments.control_episodes import summarise_control, summarise_control_held_out
-from priorcache.experiments.report import RunFolder, method_colours, save_figure
+from priorcache.experiments.report import RunFolder, group_runs, method_colours, rows_csv, save_figure
 from priorcache.experiments.summaries import load_summary
 from priorcache.io import atomic_write_json, atomic_write_text
 
@@ -49,27 +46,14 @@ def control_method(run: RunFolder) -> str:
 
 def aggregate_control(runs: list[RunFolder]) -> list[dict[str, Any]]:
     """One row per (task, method) over the finished control runs, with the comparison columns."""
-    groups: dict[tuple[str, str], list[RunFolder]] = {}
-    for run in runs:
-        if run.finished and run.records:
-            groups.setdefault((run.config["env"], control_method(run)), []).append(run)
     rows: dict[tuple[str, str], dict[str, Any]] = {}
-    for (env, method), members in groups.items():
-        seen: dict[int, Path] = {}
-        for run in members:
-            for seed in {r["seed"] for r in run.records}:
-                if seed in seen:
-                    raise ConfigError(
-                        f"two runs of {env} / {method} cover seed {seed}: {seen[seed]} and {run.path}; "
-                        "report them from separate folders"
-                    )
-                seen[seed] = run.path
+    for (env, method), members in group_runs(runs, lambda run: (run.config["env"], control_method(run))).items():
         records = [r for run in members for r in run.records]
         summaries = [load_summary(run.path) for run in members]
         train = summarise_control(records, summaries[0].get("decision_unit", "skill decision"))
         held = summarise_control_held_out([e for run in members for e in run.evals])
         rates = [s["env_steps_per_s"] for s in summaries if s.get("env_steps_per_s")]
-        run = members[0]
+        cached = members[0].config["cache"]["mode"] != "none"
         rows[(env, method)] = {
             "env": env,
             "method": method,
@@ -86,7 +70,7 @@ def aggregate_control(runs: list[RunFolder]) -> list[dict[str, Any]]:
             "llm_queries_per_seed": train["llm_queries"] / len(train["seeds"]),
             "llm_queries_per_step": train["llm_queries_per_step"],
             "decision_p50_ms": train["decision_latency_ms"]["p50"] if train["decisions"] else None,
-            "hit_rate": train["hit_rate"] if train["lookups"] and run.config["cache"]["mode"] != "none" else None,
+            "hit_rate": train["hit_rate"] if train["lookups"] and cached else None,
             "audits": train["audits"],
             "f5_violations": train["audit_f5_violations"],
             "audit_kl_mean": train["audit_kl"]["mean"] if train["audit_kl"] else None,
@@ -186,39 +170,11 @@ def render_control_markdown(rows: list[dict[str, Any]], incomplete: list[str]) -
 
 
 def render_control_csv(rows: list[dict[str, Any]]) -> str:
-    keys = (
-        [k for k, _ in _COLUMNS[:2]]
-        + ["seeds"]
-        + [
-            k
-            for k in (
-                "held_out_return",
-                "held_out_return_ci95",
-                "held_out_success",
-                "held_out_success_ci95",
-                "return_vs_sac",
-                "train_return",
-                "llm_queries_per_seed",
-                "llm_queries_per_step",
-                "query_reduction_x",
-                "return_retention",
-                "hit_rate",
-                "decision_p50_ms",
-                "audits",
-                "f5_violations",
-                "audit_kl_mean",
-                "env_steps_per_s",
-                "speed_vs_sac",
-                "steps_per_seed",
-            )
-        ]
-    )
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=keys, lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: (" ".join(map(str, row[k])) if k == "seeds" else row[k]) for k in keys})
-    return buffer.getvalue()
+    keys = ["env", "method", "seeds", "held_out_return", "held_out_return_ci95", "held_out_success"]
+    keys += ["held_out_success_ci95", "return_vs_sac", "train_return", "llm_queries_per_seed", "llm_queries_per_step"]
+    keys += ["query_reduction_x", "return_retention", "hit_rate", "decision_p50_ms", "audits", "f5_violations"]
+    keys += ["audit_kl_mean", "env_steps_per_s", "speed_vs_sac", "steps_per_seed"]
+    return rows_csv(rows, keys)
 
 
 def plot_control(rows: list[dict[str, Any]], out: Path) -> list[Path]:

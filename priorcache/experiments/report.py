@@ -25,6 +25,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,13 +117,15 @@ def find_runs(root: Path) -> list[RunFolder]:
     return [read_run(folder) for folder in folders]
 
 
-def aggregate(runs: list[RunFolder]) -> list[dict[str, Any]]:
-    """One row per (environment, method) over the finished runs, with the comparison columns."""
+def group_runs(
+    runs: list[RunFolder], key: Callable[[RunFolder], tuple[str, str]]
+) -> dict[tuple[str, str], list[RunFolder]]:
+    """The finished runs with episodes, grouped by ``key`` (environment, method); a ConfigError when two
+    runs of one group cover the same seed."""
     groups: dict[tuple[str, str], list[RunFolder]] = {}
     for run in runs:
         if run.finished and run.records:
-            groups.setdefault((run.env_label, run.method), []).append(run)
-    rows: dict[tuple[str, str], dict[str, Any]] = {}
+            groups.setdefault(key(run), []).append(run)
     for (env, method), members in groups.items():
         seen: dict[int, Path] = {}
         for run in members:
@@ -133,6 +136,23 @@ def aggregate(runs: list[RunFolder]) -> list[dict[str, Any]]:
                         "report them from separate folders"
                     )
                 seen[seed] = run.path
+    return groups
+
+
+def rows_csv(rows: list[dict[str, Any]], keys: list[str]) -> str:
+    """The ``keys`` columns of ``rows`` as CSV text (seeds space-separated in one cell)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=keys, extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: (" ".join(map(str, row[k])) if k == "seeds" else row[k]) for k in keys})
+    return buffer.getvalue()
+
+
+def aggregate(runs: list[RunFolder]) -> list[dict[str, Any]]:
+    """One row per (environment, method) over the finished runs, with the comparison columns."""
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for (env, method), members in group_runs(runs, lambda run: (run.env_label, run.method)).items():
         for run in members:
             check_records(run.records, run.path / "metrics.jsonl")
         records = [r for run in members for r in run.records]
@@ -334,12 +354,7 @@ def render_csv(rows: list[dict[str, Any]]) -> str:
         "train_time_s",
         "wall_time_s",
     ]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=keys, extrasaction="ignore")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: (" ".join(map(str, row[k])) if k == "seeds" else row[k]) for k in keys})
-    return buffer.getvalue()
+    return rows_csv(rows, keys)
 
 
 def save_figure(fig: Any, path: Path) -> None:
