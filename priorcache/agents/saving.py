@@ -16,7 +16,6 @@ safetensors file whose metadata holds a JSON header.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -25,16 +24,14 @@ import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save as save_arrays
-from safetensors.torch import load as load_tensors
-from safetensors.torch import save as save_tensors
 
 from priorcache.errors import ConfigError
 from priorcache.io import atomic_write_bytes, atomic_write_json
+from priorcache.weights import WEIGHTS, read_weights, write_weights
 
 FORMAT = "priorcache-agent"
 VERSION = 1
 MANIFEST = "agent.json"
-WEIGHTS = "weights.safetensors"
 ARRAYS_FORMAT = "priorcache-arrays"
 
 
@@ -50,10 +47,7 @@ def write_agent(path: Path, doc: dict[str, Any], tensors: dict[str, torch.Tensor
     path.mkdir(parents=True, exist_ok=True)
     weights = None
     if tensors:
-        # safetensors wants contiguous CPU tensors that share no memory with each other.
-        data = save_tensors({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()})
-        atomic_write_bytes(path / WEIGHTS, data)
-        weights = {"file": WEIGHTS, "sha256": hashlib.sha256(data).hexdigest(), "tensors": sorted(tensors)}
+        weights = write_weights(path, tensors)
     else:
         (path / WEIGHTS).unlink(missing_ok=True)
     try:
@@ -80,34 +74,7 @@ def read_agent(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         value = doc.get(key)
         if not isinstance(value, kind) or isinstance(value, bool):
             raise ConfigError(f"{manifest} is damaged: {key!r} must be of type {kind.__name__}, got {value!r:.80}")
-    return doc, read_weights(path, doc.get("weights"))
-
-
-def read_weights(path: Path, weights: Any, manifest: str = MANIFEST) -> dict[str, torch.Tensor]:
-    """The tensors of ``path/weights.safetensors`` that ``manifest``'s ``weights`` entry describes
-    (file name, sha256, tensor names); ConfigError naming what is wrong. None: no weights."""
-    if weights is None:
-        return {}
-    if (
-        not isinstance(weights, dict)
-        or weights.get("file") != WEIGHTS
-        or not isinstance(weights.get("sha256"), str)
-        or not isinstance(weights.get("tensors"), list)
-    ):
-        raise ConfigError(f"{path / manifest} is damaged: bad 'weights' entry {weights!r:.120}")
-    file = path / WEIGHTS
-    if not file.is_file():
-        raise ConfigError(f"{path} is damaged: {WEIGHTS} is missing")
-    data = file.read_bytes()
-    if hashlib.sha256(data).hexdigest() != weights["sha256"]:
-        raise ConfigError(f"{file} is damaged or from another save: its sha256 differs from {manifest}'s")
-    try:
-        tensors = load_tensors(data)
-    except (SafetensorError, ValueError, RuntimeError) as e:
-        raise ConfigError(f"{file} is not a readable safetensors file: {e}") from None
-    if sorted(tensors) != sorted(weights["tensors"]):
-        raise ConfigError(f"{file} holds other tensors than {manifest} lists")
-    return tensors
+    return doc, read_weights(path, doc.get("weights"), MANIFEST)
 
 
 def _get(doc: Any, key: str) -> Any:

@@ -37,13 +37,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import save as save_tensors
 
-from priorcache.agents.saving import read_weights
 from priorcache.envs.infonce import AbstractionConfig, build_network, info_nce, key_center, keys, train_encoder
 from priorcache.errors import ConfigError
-from priorcache.io import atomic_write_bytes, atomic_write_json
+from priorcache.io import atomic_write_json
 from priorcache.validation import is_number
+from priorcache.weights import WEIGHTS, read_weights, write_weights
 
 __all__ = ["AbstractionConfig", "Agreement", "SemiSupervised", "StateAbstraction", "info_nce"]
 __all__ += ["label_agreement", "semi_supervised"]
@@ -51,7 +50,6 @@ __all__ += ["label_agreement", "semi_supervised"]
 FORMAT = "priorcache-state-abstraction"
 VERSION = 1
 MANIFEST = "abstraction.json"
-WEIGHTS = "weights.safetensors"
 _LABELLED = "labelled_observations"  # the labelled states' observations, beside the network's tensors
 _CENTER = "center"  # the training states' mean unit output, which keys subtract
 _CHUNK = 4096  # rows per forward pass or distance matrix
@@ -258,9 +256,7 @@ class StateAbstraction:
             raise ConfigError(f"cannot save a state abstraction into {path}: the folder holds other files")
         path.mkdir(parents=True, exist_ok=True)
         tensors = self._tensors()
-        data = save_tensors(tensors)
-        atomic_write_bytes(path / WEIGHTS, data)
-        weights = {"file": WEIGHTS, "sha256": hashlib.sha256(data).hexdigest(), "tensors": sorted(tensors)}
+        weights = write_weights(path, tensors)
         try:
             doc = {"format": FORMAT, "version": VERSION, **self._manifest(), "identity": self.identity}
             atomic_write_json(path / MANIFEST, {**doc, "weights": weights})
@@ -331,7 +327,7 @@ def _read_manifest(path: Path) -> dict[str, Any]:
 
 
 def _read_weights(path: Path, weights: dict[str, Any]) -> dict[str, torch.Tensor]:
-    tensors = read_weights(path, weights, manifest=MANIFEST)
+    tensors = read_weights(path, weights, MANIFEST)
     if not {_LABELLED, _CENTER} <= set(tensors):
         raise ConfigError(f"{path / WEIGHTS} lacks the labelled keys or their centre")
     return tensors
