@@ -63,7 +63,7 @@ from priorcache.experiments.run_folder import (
     write_checkpoint,
 )
 from priorcache.experiments.summaries import load_summary, read_json_object
-from priorcache.experiments.tensorboard_log import ScalarLog
+from priorcache.experiments.tensorboard_log import ScalarLog, purge_from
 from priorcache.io import atomic_write_json, atomic_write_text, folder_lock, make_temp_dir
 from priorcache.validation import check_seeds, is_int, is_number
 
@@ -301,6 +301,7 @@ class _Run:
         seeds = self.config.seeds
         if found is None:  # killed before the first checkpoint: nothing to keep
             self.resumed = {"seeds_kept": [], "restarted_seed": seeds[0], "continued_at_step": None}
+            self.log = ScalarLog(self.log.folder, resumed=(seeds[0], 0))
             return
         at, folder = found
         self.records = read_lines(self.out / "metrics.jsonl", at.metrics_lines)
@@ -321,6 +322,8 @@ class _Run:
             "restarted_seed": None if within else running,
             "continued_at_step": at.steps if within else None,
         }
+        if running is not None:  # the stopped run's later events of that seed are written again
+            self.log = ScalarLog(self.log.folder, resumed=(running, purge_from(at.steps, within)))
         if within:
             tqdm.write(f"resume: seeds {kept} are finished; seed {running} goes on from step {at.steps}")
         elif running is not None:

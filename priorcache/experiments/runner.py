@@ -20,7 +20,9 @@ leaves the episodes it finished readable:
 - ``summary.json``  the aggregate over seeds, held-out success first (``"partial": true`` until done);
 - ``checkpoint/``   agent, replay buffer, prior cache and progress after the last finished episode,
   which ``resume=True`` continues from (:mod:`priorcache.experiments.run_folder`); removed at the end;
-- ``cache/``        the prior cache at the end of the run (and ``--cache-path`` is written back);
+- ``cache/seed<N>/`` each seed's prior cache at the end of its episodes (and ``--cache-path`` is
+  written back). Every seed starts from the cache the run found (empty, or ``--cache-path``'s): the
+  seeds are independent replicas, not warm starts of each other;
 - ``tensorboard/``  scalars per seed, with ``tensorboard=True``.
 """
 
@@ -59,7 +61,7 @@ from priorcache.experiments.run_folder import (
     write_checkpoint,
 )
 from priorcache.experiments.summaries import load_summary
-from priorcache.experiments.tensorboard_log import ScalarLog
+from priorcache.experiments.tensorboard_log import ScalarLog, purge_from
 from priorcache.experiments.workers import WorkerPool, check_scale_out, start_pool
 from priorcache.io import atomic_write_json, atomic_write_text, folder_lock
 from priorcache.prior.action_prior import PriorConfig
@@ -371,9 +373,15 @@ def _train_and_evaluate(
     at, folder = resume_from if resume_from is not None else (Progress(), None)
     records = read_lines(out / "metrics.jsonl", at.metrics_lines) if folder else []
     evals = read_lines(out / "evals.jsonl", at.eval_lines) if folder else []
-    if folder is not None and cache is not None:
-        restore_cache(folder, cache)
-    log = ScalarLog(out / "tensorboard" if config.tensorboard else None)
+    # What each seed starts from: the cache(s) as the run found them, before any checkpoint is restored.
+    seed_caches = pool.seed_caches() if pool is not None else [cache] if cache is not None else []
+    fresh = [(c, c.state_dict(), c.runtime_state()) for c in seed_caches]
+    log = ScalarLog(
+        out / "tensorboard" if config.tensorboard else None,
+        resumed=(config.seeds[at.seed_index], purge_from(at.steps, at.episodes_done > 0))
+        if folder is not None and at.seed_index < len(config.seeds)
+        else None,
+    )
     every = config.eval_every
     bar = tqdm(
         total=config.episodes * len(config.seeds),
@@ -403,15 +411,29 @@ def _train_and_evaluate(
     def checkpoint(state: Progress, agent: Agent | None, force: bool = False) -> None:
         state.metrics_lines, state.eval_lines = len(records), len(evals)
         if force or checkpoints.due():
-            with checkpoints.timed():
-                write_checkpoint(out, state, agent, cache)
+            with checkpoints.timed():  # between seeds (no agent) the next seed starts afresh: no cache to keep
+                write_checkpoint(out, state, agent, cache if agent is not None else None)
 
+    def save_cache(seed: int) -> None:
+        cache.save(out / "cache" / f"seed{seed}")
+        if config.cache_path is not None:
+            cache.save(config.cache_path, merge=True)  # other seeds and runs share it: keep their entries
+
+    unsaved: int | None = None  # the seed whose cache is not saved yet
     try:
         for i in range(at.seed_index, len(config.seeds)):
             seed = config.seeds[i]
             here = at if i == at.seed_index else Progress(seed_index=i)
+            mid_seed = folder is not None and i == at.seed_index and at.episodes_done > 0
+            if mid_seed and cache is not None:
+                restore_cache(folder, cache)
+            else:
+                for c, state, runtime in fresh:
+                    c.load_runtime_state(runtime)  # first: the entries are rebased onto its clock
+                    c.load_state_dict(state)
+            unsaved = seed if cache is not None else None
             agent = agents[0] if i == 0 else make_agent(config.agent, config.agent_config(), seed=seed, **components)
-            if folder is not None and i == at.seed_index and (folder / "agent").is_dir():
+            if mid_seed and (folder / "agent").is_dir():
                 agent = restore_agent(folder, agent, components)
             if config.demo_episodes and here.episodes_done == 0:  # (a checkpoint comes only after episodes)
                 for record in _demonstrate(games, agent, seed, config.demo_episodes):
@@ -447,14 +469,15 @@ def _train_and_evaluate(
                     here.last_eval = done
                 if done < config.episodes:
                     checkpoint(here, agent)
+            if unsaved is not None:
+                save_cache(seed)
+                unsaved = None
             checkpoint(Progress(seed_index=i + 1), None, force=True)  # the seed is done: no agent to keep
     finally:
         bar.close()
         log.close()
-        if cache is not None:
-            cache.save(out / "cache")
-            if config.cache_path is not None:
-                cache.save(config.cache_path, merge=True)  # other runs may share it: keep their entries
+        if unsaved is not None:  # stopped mid-seed: keep what it learnt
+            save_cache(unsaved)
     return records, evals, checkpoints.total
 
 

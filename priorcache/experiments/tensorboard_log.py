@@ -19,15 +19,20 @@ if TYPE_CHECKING:
 class ScalarLog:
     """Writes TensorBoard scalars; with ``folder`` None it writes nothing (and imports nothing)."""
 
-    def __init__(self, folder: Path | None) -> None:
+    def __init__(self, folder: Path | None, resumed: tuple[int, int] | None = None) -> None:
+        """``resumed``: (seed, first step) of a resumed run: that seed's events from that step on,
+        written by the run that was stopped after its checkpoint, are purged (TensorBoard's
+        ``purge_step``), since the resumed run writes them again (see :func:`purge_from`)."""
         self.folder = folder
+        self.resumed = resumed
         self._writers: dict[int, Any] = {}
 
     def _writer(self, seed: int) -> Any:
         if seed not in self._writers:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._writers[seed] = SummaryWriter(log_dir=str(Path(self.folder) / f"seed{seed}"))
+            purge = self.resumed[1] if self.resumed is not None and self.resumed[0] == seed else None
+            self._writers[seed] = SummaryWriter(log_dir=str(Path(self.folder) / f"seed{seed}"), purge_step=purge)
         return self._writers[seed]
 
     def episode(self, seed: int, record: EpisodeRecord, steps: int, queries: int) -> None:
@@ -75,3 +80,9 @@ class ScalarLog:
         for w in self._writers.values():
             w.close()
         self._writers.clear()
+
+
+def purge_from(checkpoint_steps: int, within_seed: bool) -> int:
+    """The first step a resumed seed writes again: past the checkpoint's steps (its last episode and
+    evaluation, at exactly those steps, are kept), or 0 when the seed starts again from scratch."""
+    return checkpoint_steps + 1 if within_seed else 0

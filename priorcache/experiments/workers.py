@@ -438,6 +438,15 @@ class WorkerPool:
                 "checkpoint are kept: continue it with --resume"
             )
 
+    def seed_caches(self) -> list[Any]:
+        """The caches a new seed starts afresh: the shared one, or every worker's own (isolated)."""
+        if not self.shards:
+            return []
+        if self.config.cache_sharing != "isolated":
+            return [self.cache]
+        others = [SharedCacheClient([s], self.encoder, self.config.cache, get=shard_get) for s in self.shards[1:]]
+        return [self.cache, *others]
+
     def summary(self) -> dict[str, Any]:
         """summary.json's ``workers``: per-worker figures and, with a cache, each shard's load."""
         out: dict[str, Any] = {

@@ -40,12 +40,16 @@ def _run(config: RunConfig, **kwargs) -> dict:
 
 
 def _lines(path: Path) -> list[dict]:
-    """A run's JSON lines without what depends on the clock."""
+    """A run's JSON lines without what depends on the clock, and without the cache's entry ids:
+    labels that count on across a run's seeds when each seed starts from the same cache."""
     timed = ("time", "wall", "latency", "_ms")
-    return [
-        {k: v for k, v in json.loads(line).items() if not any(t in k for t in timed)}
-        for line in path.read_text().splitlines()
-    ]
+    lines = []
+    for line in path.read_text().splitlines():
+        record = {k: v for k, v in json.loads(line).items() if not any(t in k for t in timed)}
+        if "audit_records" in record:
+            record["audit_records"] = [{k: v for k, v in a.items() if k != "entry_id"} for a in record["audit_records"]]
+        lines.append(record)
+    return lines
 
 
 class _Killed(BaseException):
@@ -85,6 +89,46 @@ def test_a_killed_run_resumes_to_the_uninterrupted_run(tmp_path, monkeypatch, ki
     assert {k: resumed["cache_stats"][k] for k in counts} == {k: whole["cache_stats"][k] for k in counts}
     assert resumed["held_out"] == whole["held_out"]
     assert not (tmp_path / "killed" / CHECKPOINT).exists()
+
+
+def test_a_resumed_run_writes_each_tensorboard_point_once(tmp_path, monkeypatch):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    def points(out: Path, seed: int) -> list[tuple[int, float]]:
+        events = EventAccumulator(str(out / "tensorboard" / f"seed{seed}"))
+        events.Reload()
+        return [(e.step, e.value) for e in events.Scalars("train/llm_queries")]
+
+    monkeypatch.setattr(runner, "CHECKPOINT_COST_RATIO", 0)
+    _run(_config(tmp_path / "whole", tensorboard=True))
+    real = runner.write_checkpoint
+    calls = {"n": 0}
+
+    def checkpoint_then_die_later(*args, **kwargs):  # the third checkpoint is never written...
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise _Killed
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "write_checkpoint", checkpoint_then_die_later)
+    with pytest.raises(_Killed):  # ...so the episode before it is logged, then played again on resume
+        _run(_config(tmp_path / "killed", tensorboard=True))
+    monkeypatch.setattr(runner, "write_checkpoint", real)
+    _run(_config(tmp_path / "killed", tensorboard=True), resume=True)
+    for seed in (0, 1):
+        assert points(tmp_path / "killed", seed) == points(tmp_path / "whole", seed)
+
+
+def test_every_seed_starts_from_the_cache_the_run_found(tmp_path):
+    """Seeds are independent replicas: seed 1 plays the same episodes, with the same LLM calls,
+    after seed 0 as alone (a cache shared across seeds would start it warm), and each seed's
+    cache is saved apart."""
+    _run(_config(tmp_path / "both"))
+    _run(_config(tmp_path / "alone", seeds=[1]))
+    after = [r for r in _lines(tmp_path / "both" / "metrics.jsonl") if r["seed"] == 1]
+    assert after and after == _lines(tmp_path / "alone" / "metrics.jsonl")
+    assert after[0]["llm_calls"] > 0
+    assert sorted(p.name for p in (tmp_path / "both" / "cache").iterdir() if p.is_dir()) == ["seed0", "seed1"]
 
 
 def test_resuming_a_finished_run_does_no_work(tmp_path):

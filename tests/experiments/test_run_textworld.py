@@ -46,7 +46,7 @@ def test_run_warm_start_and_compare(tmp_path):
     summary_a = json.loads((tmp_path / "a" / "summary.json").read_text())
     assert summary_a["llm_queries"] >= 1 and summary_a["lookups"] == summary_a["steps"]
     assert summary_a["audit_f5_violations"] == 0
-    assert (tmp_path / "a" / "cache" / "manifest.json").is_file()
+    assert (tmp_path / "a" / "cache" / "seed0" / "manifest.json").is_file()
     assert (cache_dir / "manifest.json").is_file()
 
     # The same game again from the saved cache: its first state is an exact hit at once.

@@ -112,7 +112,7 @@ def test_a_killed_worker_leaves_the_run_going(cluster, tmp_path):
     # worker made in its last, unfinished episode (at most one episode's steps).
     finished = sum(w["lookups"] for w in workers["per_worker"])
     assert 0 <= summary["cache_stats"]["lookups"] - finished <= config.max_episode_steps
-    assert (out / "cache").is_dir() and not (out / "checkpoint").exists()
+    assert (out / "cache" / "seed0").is_dir() and not (out / "checkpoint").exists()
 
 
 def _cli(*args: str, timeout: float = 120) -> tuple[subprocess.CompletedProcess, float]:
