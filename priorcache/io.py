@@ -218,15 +218,23 @@ def build_once(final: Path, read: Callable[[Path], T | None], build: Callable[[P
 
     ``build`` fills a temporary folder beside ``final`` (writing the file ``read`` checks last),
     which becomes visible only through one ``os.rename``: an interrupted build never leaves a
-    folder that later loads, and when two processes race the first finished folder is kept. A
-    symlink at ``final`` is built through (its target is built, the link kept); the folder gets the
+    folder that later loads. One process builds at a time (``folder_lock``): a second one waits and
+    reads the first's folder rather than building (minutes of model conversion or fine-tuning) again.
+    A symlink at ``final`` is built through (its target is built, the link kept); the folder gets the
     umask's permissions.
     """
     found = read(final)
     if found is not None:
         return found
     final = resolve_target(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
+    with folder_lock(final):
+        return _build_locked(final, read, build)
+
+
+def _build_locked(final: Path, read: Callable[[Path], T | None], build: Callable[[Path], None]) -> T:
+    found = read(final)  # built by the process that held the lock before us
+    if found is not None:
+        return found
     remove_stale_temps(final.parent)
     tmp = make_temp_dir(final.parent, f".tmp-{final.name}-")
     try:
@@ -236,11 +244,7 @@ def build_once(final: Path, read: Callable[[Path], T | None], build: Callable[[P
             trash = make_temp_dir(final.parent, f".tmp-trash-{final.name}-")
             os.rename(final, trash / "old")
             shutil.rmtree(trash, ignore_errors=True)
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if read(final) is None:  # another process did not finish it first
-                raise
+        os.rename(tmp, final)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -188,3 +188,26 @@ def test_folder_lock_excludes_another_process(tmp_path):
     assert holder.exitcode == 0
     with io.folder_lock(tmp_path / "c", blocking=False) as held:
         assert held is True  # released when the holder let go
+
+
+def test_build_once_builds_once_when_two_builders_race(tmp_path):
+    """The second builder waits for the first's folder instead of building its own."""
+    import threading
+
+    builds = []
+
+    def build(tmp: Path) -> None:
+        builds.append(tmp)
+        time.sleep(0.3)  # long enough for the other thread to arrive while this one builds
+        (tmp / "done").write_text("built")
+
+    def read(folder: Path):
+        return (folder / "done").read_text() if (folder / "done").is_file() else None
+
+    found = []
+    threads = [threading.Thread(target=lambda: found.append(io.build_once(tmp_path / "m", read, build))) for _ in "ab"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert found == ["built", "built"] and len(builds) == 1
