@@ -87,6 +87,14 @@ class CacheController:
         """What this controller learnt, as plain JSON (None: nothing)."""
         return None
 
+    def runtime_state(self) -> dict[str, Any] | None:
+        """What a run's checkpoint keeps beyond :meth:`state_dict` so that a resumed run goes on
+        exactly (None: nothing)."""
+        return None
+
+    def load_runtime_state(self, state: Any) -> None:
+        """Inverse of :meth:`runtime_state` (ConfigError when it does not fit)."""
+
     def check_state(self, mode: str, state: Any) -> Callable[[], None]:
         """Validate a saved controller state of mode ``mode`` (ConfigError) and return what applies it.
 
@@ -143,6 +151,18 @@ class AdaptiveController(CacheController):
 
     def state_dict(self) -> dict[str, Any]:
         return {"theta": self.meta.theta.tolist()}
+
+    def runtime_state(self) -> dict[str, Any]:
+        return {"meta": self.meta.runtime_state(), "log": [dict(u) for u in self._log]}
+
+    def load_runtime_state(self, state: Any) -> None:
+        if state is None:  # a checkpoint from before this state was kept: θ alone is restored
+            return
+        if not isinstance(state, Mapping) or set(state) != {"meta", "log"} or not isinstance(state["log"], list):
+            raise ConfigError("an adaptive controller's run-time state must be {meta: {...}, log: [...]}")
+        self.meta.load_runtime_state(state["meta"])
+        self._params = self.meta.params
+        self._log = deque((dict(u) for u in state["log"] if isinstance(u, Mapping)), maxlen=LOG_SIZE)
 
     def check_state(self, mode: str, state: Any) -> Callable[[], None]:
         if mode != "adaptive":

@@ -176,6 +176,14 @@ def check_theta(theta: Any) -> np.ndarray:
     return np.asarray(theta, dtype=np.float64)
 
 
+def _vector(values: Any, size: int = 3) -> np.ndarray:
+    """``values`` as a finite float vector of ``size`` entries (ValueError otherwise)."""
+    out = np.asarray(values, dtype=np.float64)
+    if out.shape != (size,) or not np.isfinite(out).all():
+        raise ValueError(f"expected {size} finite numbers, got {values!r:.80}")
+    return out
+
+
 class _Adam:
     def __init__(self, dim: int, lr: float, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8) -> None:
         self.lr, self.beta1, self.beta2, self.eps = lr, beta1, beta2, eps
@@ -292,6 +300,75 @@ class MetaOptimiser:
     def load_theta(self, theta: Sequence[float]) -> None:
         """Continue from a saved θ (clipped to this optimiser's bounds); a damaged θ → ConfigError."""
         self.theta = np.clip(check_theta(theta), self._lower, self._upper)
+
+    # Run-time state: what a run's checkpoint keeps beside θ, so that a resumed run (or a seed
+    # started afresh) perturbs, windows and steps exactly as an uninterrupted one.
+    _FLOAT_LISTS = (
+        "_pair_returns",
+        "_pair_objectives",
+        "_audit_sims",
+        "_audit_kls",
+        "_audit_weights",
+        "_sims",
+        "_window_audit_kl",
+        "_window_audit_w",
+    )
+    _COUNTS = ("updates", "_queries", "_hits", "_partial_hits", "_evictions", "_reward_steps")
+
+    def runtime_state(self) -> dict[str, Any]:
+        """θ, Adam's moments, the pair's perturbation and results, the open window and the RNG, as JSON."""
+        return {
+            "theta": self.theta.tolist(),
+            "rng": self._rng.bit_generator.state,
+            "adam": {"m": self._adam.m.tolist(), "v": self._adam.v.tolist(), "t": self._adam.t},
+            "direction": self._direction.tolist(),
+            "sign": self._sign,
+            "pair_grads": [g.tolist() for g in self._pair_grads],
+            "pair_evicted": self._pair_evicted,
+            "return_spread": self._return_spread,
+            "rewards": self._rewards,
+            "served_ok": list(self._served_ok),
+            "td": [list(self._td[True]), list(self._td[False])],
+            **{name: list(getattr(self, name)) for name in self._FLOAT_LISTS},
+            **{name: getattr(self, name) for name in self._COUNTS},
+        }
+
+    def load_runtime_state(self, state: Mapping[str, Any]) -> None:
+        """Inverse of :meth:`runtime_state`; ConfigError, and nothing changed, when it does not fit."""
+        try:
+            rng = np.random.default_rng()
+            rng.bit_generator.state = state["rng"]
+            adam = _Adam(3, self.config.learning_rate)
+            adam.m, adam.v, adam.t = _vector(state["adam"]["m"]), _vector(state["adam"]["v"]), state["adam"]["t"]
+            counts = {name: state[name] for name in self._COUNTS}
+            if not all(is_int(v) and v >= 0 for v in [adam.t, *counts.values()]):
+                raise ValueError("counts must be non-negative integers")
+            spread = state["return_spread"]
+            if spread is not None and not is_number(spread):
+                raise ValueError("return_spread must be a number or null")
+            served_ok, td = state["served_ok"], state["td"]
+            if not (isinstance(served_ok, list) and all(isinstance(b, bool) for b in served_ok)):
+                raise ValueError("served_ok must be a list of booleans")
+            if not isinstance(state["pair_evicted"], bool) or not is_number(state["sign"]):
+                raise ValueError("bad pair_evicted or sign")
+            new = {
+                "theta": np.clip(check_theta(state["theta"]), self._lower, self._upper),
+                "_rng": rng,
+                "_adam": adam,
+                "_direction": _vector(state["direction"]),
+                "_sign": float(state["sign"]),
+                "_pair_grads": [_vector(g) for g in state["pair_grads"]],
+                "_pair_evicted": state["pair_evicted"],
+                "_return_spread": None if spread is None else float(spread),
+                "_rewards": float(state["rewards"]),
+                "_served_ok": list(served_ok),
+                "_td": {True: [float(td[0][0]), int(td[0][1])], False: [float(td[1][0]), int(td[1][1])]},
+                **{name: [float(x) for x in state[name]] for name in self._FLOAT_LISTS},
+                **counts,
+            }
+        except (KeyError, IndexError, TypeError, ValueError, ConfigError) as e:
+            raise ConfigError(f"damaged meta-optimiser state: {type(e).__name__}: {e}") from None
+        self.__dict__.update(new)
 
     @property
     def center(self) -> CacheParams:

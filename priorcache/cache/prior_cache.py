@@ -541,13 +541,15 @@ class PriorCache:
 
     def runtime_state(self) -> dict[str, Any]:
         """What a run's checkpoint keeps beside :meth:`state_dict`: counters, audit log, clock,
-        evictions and the refresh draws' RNG, so that a resumed run counts and draws on."""
+        evictions, the refresh draws' RNG and the controller's run-time state (adaptive: the
+        meta-optimiser's moments, pair and open window), so that a resumed run counts and draws on."""
         with self._lock:
             return {
                 **self._books.runtime_state(),
                 "clock": self._clock,
                 "evictions": self._table.evictions,
                 "rng": self._planner.rng.bit_generator.state,
+                "controller": self.controller.runtime_state(),
             }
 
     def load_runtime_state(self, state: Mapping[str, Any]) -> None:
@@ -562,7 +564,16 @@ class PriorCache:
         except (TypeError, ValueError, KeyError) as e:
             raise CacheFormatError(f"damaged run-time state: rng: {e}") from None
         with self._lock:
-            self._books.load_runtime_state(dict(state))
+            before = self.controller.runtime_state()
+            try:
+                self.controller.load_runtime_state(state.get("controller"))
+            except ConfigError as e:
+                raise CacheFormatError(f"damaged run-time state: {e}") from None
+            try:
+                self._books.load_runtime_state(dict(state))
+            except CacheFormatError:
+                self.controller.load_runtime_state(before)  # all or nothing
+                raise
             self._clock, self._table.evictions, self._planner.rng = clock, evictions, rng
 
     # --- under the lock ---------------------------------------------------------------------------

@@ -125,6 +125,46 @@ def test_parameters_stay_inside_their_bounds(kl_weight):
     assert len({p.capacity for p in seen}) > 1  # evictions happen, so K is explored
 
 
+def _feed(meta: MetaOptimiser, rng: np.random.Generator, lookups: int) -> list[CacheParams]:
+    seen = []
+    for _ in range(lookups):
+        s = float(rng.uniform(0.7, 1.0))
+        meta.record_audit(s, 0.3 * (1 - s), weight=1.0, served=bool(rng.random() < 0.5))
+        meta.record_reward(float(rng.normal()))
+        meta.record_td(bool(rng.random() < 0.5), float(rng.random()), 1)
+        meta.record_lookup(s, True, s > 0.9, s <= 0.9, False, evictions=int(rng.random() < 0.3))
+        seen.append(meta.params)
+    return seen
+
+
+def test_run_time_state_continues_the_optimiser_exactly():
+    """Stopped mid-window and mid-pair, then restored into a fresh optimiser through JSON: the two
+    go on with the same perturbations, windows and Adam steps as one that was never stopped."""
+    import json
+
+    config = MetaConfig(update_every=7)
+    whole = MetaOptimiser(config, CacheParams(256, 0.9, 0.1), seed=0)
+    stopped = MetaOptimiser(config, CacheParams(256, 0.9, 0.1), seed=0)
+    _feed(whole, np.random.default_rng(1), 53)
+    _feed(stopped, np.random.default_rng(1), 53)
+    resumed = MetaOptimiser(config, CacheParams(256, 0.9, 0.1), seed=99)
+    resumed.load_runtime_state(json.loads(json.dumps(stopped.runtime_state())))
+    assert _feed(resumed, np.random.default_rng(2), 60) == _feed(whole, np.random.default_rng(2), 60)
+    assert resumed.updates == whole.updates > 10 and np.array_equal(resumed.theta, whole.theta)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"), [("adam", {"m": [0, 0], "v": [0, 0, 0], "t": 0}), ("updates", -1), ("rng", 3), ("td", [[0, 0]])]
+)
+def test_a_damaged_run_time_state_is_refused_and_changes_nothing(key, value):
+    meta = MetaOptimiser(MetaConfig(update_every=7), CacheParams(256, 0.9, 0.1), seed=0)
+    _feed(meta, np.random.default_rng(1), 20)
+    before = meta.runtime_state()
+    with pytest.raises(ConfigError, match="damaged meta-optimiser state"):
+        meta.load_runtime_state({**before, key: value})
+    assert meta.runtime_state() == before
+
+
 def test_capacity_rests_while_the_cache_never_evicts():
     meta = MetaOptimiser(MetaConfig(update_every=10), CacheParams(100, 0.9, 0.05), seed=0)
     rng = np.random.default_rng(0)

@@ -69,25 +69,37 @@ def _kill_after(monkeypatch, batches: int) -> None:
     monkeypatch.setattr(runner, "_run_episodes", run_then_die)
 
 
-@pytest.mark.parametrize("killed_after", [1, 3, 4, 6])
-def test_a_killed_run_resumes_to_the_uninterrupted_run(tmp_path, monkeypatch, killed_after):
+#: The adaptive cache with windows of 4 lookups: its meta-optimiser updates mid-episode, so a resume
+#: must restore its moments, pair and open window, not θ alone.
+ADAPTIVE = CacheConfig(mode="adaptive", refresh_rate=0.2, meta={"update_every": 4})
+
+
+@pytest.mark.parametrize(
+    ("killed_after", "cache"),
+    [(1, None), (3, None), (4, None), (6, None), (3, ADAPTIVE), (6, ADAPTIVE)],
+)
+def test_a_killed_run_resumes_to_the_uninterrupted_run(tmp_path, monkeypatch, killed_after, cache):
+    settings = {"cache": cache} if cache is not None else {}
     monkeypatch.setattr(runner, "CHECKPOINT_COST_RATIO", 0)  # checkpoint after every episode
-    whole = _run(_config(tmp_path / "whole"))
+    whole = _run(_config(tmp_path / "whole", **settings))
 
     _kill_after(monkeypatch, killed_after)
     with pytest.raises(_Killed):
-        _run(_config(tmp_path / "killed"))
+        _run(_config(tmp_path / "killed", **settings))
     progress, _ = read_progress(tmp_path / "killed")
     assert progress.seed_index * 4 + progress.episodes_done == killed_after
     monkeypatch.undo()
     monkeypatch.setattr(runner, "CHECKPOINT_COST_RATIO", 0)
-    resumed = _run(_config(tmp_path / "killed"), resume=True)
+    resumed = _run(_config(tmp_path / "killed", **settings), resume=True)
 
     for name in ("metrics.jsonl", "evals.jsonl"):
         assert _lines(tmp_path / "killed" / name) == _lines(tmp_path / "whole" / name)
     counts = ("lookups", "exact_hits", "similar_hits", "misses", "refreshes", "llm_calls", "audits", "size")
     assert {k: resumed["cache_stats"][k] for k in counts} == {k: whole["cache_stats"][k] for k in counts}
     assert resumed["held_out"] == whole["held_out"]
+    if cache is not None:
+        assert whole["cache_stats"]["meta_updates"] > 0
+        assert resumed["cache_stats"]["params"] == whole["cache_stats"]["params"]
     assert not (tmp_path / "killed" / CHECKPOINT).exists()
 
 
