@@ -297,6 +297,7 @@ def run_experiment(
                 "backend": config.backend if needs_llm else None,
                 # where the games came from, e.g. ALFWorld "generated" vs "official:valid_seen"
                 "env_source": ",".join(sorted(games.sources)) or None,
+                # the last seed's cache (every seed starts afresh; per-episode counts are in metrics.jsonl)
                 "cache_stats": cache.stats() if cache is not None else None,
                 "adaptation": adaptation_info,
                 # prompts cut to fit the model (priorcache.prior.context_limit); resets the shared count
