@@ -273,7 +273,8 @@ def test_saved_adapter_is_reused_with_identical_scores(trained) -> None:
     two = EmbeddedBackend(adapter=again.folder).score(prompts, [CANDIDATES] * len(prompts)).scores
     for a, b in zip(one, two):
         np.testing.assert_array_equal(a, b)
-    assert not [p for p in root.iterdir() if p.name.startswith(".")]  # no temporary folder left
+    # no temporary folder left (the build lock's file stays: io.build_once holds folder_lock)
+    assert not [p for p in root.iterdir() if p.name.startswith(".") and not p.name.endswith(".lock")]
 
 
 @pytest.mark.slow
