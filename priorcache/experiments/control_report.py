@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from priorcache.experiments.control_episodes import summarise_control, summarise_control_held_out
+from priorcache.experiments.metrics import ratio_ci95
 from priorcache.experiments.report import RunFolder, group_runs, method_colours, rows_csv, save_figure
 from priorcache.experiments.summaries import load_summary
 from priorcache.io import atomic_write_json, atomic_write_text
@@ -61,6 +62,7 @@ def aggregate_control(runs: list[RunFolder]) -> list[dict[str, Any]]:
             "steps_per_seed": train["steps"] / len(train["seeds"]),
             "held_out_return": held["return"]["mean"] if held else None,
             "held_out_return_ci95": held["return"]["ci95"] if held else None,
+            "held_out_return_values": held["return"]["values"] if held else [],
             # MetaWorld's success; MuJoCo locomotion has none
             "held_out_success": held["success"]["mean"] if held and env.startswith("metaworld") else None,
             "held_out_success_ci95": held["success"]["ci95"] if held and env.startswith("metaworld") else None,
@@ -83,8 +85,13 @@ def aggregate_control(runs: list[RunFolder]) -> list[dict[str, Any]]:
         row["query_reduction_x"] = (
             _ratio(ref["llm_queries_per_step"], row["llm_queries_per_step"]) if ref and uses_llm else None
         )
-        row["return_retention"] = _positive_ratio(row, ref) if uses_llm else None
-        row["return_vs_sac"] = _positive_ratio(row, sac) if uses_llm else None
+        for key, other in (("return_retention", ref), ("return_vs_sac", sac)):
+            row[key] = _positive_ratio(row, other) if uses_llm else None
+            row[f"{key}_ci95"] = (
+                ratio_ci95(row["held_out_return_values"], other["held_out_return_values"])
+                if row[key] is not None and other is not None and other is not row
+                else None
+            )
         row["speed_vs_sac"] = (
             row["env_steps_per_s"] / sac["env_steps_per_s"]
             if sac and row["env_steps_per_s"] and sac["env_steps_per_s"]
@@ -132,7 +139,11 @@ def _fmt(key: str, row: dict[str, Any]) -> str:
         ci, digits = row[f"{key}_ci95"], 1 if key == "held_out_return" else 2
         return f"{value:.{digits}f} ± {ci:.{digits}f}" if len(row["seeds"]) > 1 else f"{value:.{digits}f}"
     if key in ("return_vs_sac", "return_retention"):
-        return f"{100 * value:.0f} %"
+        ci = row[f"{key}_ci95"]
+        if len(row["seeds"]) < 2 or (key == "return_retention" and row["method"] == CONTROL_REFERENCE):
+            return f"{100 * value:.0f} %"  # no spread, or the reference against itself (100 % by definition)
+        shown = "unbounded" if ci is None else f"{100 * ci[0]:.0f}–{100 * ci[1]:.0f} %"
+        return f"{100 * value:.0f} % [{shown}]"
     if key == "query_reduction_x":
         return "∞" if math.isinf(value) else f"{value:.2f}×"
     if key == "audit_kl_mean":
@@ -159,7 +170,9 @@ def render_control_markdown(rows: list[dict[str, Any]], incomplete: list[str]) -
         "mean over seeds ± 95 % CI (Student's t). Query reduction (training LLM queries per environment "
         f"step) and retention are against `{CONTROL_REFERENCE}` of the same task; return vs SAC against "
         "Stable-Baselines3 SAC at the same environment steps. Ratios of returns are shown only over a "
-        "positive denominator. env steps/s: each seed's training environment steps over its training wall "
+        "positive denominator, with their 95 % interval in brackets (Fieller's, over the seeds' held-out "
+        "returns; unbounded when the denominator's own interval reaches 0). env steps/s: each seed's "
+        "training environment steps over its training wall "
         "time (environment, decisions, LLM and gradient steps; evaluations excluded), measured in one "
         "benchmark on one machine.",
         f"Seeds: {', '.join(str(list(s)) for s in seeds) or 'none'}.",
@@ -171,9 +184,10 @@ def render_control_markdown(rows: list[dict[str, Any]], incomplete: list[str]) -
 
 def render_control_csv(rows: list[dict[str, Any]]) -> str:
     keys = ["env", "method", "seeds", "held_out_return", "held_out_return_ci95", "held_out_success"]
-    keys += ["held_out_success_ci95", "return_vs_sac", "train_return", "llm_queries_per_seed", "llm_queries_per_step"]
-    keys += ["query_reduction_x", "return_retention", "hit_rate", "decision_p50_ms", "audits", "f5_violations"]
-    keys += ["audit_kl_mean", "env_steps_per_s", "speed_vs_sac", "steps_per_seed"]
+    keys += ["held_out_success_ci95", "return_vs_sac", "return_vs_sac_ci95", "train_return", "llm_queries_per_seed"]
+    keys += ["llm_queries_per_step", "query_reduction_x", "return_retention", "return_retention_ci95", "hit_rate"]
+    keys += ["decision_p50_ms", "audits", "f5_violations", "audit_kl_mean", "env_steps_per_s", "speed_vs_sac"]
+    keys += ["steps_per_seed"]
     return rows_csv(rows, keys)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -92,6 +93,26 @@ def mean_ci95(values: list[float]) -> dict[str, float]:
     if arr.size > 1:
         half = float(stats.t.ppf(0.975, arr.size - 1) * arr.std(ddof=1) / np.sqrt(arr.size))
     return {"mean": mean, "ci95": half, "n": int(arr.size), "values": [float(v) for v in arr]}
+
+
+def ratio_ci95(numerator: list[float], denominator: list[float]) -> tuple[float, float] | None:
+    """Fieller's 95 % interval for the ratio of two independent means (docs/design.md §1, "Retention
+    and its interval"): every R with (ā − R·b̄)² ≤ t²·(s²_ā + R²·s²_b̄), s²_x̄ the squared standard error
+    of a mean and t Student's quantile at min(n_a, n_b) − 1 degrees of freedom. ``(lo, hi)``; None
+    when no bounded interval exists (fewer than two values on a side, or a denominator mean whose own
+    interval reaches 0: then the set is unbounded)."""
+    a, b = np.asarray(numerator, np.float64), np.asarray(denominator, np.float64)
+    if a.size < 2 or b.size < 2:
+        return None
+    t = float(stats.t.ppf(0.975, min(a.size, b.size) - 1))
+    ma, mb = float(a.mean()), float(b.mean())
+    va, vb = float(a.var(ddof=1)) / a.size, float(b.var(ddof=1)) / b.size
+    # (ā − R·b̄)² − t²(s²_ā + R²·s²_b̄) ≤ 0 is the quadratic q2·R² − 2·ā·b̄·R + q0 ≤ 0.
+    q2, q0 = mb * mb - t * t * vb, ma * ma - t * t * va
+    if q2 <= 0:  # the denominator is not told apart from 0: no bounded interval exists
+        return None
+    root = math.sqrt(max(ma * ma * mb * mb - q2 * q0, 0.0))  # = t²(s²_ā·q2 + s²_b̄·ā²) ≥ 0
+    return (ma * mb - root) / q2, (ma * mb + root) / q2
 
 
 def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:

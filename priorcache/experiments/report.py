@@ -140,12 +140,13 @@ def group_runs(
 
 
 def rows_csv(rows: list[dict[str, Any]], keys: list[str]) -> str:
-    """The ``keys`` columns of ``rows`` as CSV text (seeds space-separated in one cell)."""
+    """The ``keys`` columns of ``rows`` as CSV text (a list, such as the seeds or an interval's two
+    ends, space-separated in one cell)."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=keys, extrasaction="ignore")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: (" ".join(map(str, row[k])) if k == "seeds" else row[k]) for k in keys})
+        writer.writerow({k: (" ".join(map(str, row[k])) if isinstance(row[k], list | tuple) else row[k]) for k in keys})
     return buffer.getvalue()
 
 

@@ -18,6 +18,7 @@ from priorcache.cli import app
 from priorcache.errors import ConfigError
 from priorcache.experiments.control_bench import ControlBenchConfig, run_control_bench
 from priorcache.experiments.control_report import aggregate_control
+from priorcache.experiments.metrics import ratio_ci95
 from priorcache.experiments.report import find_runs, write_report
 from tests.cache._fakes import FakeBackend, HashEncoder
 
@@ -100,6 +101,10 @@ def test_the_table_is_what_the_run_files_say(bench: tuple[Path, list, dict]) -> 
     assert static["query_reduction_x"] == pytest.approx(per_step["sac-prior-uncached"] / per_step["sac-prior-static"])
     assert static["return_retention"] == pytest.approx(held_out["sac-prior-static"] / held_out["sac-prior-uncached"])
     assert static["return_vs_sac"] == pytest.approx(held_out["sac-prior-static"] / held_out["sac"])
+    # each ratio comes with Fieller's interval over the same seeds' held-out returns (or none)
+    for key, ref in (("return_retention", "sac-prior-uncached"), ("return_vs_sac", "sac")):
+        values = [rows[m]["held_out_return_values"] for m in ("sac-prior-static", ref)]
+        assert static[f"{key}_ci95"] == ratio_ci95(*values)
     assert static["hit_rate"] is not None and rows["sac-prior-uncached"]["hit_rate"] is None
     assert rows["sac"]["query_reduction_x"] is None and rows["sac"]["return_vs_sac"] is None
     assert static["env_steps_per_s"] > 0 and static["speed_vs_sac"] == pytest.approx(

@@ -2,9 +2,11 @@
 
 import math
 
+import numpy as np
 import pytest
+from scipy import stats
 
-from priorcache.experiments.metrics import compare, mean_ci95, summarise, summarise_held_out
+from priorcache.experiments.metrics import compare, mean_ci95, ratio_ci95, summarise, summarise_held_out
 
 
 def record(seed, episode, success, ret, llm_calls, partial, hits, times, audits=()):
@@ -93,3 +95,34 @@ def test_compare_held_out_return_retention_needs_a_positive_reference():
     assert compare(with_held_out([3.0, 5.0]), with_held_out([8.0, 8.0]))["held_out_return_retention"] == 0.5
     # −10 against −20 is not "50 % retained": no ratio over a reference ≤ 0
     assert math.isnan(compare(with_held_out([-10.0]), with_held_out([-20.0]))["held_out_return_retention"])
+
+
+def test_ratio_ci95_over_a_constant_denominator_is_the_numerators_t_interval_scaled():
+    numerator = [0.8, 1.0, 1.3]
+    lo, hi = ratio_ci95(numerator, [2.0, 2.0, 2.0])
+    m = mean_ci95(numerator)
+    assert (lo, hi) == pytest.approx(((m["mean"] - m["ci95"]) / 2.0, (m["mean"] + m["ci95"]) / 2.0))
+
+
+def test_ratio_ci95_solves_fiellers_inequality_at_its_ends():
+    a, b = np.array([90.0, 120.0, 100.0, 95.0]), np.array([100.0, 110.0, 130.0])
+    lo, hi = ratio_ci95(list(a), list(b))
+    t = stats.t.ppf(0.975, 2)
+    gap = lambda r: (a.mean() - r * b.mean()) ** 2 - t**2 * (a.var(ddof=1) / 4 + r**2 * b.var(ddof=1) / 3)  # noqa: E731
+    assert lo < a.mean() / b.mean() < hi
+    assert gap(lo) == pytest.approx(0.0, abs=1e-6) and gap(hi) == pytest.approx(0.0, abs=1e-6)
+    assert gap(lo - 0.01) > 0 and gap(hi + 0.01) > 0 and gap(a.mean() / b.mean()) < 0
+
+
+def test_ratio_ci95_covers_the_true_ratio_about_95_percent_of_the_time():
+    rng = np.random.default_rng(0)
+    trials, covered = 2000, 0
+    for _ in range(trials):
+        ci = ratio_ci95(list(rng.normal(90.0, 15.0, 3)), list(rng.normal(100.0, 15.0, 3)))
+        covered += ci is not None and ci[0] <= 0.9 <= ci[1]
+    assert 0.93 <= covered / trials <= 0.99
+
+
+def test_ratio_ci95_is_none_when_it_cannot_be_bounded():
+    assert ratio_ci95([1.0], [2.0, 3.0]) is None  # one value: no spread to estimate
+    assert ratio_ci95([1.0, 2.0], [-5.0, 6.0]) is None  # the reference's mean is not told apart from 0
