@@ -1,5 +1,6 @@
 """SAC-Prior (docs/design.md §4; anchor: SPiRL's KL-regularised SAC, Pertsch et al. 2020): continuous control
-with LLM-chosen skills. The algorithm in one file, to be read top to bottom (saving: ``sac_saving``).
+with LLM-chosen skills. The algorithm in one file, to be read top to bottom (networks: ``sac_networks``,
+saving: ``sac_saving``).
 
 Hybrid action space. A task has a small vocabulary of skills z (``env.skills``); a skill, once chosen,
 is held for H steps, so the LLM is asked at skill decisions only.
@@ -46,11 +47,11 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-from torch import nn
 from torch.nn import functional as F
 
 from priorcache.agents.base import episode_seed
 from priorcache.agents.control_buffer import ControlReplayBuffer
+from priorcache.agents.sac_networks import Actor, TwinQ
 from priorcache.agents.saving import read_arrays, write_arrays
 from priorcache.errors import ConfigError
 from priorcache.posterior import PosteriorSampler, TemperatureSchedule
@@ -134,51 +135,6 @@ class SACPriorConfig:
         seed: int = 0,
     ) -> SACPrior:
         return SACPrior(self, env, prior_source, gaussians, prompt_builder, embedder, seed)
-
-
-# --- networks ------------------------------------------------------------------------------------------
-def mlp(inputs: int, hidden: int, outputs: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Linear(inputs, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, outputs)
-    )
-
-
-def squashed_gaussian(mean: torch.Tensor, log_std: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """a = tanh(u), u = mean + std·noise (reparameterised), and log π(a) = log N(u) − Σ log(1 − tanh²u),
-    the Jacobian term in the stable form 2·(log 2 − u − softplus(−2u))."""
-    u = mean + log_std.exp() * noise
-    log_n = (-0.5 * noise**2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
-    return torch.tanh(u), log_n - (2.0 * (math.log(2.0) - u - F.softplus(-2.0 * u))).sum(-1)
-
-
-class Actor(nn.Module):
-    """π(a|s,z): a tanh-Gaussian whose mean and log-std come from an MLP on [s, one-hot(z)]."""
-
-    def __init__(self, obs_dim: int, n_skills: int, act_dim: int, hidden: int, log_std_range: tuple[float, float]):
-        super().__init__()
-        self.n_skills, self.log_std_range = n_skills, log_std_range
-        self.net = mlp(obs_dim + n_skills, hidden, 2 * act_dim)
-
-    def forward(self, obs: torch.Tensor, skill: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.net(torch.cat([obs, F.one_hot(skill, self.n_skills).to(obs.dtype)], dim=-1))
-        mean, log_std = out.chunk(2, dim=-1)
-        return mean, torch.clamp(log_std, *self.log_std_range)
-
-    def sample(self, obs: torch.Tensor, skill: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """(a, log π(a|s,z)) for standard-normal ``noise`` of shape (B, d)."""
-        return squashed_gaussian(*self(obs, skill), noise)
-
-
-class TwinQ(nn.Module):
-    """Two independent Q(s,a) heads; ``forward`` returns both (B,) and (B,)."""
-
-    def __init__(self, obs_dim: int, act_dim: int, hidden: int) -> None:
-        super().__init__()
-        self.q1, self.q2 = mlp(obs_dim + act_dim, hidden, 1), mlp(obs_dim + act_dim, hidden, 1)
-
-    def forward(self, obs: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = torch.cat([obs, action], dim=-1)
-        return self.q1(x).squeeze(-1), self.q2(x).squeeze(-1)
 
 
 # --- the agent -----------------------------------------------------------------------------------------

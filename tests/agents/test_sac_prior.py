@@ -14,7 +14,8 @@ import pytest
 import torch
 from scipy import integrate, stats
 
-from priorcache.agents.sac_prior import SACPrior, SACPriorConfig, SkillState, squashed_gaussian
+from priorcache.agents.sac_networks import squashed_gaussian
+from priorcache.agents.sac_prior import SACPrior, SACPriorConfig, SkillState
 from priorcache.cache.config import CacheConfig
 from priorcache.cache.prior_cache import PriorCache
 from priorcache.errors import ConfigError
