@@ -28,7 +28,11 @@ default δ_KL = d·(1 + log 2) is SAC's default target entropy −d (KL(π‖U) 
 this agent with ``prior_source=None`` and flat Gaussians is SAC (with skills as an extra input).
 
 Warm-up: for the first ``learning_starts`` steps the action is a draw from the held skill's N_z(·|s)
-(uniform for the flat prior, which is SAC's random warm-up). SB3-style API: ``learn(total_timesteps)``
+(uniform for the flat prior, which is SAC's random warm-up). With ``prior_fit_steps`` > 0 the actor is
+then fitted to the prior (min E[KL̂(π‖N_z)] on the warm-up states) before the first RL update, as
+SPiRL starts its policy at the prior; by default (0) it starts from its random initialisation.
+
+SB3-style API: ``learn(total_timesteps)``
 (the episode in progress goes on across calls, as SB3's ``learn(n, reset_num_timesteps=False)``),
 ``predict(obs, state, deterministic)`` (``state`` holds the current skill and its steps left, as
 SB3's recurrent policies hold theirs), ``save``/``load`` (safetensors + JSON, no pickle; the episode
@@ -93,6 +97,9 @@ class SACPriorConfig:
     buffer_size: int = 100_000
     learning_starts: int = 1_000
     updates_per_step: int = 1
+    # Gradient steps fitting π(·|s,z) to N_z(·|s) on the warm-up states before the first RL update
+    # (SPiRL starts its policy at the prior); 0: the actor starts from its random initialisation.
+    prior_fit_steps: int = 0
     hidden_size: int = 256
     q_samples: int = 4  # draws per skill for Q(s,z)
     skill_alpha_0: float = 1.0  # F2 for the high level's α_z
@@ -110,8 +117,9 @@ class SACPriorConfig:
         for name in ("skill_horizon", "batch_size", "buffer_size", "updates_per_step", "hidden_size", "q_samples"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be an integer ≥ 1, got {getattr(self, name)!r}")
-        if not isinstance(self.learning_starts, int) or self.learning_starts < 0:
-            raise ConfigError(f"learning_starts must be an integer ≥ 0, got {self.learning_starts!r}")
+        for name in ("learning_starts", "prior_fit_steps"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be an integer ≥ 0, got {getattr(self, name)!r}")
         if not (0.0 <= self.gamma <= 1.0 and 0.0 < self.tau <= 1.0):
             raise ConfigError(f"need gamma in [0, 1] and tau in (0, 1], got {self.gamma}, {self.tau}")
         positive = ("actor_lr", "critic_lr", "alpha_lr", "init_alpha")
@@ -150,6 +158,7 @@ class SACPriorCounters:
     partial_queries: int = 0
     cache_hits: int = 0
     gradient_steps: int = 0
+    prior_fit_steps: int = 0  # the actor's steps towards N_z before RL (SACPriorConfig.prior_fit_steps)
     llm_time_s: float = 0.0
     decision_time_s: float = 0.0  # skill decisions, LLM included
     train_time_s: float = 0.0  # gradient steps
@@ -334,18 +343,41 @@ class SACPrior:
         self._td = (q1.detach() - target).abs()
         return F.mse_loss(q1, target) + F.mse_loss(q2, target)
 
-    def actor_loss(self, obs: torch.Tensor, noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(E[α·(log π(a|s,z) − log N_z(a|s)) − min_i Q_i(s,a)], KL̂ per sample) over every state of
-        ``obs`` (B, obs_dim) under every skill: B·Z samples, state-major (``noise``: (B·Z, d))."""
+    def _actor_draws(self, obs: torch.Tensor, noise: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+        """Every state of ``obs`` (B, obs_dim) under every skill, state-major (B·Z rows): the states,
+        the actions a ~ π(·|s,z) drawn with ``noise`` (B·Z, d) and their KL̂ = log π(a|s,z) − log N_z(a|s)."""
         n = len(self.skills)
         s = obs.repeat_interleave(n, dim=0)
         z = torch.arange(n).repeat(len(obs))
         if noise is None:
             noise = torch.randn(len(s), self.act_dim, generator=self.torch_rng)
         a, log_pi = self.actor.sample(s, z, noise)
-        kl = log_pi - self.gaussians.log_density_torch(s, a, z)
+        return s, a, log_pi - self.gaussians.log_density_torch(s, a, z)
+
+    def actor_loss(self, obs: torch.Tensor, noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(E[α·(log π(a|s,z) − log N_z(a|s)) − min_i Q_i(s,a)], KL̂ per sample) over every state of
+        ``obs`` (B, obs_dim) under every skill: B·Z samples, state-major (``noise``: (B·Z, d))."""
+        s, a, kl = self._actor_draws(obs, noise)
         q = torch.min(*self.critic(s, a))
         return (self.log_alpha.exp().detach() * kl - q).mean(), kl
+
+    def prior_fit_loss(self, obs: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """E[KL̂(π(·|s,z) ‖ N_z(·|s))] over every state of ``obs`` under every skill: the actor loss
+        without its Q term, least where π is the skill prior (as far as a tanh-Gaussian can be)."""
+        return self._actor_draws(obs, noise)[2].mean()
+
+    def _fit_actor_to_prior(self) -> None:
+        """``prior_fit_steps`` steps of :meth:`prior_fit_loss` on replayed (warm-up) states, with an Adam
+        of their own, so that RL's actor optimiser starts with fresh moments."""
+        start = time.perf_counter()
+        opt = torch.optim.Adam(self.actor.parameters(), lr=self.config.actor_lr)
+        for _ in range(self.config.prior_fit_steps):
+            loss = self.prior_fit_loss(self.buffer.sample(self.config.batch_size, self.rng)["obs"])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        self.counters.prior_fit_steps += self.config.prior_fit_steps
+        self.counters.train_time_s += time.perf_counter() - start
 
     def alpha_loss(self, kl: torch.Tensor) -> torch.Tensor:
         """SPiRL's automatic α: −log α·(mean KL̂ − δ_KL); α rises while the KL is above the target."""
@@ -430,6 +462,8 @@ class SACPrior:
                 ep.decision, ep.steps_left = self._decide_skill(next_obs, info["state_text"]), cfg.skill_horizon
             self.buffer.add(obs, action, float(reward), bool(terminated), z, hit, next_obs, ep.decision.skill)
             if c.env_steps >= cfg.learning_starts and len(self.buffer) >= cfg.batch_size:
+                if cfg.prior_fit_steps and c.gradient_steps == 0 and c.prior_fit_steps == 0:
+                    self._fit_actor_to_prior()
                 for _ in range(cfg.updates_per_step):
                     self._update()
             ep.obs = next_obs

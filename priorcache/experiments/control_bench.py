@@ -40,6 +40,7 @@ class ControlMethod(NamedTuple):
     cache_mode: str | None = None
     cache_settings: dict[str, Any] = {}  # noqa: RUF012 (a NamedTuple default, never mutated)
     shots: int | None = None  # None: the bench's shots
+    prior_fit_steps: int = 0
 
 
 def _methods() -> dict[str, ControlMethod]:
@@ -54,7 +55,16 @@ def _methods() -> dict[str, ControlMethod]:
             methods[f"sac-prior-{'uncached' if mode == 'none' else mode}"] = ControlMethod("sac-prior", mode)
     for shots in (0, 10):  # the shot comparison, beside the default (static) cache's 5 shots
         methods[f"sac-prior-static-{shots}shot"] = ControlMethod("sac-prior", "static", shots=shots)
+    for mode in ("none", "static"):  # the actor started at the skill prior (SPiRL's initialisation)
+        name = "uncached" if mode == "none" else mode
+        methods[f"sac-prior-{name}-fit{PRIOR_FIT_STEPS}"] = ControlMethod(
+            "sac-prior", mode, prior_fit_steps=PRIOR_FIT_STEPS
+        )
     return methods
+
+
+#: The ``-fit`` methods' gradient steps fitting the actor to the skill prior before RL.
+PRIOR_FIT_STEPS = 1000
 
 
 #: method name -> how it runs.
@@ -124,6 +134,7 @@ class ControlBenchConfig:
             **common,
             cache=CacheConfig.from_dict({"mode": m.cache_mode, **m.cache_settings}),
             shots=self.shots if m.shots is None else m.shots,
+            prior_fit_steps=m.prior_fit_steps,
             skill_hold=self.skill_hold,
             backend=self.backend,
             model_path=self.model_path,

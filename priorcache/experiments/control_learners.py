@@ -237,6 +237,7 @@ class SACPriorLearner:
         skill_hold: int,
         alpha_0: float,
         alpha_min: float,
+        prior_fit_steps: int = 0,
     ) -> None:
         from priorcache.agents.sac_prior import SACPriorConfig
 
@@ -250,6 +251,7 @@ class SACPriorLearner:
             hidden_size=hidden_size,
             skill_alpha_0=alpha_0,
             skill_alpha_min=alpha_min,
+            prior_fit_steps=prior_fit_steps,
             torch_threads=TORCH_THREADS,
         )
         self.agent = config.create(env, prior_source=self.source, gaussians=cache.prior_config.gaussians, seed=seed)

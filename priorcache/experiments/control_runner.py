@@ -112,6 +112,7 @@ class ControlRunConfig:
     train_games: int = 10  # training instances, played in turn
     shots: int | None = None  # sac-prior: demonstrations the skill Gaussians are fitted on (0: flat)
     skill_hold: int | None = None  # sac-prior: H, steps a skill is held
+    prior_fit_steps: int = 0  # sac-prior: actor steps towards the skill prior before RL (SACPriorConfig)
     max_episode_steps: int | None = None  # None: the task's own (MetaWorld 500, MuJoCo 1000)
     learning_starts: int = 1_000  # warm-up steps before the first gradient step (both methods)
     batch_size: int = 256
@@ -163,6 +164,7 @@ class ControlRunConfig:
         self.skill_hold = (
             DEFAULT_SKILL_HOLD if self.skill_hold is None else _check_int("skill_hold", self.skill_hold, 1)
         )
+        _check_int("prior_fit_steps", self.prior_fit_steps, 0)
         self.alpha_0 = 1.0 if self.alpha_0 is None else self.alpha_0
         self.alpha_min = 0.25 if self.alpha_min is None else self.alpha_min
         if not (is_number(self.alpha_0) and is_number(self.alpha_min) and 0 < self.alpha_min <= self.alpha_0):
@@ -176,6 +178,7 @@ class ControlRunConfig:
                 ("cache", self.cache, None),
                 ("shots", self.shots, None),
                 ("skill_hold", self.skill_hold, None),
+                ("prior_fit_steps", self.prior_fit_steps, 0),
                 ("alpha_0", self.alpha_0, None),
                 ("alpha_min", self.alpha_min, None),
                 ("backend", self.backend, "embedded"),
@@ -204,7 +207,8 @@ class ControlRunConfig:
         if mode == "kl-budget":
             mode += f"-{self.cache.kl_budget.target_kl:g}"
         shots = "" if self.shots == DEFAULT_SHOTS else f"-{self.shots}shot"
-        return f"sac-prior-{mode}{shots}"
+        fit = f"-fit{self.prior_fit_steps}" if self.prior_fit_steps else ""
+        return f"sac-prior-{mode}{shots}{fit}"
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -362,7 +366,13 @@ class _Run:
             return SB3SAC(env, **shared)
         assert c.skill_hold is not None and c.alpha_0 is not None and c.alpha_min is not None
         return SACPriorLearner(
-            env, self.prior.cache(c), skill_hold=c.skill_hold, alpha_0=c.alpha_0, alpha_min=c.alpha_min, **shared
+            env,
+            self.prior.cache(c),
+            skill_hold=c.skill_hold,
+            alpha_0=c.alpha_0,
+            alpha_min=c.alpha_min,
+            prior_fit_steps=c.prior_fit_steps,
+            **shared,
         )
 
     def _checkpoint(self, progress: Progress, learner: Any, clock: dict[str, float]) -> None:
