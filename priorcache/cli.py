@@ -140,6 +140,12 @@ def run(
     skill_hold: int | None = typer.Option(
         None, min=1, help=f"control environments, sac-prior: H, steps a skill is held (default {DEFAULT_SKILL_HOLD})"
     ),
+    prior_fit_steps: int | None = typer.Option(
+        None,
+        min=0,
+        help="control environments, sac-prior: gradient steps fitting the actor to the skill Gaussians before RL "
+        "(SPiRL's start at the prior; default 0)",
+    ),
     adapt: str = typer.Option(
         "none", help="F8 adaptation on the --shots games: none, icl (in-context pairs), lora (LoRA fine-tune) or both"
     ),

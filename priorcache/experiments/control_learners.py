@@ -312,6 +312,7 @@ class SACPriorLearner:
         c = self.agent.counters
         return {
             "gradient_steps": int(c.gradient_steps),
+            "prior_fit_steps": int(c.prior_fit_steps),
             "alpha": self.agent.alpha,
             "skill_decisions": int(c.skill_decisions),
             # the whole skill decision (Q(s,z) for every skill, the lookup, F1's draw); the decision
