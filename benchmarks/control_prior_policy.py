@@ -47,10 +47,12 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.control_cache_keys import MemoBackend, deterministic  # noqa: E402
 from priorcache.envs.control_demos import record_control_demos  # noqa: E402
 from priorcache.envs.registry import game_seeds, make_split_env  # noqa: E402
+from priorcache.experiments.adapt import adapt_skill_prior  # noqa: E402
 from priorcache.experiments.control_learners import DEMONSTRATION_SEED, EVAL_RESET_SEED  # noqa: E402
 from priorcache.experiments.control_runner import control_envs  # noqa: E402
 from priorcache.experiments.metrics import mean_ci95  # noqa: E402
 from priorcache.io import atomic_write_json  # noqa: E402
+from priorcache.prior.adaptation import DEFAULT_EPOCHS, LOSSES  # noqa: E402
 from priorcache.prior.registry import make_backend  # noqa: E402
 from priorcache.prior.skill_prior import SkillGaussians, fit_skill_gaussians, skill_prompt  # noqa: E402
 
@@ -59,14 +61,12 @@ RESULTS = ROOT / "benchmarks" / "results" / "control_prior_policy.json"
 Chooser = Callable[[np.ndarray, str, np.random.Generator], int]
 
 
-def fit_gaussians(task: str, env: Any, shots: int) -> tuple[SkillGaussians, dict[str, Any]]:
-    """The skill Gaussians a SAC-Prior run of ``shots`` shots fits, and what its demonstrations were."""
-    demos = record_control_demos(task, shots, seed=DEMONSTRATION_SEED, progress=False)
+def fit_gaussians(env: Any, demos: Any) -> SkillGaussians:
+    """The skill Gaussians a SAC-Prior run fits on ``demos``."""
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
-    gaussians = fit_skill_gaussians(
+    return fit_skill_gaussians(
         demos.observations, demos.actions, demos.skills, env.skills, obs_dim=obs_dim, act_dim=act_dim
     )
-    return gaussians, {"demonstrator": demos.demonstrator, "episode_returns": list(demos.episode_returns)}
 
 
 def play(env: Any, gaussians: SkillGaussians, choose: Chooser, horizon: int, rng: np.random.Generator) -> dict:
@@ -83,11 +83,17 @@ def play(env: Any, gaussians: SkillGaussians, choose: Chooser, horizon: int, rng
             return {"return": total, "success": success, "steps": steps}
 
 
-def run_task(task: str, args: argparse.Namespace, backend: MemoBackend) -> dict[str, Any]:
+def run_task(task: str, args: argparse.Namespace, base: Any) -> dict[str, Any]:
     start = time.perf_counter()
     envs = [make_split_env(task, "eval", g) for g in game_seeds(task, "eval", args.episodes)]
     skills = list(envs[0].skills)
-    gaussians, demos = fit_gaussians(task, envs[0], args.shots)
+    demos = record_control_demos(task, args.shots, seed=DEMONSTRATION_SEED, progress=False)
+    gaussians = fit_gaussians(envs[0], demos)
+    adaptation: dict[str, Any] = {"adapt": "none"}
+    if args.adapt == "lora":  # F8 for control: the skill prior fine-tuned on the demonstrations' (φ(s), skill)
+        adapted = adapt_skill_prior(task, envs[0], demos, epochs=args.lora_epochs, loss=args.lora_loss)
+        base, adaptation = adapted.backend, adapted.info
+    backend = MemoBackend(base)
     labelled = task.startswith("metaworld:")
     visited: list[tuple[np.ndarray, str | None]] = []  # (log p(z|s), labelled skill) at llm-mode's decisions
 
@@ -116,7 +122,13 @@ def run_task(task: str, args: argparse.Namespace, backend: MemoBackend) -> dict[
     policies.update({f"fixed:{z}": [None] for z in skills})
     if labelled:
         policies["labelled-skill"] = [None]
-    out: dict[str, Any] = {"skills": skills, "demonstrations": demos, "policies": {}}
+    out: dict[str, Any] = {
+        "skills": skills,
+        "demonstrations": {"demonstrator": demos.demonstrator, "episode_returns": list(demos.episode_returns)},
+        "adaptation": adaptation,
+        "llm_calls_real": 0,
+        "policies": {},
+    }
     for name, seeds in policies.items():
         runs = []
         for seed in seeds:
@@ -144,6 +156,7 @@ def run_task(task: str, args: argparse.Namespace, backend: MemoBackend) -> dict[
         if labelled
         else None,
     }
+    out["llm_calls_real"], out["llm_seconds_real"] = backend.calls, backend.seconds
     out["wall_seconds"] = time.perf_counter() - start
     for env in envs:
         env.close()
@@ -157,28 +170,30 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2", help="seeds of the sampled policies")
     parser.add_argument("--shots", type=int, default=5, help="demonstrations the skill Gaussians are fitted on")
     parser.add_argument("--horizon", type=int, default=10, help="H: steps a skill is held")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--adapt", choices=("none", "lora"), default="none", help="F8 on the skill prior")
+    parser.add_argument("--lora-epochs", type=int, default=DEFAULT_EPOCHS)
+    parser.add_argument("--lora-loss", choices=tuple(LOSSES), default="choice")
+    parser.add_argument("--out", type=Path, help=f"default {RESULTS.name}, or …_lora.json with --adapt lora")
     args = parser.parse_args()
+    args.out = args.out or (RESULTS.with_name(f"{RESULTS.stem}_lora.json") if args.adapt == "lora" else RESULTS)
     args.seeds = [int(s) for s in args.seeds.split(",")]
     if args.episodes < 1 or args.shots < 1 or args.horizon < 1:
         parser.error("--episodes, --shots and --horizon must be ≥ 1")
     start = time.perf_counter()
-    backend = MemoBackend(make_backend("embedded"))
+    base = make_backend("embedded")
     probe = skill_prompt("reach the goal", "the gripper is far from the goal", skills=["move", "stop"])
-    if not deterministic(backend.inner, probe, ["move", "stop"]):
+    if not deterministic(base, probe, ["move", "stop"]):
         sys.exit("the embedded backend gave different scores for one prompt twice: its scores cannot be memoised")
     tasks = {}
     for task in args.tasks.split(","):
         print(task, flush=True)
-        tasks[task] = run_task(task, args, backend)
+        tasks[task] = run_task(task, args, base)
     atomic_write_json(
         args.out,
         {
             "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-            "backend": backend.name,
+            "backend": str(getattr(base, "name", type(base).__name__)),
             "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load": list(os.getloadavg())},
-            "llm_calls_real": backend.calls,
-            "llm_seconds_real": backend.seconds,
             "wall_seconds": time.perf_counter() - start,
             "tasks": tasks,
         },

@@ -134,3 +134,56 @@ def adapt_prior(
     info["backend_load_wall_time_s"] = time.perf_counter() - load_start
     info["wall_time_s"] = time.perf_counter() - start
     return Adaptation(scorer, examples, info)
+
+
+def skill_pairs(env: Any, demos: Any) -> list[tuple[Any, str, tuple[str, ...]]]:
+    """F8 for control: the (prompt, skill, skills) triples of control demonstrations ``demos``
+    (:class:`~priorcache.envs.control_demos.ControlDemos`, training instances only): each step's φ(s)
+    in SAC-Prior's skill prompt, labelled with the skill the demonstrations' segmentation gave it.
+    A (φ(s), skill) pair that repeats is kept once; one φ(s) under two skills keeps both (the
+    description does not tell the two states apart, and the prior should say so)."""
+    from priorcache.prior.skill_prior import skill_prompt
+
+    skills = tuple(env.skills)
+    seen = dict.fromkeys((env.describe(obs), skill) for obs, skill in zip(demos.observations, demos.skills))
+    return [(skill_prompt(env.objective, text, skills=skills), skill, skills) for text, skill in seen]
+
+
+def adapt_skill_prior(
+    env_name: str,
+    env: Any,
+    demos: Any,
+    backend: str = "embedded",
+    *,
+    model_path: str | None = None,
+    device: str = "cpu",
+    epochs: int = DEFAULT_EPOCHS,
+    loss: str = "choice",
+) -> Adaptation:
+    """The backend LoRA-fine-tuned on :func:`skill_pairs` of ``demos`` (trained once and cached by key,
+    ``priorcache.prior.adaptation``). The loss is F3's own cross-entropy over the skill names by
+    default: a skill prior is a classifier over a small fixed vocabulary."""
+    from priorcache.prior.adaptation import lora_finetune
+    from priorcache.prior.registry import backend_model_path, make_backend
+
+    start = time.perf_counter()
+    pairs = skill_pairs(env, demos)
+    if not pairs:
+        raise ConfigError(f"no demonstration steps of {env_name} to fine-tune the skill prior on")
+    lora = lora_finetune(
+        backend_model_path(backend, model_path), pairs, env=env_name, device=device, epochs=epochs, loss=loss
+    )
+    load_start = time.perf_counter()
+    scorer = make_backend(backend, model_path=model_path, device=device, adapter=lora.folder)
+    info = {
+        "adapt": "lora",
+        "lora_pairs": len(pairs),
+        "lora_epochs": epochs,
+        "lora_loss": loss,
+        "lora_key": lora.key,
+        "lora_trained_now": lora.trained,
+        "lora_train_wall_time_s": lora.train_wall_time_s,
+        "backend_load_wall_time_s": time.perf_counter() - load_start,
+        "wall_time_s": time.perf_counter() - start,
+    }
+    return Adaptation(scorer, [], info)

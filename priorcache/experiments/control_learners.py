@@ -238,6 +238,7 @@ class SACPriorLearner:
         alpha_0: float,
         alpha_min: float,
         prior_fit_steps: int = 0,
+        target_kl_per_dim: float | None = None,
     ) -> None:
         from priorcache.agents.sac_prior import SACPriorConfig
 
@@ -253,6 +254,7 @@ class SACPriorLearner:
             skill_alpha_min=alpha_min,
             prior_fit_steps=prior_fit_steps,
             torch_threads=TORCH_THREADS,
+            **({} if target_kl_per_dim is None else {"target_kl_per_dim": target_kl_per_dim}),
         )
         self.agent = config.create(env, prior_source=self.source, gaussians=cache.prior_config.gaussians, seed=seed)
 

@@ -113,6 +113,7 @@ class ControlRunConfig:
     shots: int | None = None  # sac-prior: demonstrations the skill Gaussians are fitted on (0: flat)
     skill_hold: int | None = None  # sac-prior: H, steps a skill is held
     prior_fit_steps: int = 0  # sac-prior: actor steps towards the skill prior before RL (SACPriorConfig)
+    target_kl_per_dim: float | None = None  # sac-prior: δ_KL / d of α's tuning (None: SACPriorConfig's)
     max_episode_steps: int | None = None  # None: the task's own (MetaWorld 500, MuJoCo 1000)
     learning_starts: int = 1_000  # warm-up steps before the first gradient step (both methods)
     batch_size: int = 256
@@ -165,6 +166,9 @@ class ControlRunConfig:
             DEFAULT_SKILL_HOLD if self.skill_hold is None else _check_int("skill_hold", self.skill_hold, 1)
         )
         _check_int("prior_fit_steps", self.prior_fit_steps, 0)
+        kl = self.target_kl_per_dim
+        if kl is not None and not (is_number(kl) and kl > 0):
+            raise ConfigError(f"target_kl_per_dim must be a number > 0, got {self.target_kl_per_dim!r}")
         self.alpha_0 = 1.0 if self.alpha_0 is None else self.alpha_0
         self.alpha_min = 0.25 if self.alpha_min is None else self.alpha_min
         if not (is_number(self.alpha_0) and is_number(self.alpha_min) and 0 < self.alpha_min <= self.alpha_0):
@@ -179,6 +183,7 @@ class ControlRunConfig:
                 ("shots", self.shots, None),
                 ("skill_hold", self.skill_hold, None),
                 ("prior_fit_steps", self.prior_fit_steps, 0),
+                ("target_kl_per_dim", self.target_kl_per_dim, None),
                 ("alpha_0", self.alpha_0, None),
                 ("alpha_min", self.alpha_min, None),
                 ("backend", self.backend, "embedded"),
@@ -208,7 +213,8 @@ class ControlRunConfig:
             mode += f"-{self.cache.kl_budget.target_kl:g}"
         shots = "" if self.shots == DEFAULT_SHOTS else f"-{self.shots}shot"
         fit = f"-fit{self.prior_fit_steps}" if self.prior_fit_steps else ""
-        return f"sac-prior-{mode}{shots}{fit}"
+        kl = "" if self.target_kl_per_dim is None else f"-kl{self.target_kl_per_dim:g}"
+        return f"sac-prior-{mode}{shots}{fit}{kl}"
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -372,6 +378,7 @@ class _Run:
             alpha_0=c.alpha_0,
             alpha_min=c.alpha_min,
             prior_fit_steps=c.prior_fit_steps,
+            target_kl_per_dim=c.target_kl_per_dim,
             **shared,
         )
 
