@@ -147,7 +147,9 @@ def run(
         "(SPiRL's start at the prior; default 0)",
     ),
     adapt: str = typer.Option(
-        "none", help="F8 adaptation on the --shots games: none, icl (in-context pairs), lora (LoRA fine-tune) or both"
+        "none",
+        help="F8 adaptation on the --shots games: none, icl (in-context pairs), lora (LoRA fine-tune) or both; "
+        "control environments: none or lora (the skill prior fine-tuned on the demonstrations)",
     ),
     max_examples: int = typer.Option(10, min=0, help="at most this many in-context pairs (icl, both)"),
     tensorboard: bool = typer.Option(False, help="also write TensorBoard scalars under OUT/tensorboard/"),

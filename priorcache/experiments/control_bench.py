@@ -41,6 +41,7 @@ class ControlMethod(NamedTuple):
     cache_settings: dict[str, Any] = {}  # noqa: RUF012 (a NamedTuple default, never mutated)
     shots: int | None = None  # None: the bench's shots
     prior_fit_steps: int = 0
+    adapt: str = "none"
 
 
 def _methods() -> dict[str, ControlMethod]:
@@ -55,6 +56,14 @@ def _methods() -> dict[str, ControlMethod]:
             methods[f"sac-prior-{'uncached' if mode == 'none' else mode}"] = ControlMethod("sac-prior", mode)
     for shots in (0, 10):  # the shot comparison, beside the default (static) cache's 5 shots
         methods[f"sac-prior-static-{shots}shot"] = ControlMethod("sac-prior", "static", shots=shots)
+    for mode in MODES:  # F8 for control: the skill prior LoRA-fine-tuned on the demonstrations
+        name = "uncached" if mode == "none" else mode
+        if mode == "kl-budget":
+            name += f"-{KL_TARGETS[1]:g}"
+            settings = {"kl_budget": {"target_kl": KL_TARGETS[1]}}
+        else:
+            settings = {}
+        methods[f"sac-prior-{name}-lora"] = ControlMethod("sac-prior", mode, settings, adapt="lora")
     for mode in ("none", "static"):  # the actor started at the skill prior (SPiRL's initialisation)
         name = "uncached" if mode == "none" else mode
         methods[f"sac-prior-{name}-fit{PRIOR_FIT_STEPS}"] = ControlMethod(
@@ -135,6 +144,7 @@ class ControlBenchConfig:
             cache=CacheConfig.from_dict({"mode": m.cache_mode, **m.cache_settings}),
             shots=self.shots if m.shots is None else m.shots,
             prior_fit_steps=m.prior_fit_steps,
+            adapt=m.adapt,
             skill_hold=self.skill_hold,
             backend=self.backend,
             model_path=self.model_path,
@@ -156,7 +166,12 @@ def run_control_bench(
     models = SharedModels(config, backend, encoder)
 
     def run_cell(cell: ControlRunConfig) -> None:
-        llm = (models.backend(), models.encoder()) if cell.method == "sac-prior" else (None, None)
+        # a LoRA-adapted prior loads its own fine-tuned model (one per task)
+        llm = (
+            (None if cell.adapt == "lora" else models.backend(), models.encoder())
+            if cell.method == "sac-prior"
+            else (None, None)
+        )
         resume = can_resume(cell)
         summary = run_control(cell, *llm, progress=False, resume=resume, overwrite=not resume)
         if on_run is not None:

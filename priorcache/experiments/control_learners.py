@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from priorcache.errors import ConfigError
 from priorcache.experiments.control_episodes import ControlEpisode, RecordingSource, TrainingInstances
 from priorcache.io import atomic_write_json
 
@@ -101,6 +102,15 @@ class SkillPriorParts:
             gaussians = SkillGaussians.uniform(env.skills, obs_dim, act_dim)
             info = {"shots": 0, "gaussians": "flat (uniform on [-1, 1]^d)"}
         info["wall_time_s"] = time.perf_counter() - start
+        if config.adapt == "lora":
+            from priorcache.experiments.adapt import adapt_skill_prior
+
+            if backend is not None:
+                raise ConfigError("adapt 'lora' fine-tunes a model of its own; it cannot use an already loaded backend")
+            adaptation = adapt_skill_prior(
+                config.env, env, demos, config.backend, model_path=config.model_path, device=config.device
+            )
+            backend, info["adaptation"] = adaptation.backend, adaptation.info
         if backend is None:
             from priorcache.prior.registry import make_backend
 

@@ -3,12 +3,12 @@
 
 ``priorcache run`` serves both kinds of environment. Its options are of three sorts: shared ones
 (``--seeds``, ``--max-steps``, ``--train-games`` for the training instances, ``--eval-every``,
-``--shots``, ``--out`` …), text-only ones (``TEXT_ONLY``: the text agents, episodes, held-out games,
-LoRA, workers …) and control-only ones (``CONTROL_ONLY``: ``--method``, ``--steps``,
-``--eval-episodes``, ``--skill-hold``, ``--prior-fit-steps``). An option *given* on the command line
-for the other kind is refused with a one-line error naming it, as are SAC-Prior's options
-(``SAC_PRIOR_ONLY``: the cache, the backend, shots, H, the prior fit, F2's temperatures) with
-``--method sac``, which has no prior.
+``--shots``, ``--adapt`` (control: none or lora), ``--out`` …), text-only ones (``TEXT_ONLY``: the
+text agents, episodes, held-out games, LoRA epochs, workers …) and control-only ones
+(``CONTROL_ONLY``: ``--method``, ``--steps``, ``--eval-episodes``, ``--skill-hold``,
+``--prior-fit-steps``). An option *given* on the command line for the other kind is refused with a
+one-line error naming it, as are SAC-Prior's options (``SAC_PRIOR_ONLY``: the cache, the backend,
+shots, adaptation, H, the prior fit, F2's temperatures) with ``--method sac``, which has no prior.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ TEXT_ONLY = (
     "episodes",
     "eval_games",
     "eval_policy",
-    "adapt",
     "max_examples",
     "num_envs",
     "demo_episodes",
@@ -67,6 +66,7 @@ SAC_PRIOR_ONLY = (
     "shots",
     "skill_hold",
     "prior_fit_steps",
+    "adapt",
 )
 
 
@@ -119,6 +119,7 @@ def control_config(
             "shots": params.get("shots"),
             "skill_hold": params.get("skill_hold"),
             "prior_fit_steps": params.get("prior_fit_steps") or 0,
+            "adapt": params.get("adapt") or "none",
             "alpha_0": params.get("alpha"),
             "alpha_min": params.get("alpha_min"),
         }

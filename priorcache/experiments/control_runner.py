@@ -76,6 +76,8 @@ DEFAULT_STEPS = 5_000
 DEFAULT_EVAL_EVERY = 1_000
 DEFAULT_SHOTS = 5
 DEFAULT_SKILL_HOLD = 10
+#: F8 for the skill prior: the base LLM, or a LoRA fine-tune on the demonstrations' (φ(s), skill) pairs.
+CONTROL_ADAPT = ("none", "lora")
 
 
 def control_envs() -> list[str]:
@@ -114,6 +116,7 @@ class ControlRunConfig:
     skill_hold: int | None = None  # sac-prior: H, steps a skill is held
     prior_fit_steps: int = 0  # sac-prior: actor steps towards the skill prior before RL (SACPriorConfig)
     target_kl_per_dim: float | None = None  # sac-prior: δ_KL / d of α's tuning (None: SACPriorConfig's)
+    adapt: str = "none"  # sac-prior: F8 of the skill prior, "none" or "lora" (on the --shots demonstrations)
     max_episode_steps: int | None = None  # None: the task's own (MetaWorld 500, MuJoCo 1000)
     learning_starts: int = 1_000  # warm-up steps before the first gradient step (both methods)
     batch_size: int = 256
@@ -166,6 +169,10 @@ class ControlRunConfig:
             DEFAULT_SKILL_HOLD if self.skill_hold is None else _check_int("skill_hold", self.skill_hold, 1)
         )
         _check_int("prior_fit_steps", self.prior_fit_steps, 0)
+        if self.adapt not in CONTROL_ADAPT:
+            raise ConfigError(f"adapt must be one of {', '.join(CONTROL_ADAPT)} for control, not {self.adapt!r}")
+        if self.adapt == "lora" and self.shots < 1:
+            raise ConfigError("adapt 'lora' fine-tunes the skill prior on the demonstrations: give shots ≥ 1")
         kl = self.target_kl_per_dim
         if kl is not None and not (is_number(kl) and kl > 0):
             raise ConfigError(f"target_kl_per_dim must be a number > 0, got {self.target_kl_per_dim!r}")
@@ -184,6 +191,7 @@ class ControlRunConfig:
                 ("skill_hold", self.skill_hold, None),
                 ("prior_fit_steps", self.prior_fit_steps, 0),
                 ("target_kl_per_dim", self.target_kl_per_dim, None),
+                ("adapt", self.adapt, "none"),
                 ("alpha_0", self.alpha_0, None),
                 ("alpha_min", self.alpha_min, None),
                 ("backend", self.backend, "embedded"),
@@ -214,7 +222,8 @@ class ControlRunConfig:
         shots = "" if self.shots == DEFAULT_SHOTS else f"-{self.shots}shot"
         fit = f"-fit{self.prior_fit_steps}" if self.prior_fit_steps else ""
         kl = "" if self.target_kl_per_dim is None else f"-kl{self.target_kl_per_dim:g}"
-        return f"sac-prior-{mode}{shots}{fit}{kl}"
+        lora = "-lora" if self.adapt == "lora" else ""
+        return f"sac-prior-{mode}{shots}{lora}{fit}{kl}"
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)

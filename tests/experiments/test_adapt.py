@@ -63,3 +63,16 @@ def test_in_context_prefix_fits_the_context_and_is_computed_once_per_episode(env
     # With the prefix cached, a state costs its own tokens only: the examples are not run again.
     assert cold.prompt_tokens - warm[-1].prompt_tokens >= len(backend._prefix_ids(prompts[0].prefix))
     assert [round(float(x), 4) for x in cold.scores[0]] == [round(float(x), 4) for x in warm[-1].scores[0]]
+
+
+def test_skill_pairs_are_the_demonstrations_described_and_labelled_once_each():
+    from priorcache.experiments.adapt import skill_pairs
+    from tests.agents._pendulum_control import SKILLS, PendulumControl, record_demos
+
+    env = PendulumControl()
+    demos = record_demos(env, episodes=2)
+    pairs = skill_pairs(env, demos)
+    labelled = {(env.describe(o), z) for o, z in zip(demos.observations, demos.skills)}
+    assert {(p.state.removeprefix("State: ").removesuffix("\nSkill:"), z) for p, z, _ in pairs} == labelled
+    assert len(pairs) == len(labelled) < len(demos.skills)  # binned texts repeat: each pair once
+    assert all(c == SKILLS and env.objective in p.prefix and SKILLS[0] in p.prefix for p, _, c in pairs)
