@@ -288,6 +288,9 @@ def test_bad_configurations_are_refused(tmp_path: Path) -> None:
         (dict(skill_hold=0), "skill_hold must be an integer ≥ 1"),
         (dict(prior_fit_steps=-1), "prior_fit_steps must be an integer ≥ 0"),
         (dict(method="sac", prior_fit_steps=10), "prior_fit_steps apply to sac-prior only"),
+        (dict(adapt="icl"), "adapt must be one of none, lora for control"),
+        (dict(adapt="lora", shots=0), "give shots ≥ 1"),
+        (dict(method="sac", adapt="lora"), "adapt apply to sac-prior only"),
         (dict(eval_episodes=2_000_000), "the eval split"),
         (dict(alpha_0=0.1, alpha_min=0.5), "alpha_min ≤ alpha_0"),
         (dict(backend="nope"), "unknown LLM backend"),
@@ -306,6 +309,7 @@ def test_bad_configurations_are_refused(tmp_path: Path) -> None:
         (["run", ENV, "--method", "sac", "--cache", "none"], "--cache: an option of --method sac-prior"),
         (["run", ENV, "--method", "sac", "--skill-hold", "3"], "--skill-hold: an option of --method sac-prior"),
         (["run", ENV, "--method", "sac", "--prior-fit-steps", "9"], "--prior-fit-steps: an option of --method sac-"),
+        (["run", ENV, "--method", "sac", "--adapt", "lora"], "--adapt: an option of --method sac-prior"),
         (["run", "babyai", "--prior-fit-steps", "9"], "--prior-fit-steps: an option of continuous-control"),
         (["run", "babyai", "--steps", "100"], "--steps: an option of continuous-control environments"),
         (["run", "babyai", "--method", "sac"], "'babyai' is a text environment"),
@@ -322,11 +326,12 @@ def test_the_cli_refuses_options_of_the_other_kind(tmp_path: Path, args: list[st
 def test_priorcache_run_on_metaworld_with_the_embedded_llm(tmp_path: Path) -> None:
     out = tmp_path / "run"
     args = ["run", ENV, "--steps", "60", "--eval-every", "30", "--eval-episodes", "2", "--max-steps", "20"]
-    args += ["--train-games", "2", "--shots", "2", "--skill-hold", "5", "--prior-fit-steps", "7"]
+    args += ["--train-games", "2", "--shots", "2", "--skill-hold", "5", "--prior-fit-steps", "7", "--adapt", "lora"]
     result = CliRunner().invoke(app, [*args, "--out", str(out), "--quiet"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    assert "sac-prior-static-2shot-fit7" in result.output and "held-out return" in result.output
+    assert "sac-prior-static-2shot-lora-fit7" in result.output and "held-out return" in result.output
     summary = json.loads((out / "summary.json").read_text())
+    assert summary["demonstrations"]["adaptation"]["lora_pairs"] >= 2  # the skill prior was fine-tuned (F8)
     records = _lines(out / "metrics.jsonl")
     assert summary["steps"] == 60 and summary["lookups"] == sum(r["lookups"] for r in records) >= 12
     assert 1 <= summary["llm_full_calls"] <= summary["lookups"] and summary["audit_f5_violations"] == 0
