@@ -97,6 +97,11 @@ class SACPriorConfig:
     buffer_size: int = 100_000
     learning_starts: int = 1_000
     updates_per_step: int = 1
+    # F1 over skills with Q(s,z) in units of its spread over the skills (our design, docs/design.md §4):
+    # Q / max(1, running RMS of Q(s,z) − mean_z Q(s,z)), so that a large reward scale does not drown
+    # the prior's log-ratios; False: F1 on the raw Q, as DQN-Prior's.
+    skill_q_normalise: bool = False
+    q_spread_ema: float = 0.99  # β of the running mean square of that spread (bias-corrected)
     # Gradient steps fitting π(·|s,z) to N_z(·|s) on the warm-up states before the first RL update
     # (SPiRL starts its policy at the prior); 0: the actor starts from its random initialisation.
     prior_fit_steps: int = 0
@@ -127,6 +132,8 @@ class SACPriorConfig:
             raise ConfigError(f"{', '.join(positive)} must be finite and > 0")
         if not math.isfinite(self.target_kl_per_dim) or self.log_std_min >= self.log_std_max:
             raise ConfigError("target_kl_per_dim must be finite and log_std_min < log_std_max")
+        if not 0.0 < self.q_spread_ema < 1.0:
+            raise ConfigError(f"q_spread_ema must be in (0, 1), got {self.q_spread_ema!r}")
         if not 0 < self.skill_alpha_min <= self.skill_alpha_0:
             raise ConfigError(
                 f"need 0 < skill_alpha_min ≤ skill_alpha_0, got {self.skill_alpha_min}, {self.skill_alpha_0}"
@@ -143,6 +150,27 @@ class SACPriorConfig:
         seed: int = 0,
     ) -> SACPrior:
         return SACPrior(self, env, prior_source, gaussians, prompt_builder, embedder, seed)
+
+
+@dataclass
+class QSpread:
+    """The bias-corrected running mean square of Q(s,z) − mean_z Q(s,z) over skill decisions, and the
+    scale F1 divides Q by: max(1, its root), so Q is shrunk to unit spread, never magnified."""
+
+    beta: float
+    mean_square: float = 0.0
+    count: int = 0
+
+    def observe(self, q: np.ndarray) -> None:
+        spread = float(np.mean((q - q.mean()) ** 2))
+        self.mean_square = self.beta * self.mean_square + (1.0 - self.beta) * spread
+        self.count += 1
+
+    @property
+    def scale(self) -> float:
+        if self.count == 0:
+            return 1.0
+        return max(1.0, math.sqrt(self.mean_square / (1.0 - self.beta**self.count)))
 
 
 # --- the agent -----------------------------------------------------------------------------------------
@@ -250,6 +278,7 @@ class SACPrior:
         self.episode_in_progress: EpisodeInProgress | None = None
         self.last_losses: dict[str, float] = {}
         self._td = torch.zeros(0)  # |TD| of the last critic batch (reported to an adaptive cache)
+        self.q_spread = QSpread(config.q_spread_ema)
 
     def _check_gaussians(self, gaussians: SkillGaussians | None, source: Any) -> SkillGaussians:
         """The agent's N_z: the given ones, else the source's (a skill-prior cache), else the flat prior.
@@ -293,6 +322,15 @@ class SACPrior:
             q = torch.min(*self.critic(s, a)).view(n, k).mean(dim=1)
         return q.numpy().astype(np.float64)
 
+    def f1_q(self, q: np.ndarray, observe: bool) -> np.ndarray:
+        """Q(s,z) as F1 over skills takes it: divided by max(1, RMS spread) with ``skill_q_normalise``
+        (``observe``: a training decision, whose spread updates the running mean square first)."""
+        if not self.config.skill_q_normalise:
+            return q
+        if observe:
+            self.q_spread.observe(q)
+        return q / self.q_spread.scale
+
     def _skill_prior(self, obs: np.ndarray, state_text: str, q: np.ndarray, alpha: float) -> tuple[np.ndarray, Any]:
         """log p(z|s) over the vocabulary and the lookup behind it (uniform and None without a source)."""
         if self.prior_source is None:
@@ -313,7 +351,7 @@ class SACPrior:
         """A skill decision while learning: the prior (an LLM query unless the cache serves it), F2's
         update, then z ~ π(z|s) ∝ p(z|s)·exp(Q(s,z)/α_z)."""
         start = time.perf_counter()
-        q = self.skill_q_values(obs)
+        q = self.f1_q(self.skill_q_values(obs), observe=True)
         log_prior, lookup = self._skill_prior(obs, state_text, q, self.sampler.schedule.alpha)
         c = self.counters
         c.skill_decisions += 1
@@ -520,7 +558,7 @@ class SACPrior:
     ) -> tuple[np.ndarray, SkillState]:
         if state is None or state.steps_left <= 0:
             text = self.env.describe(obs) if state_text is None else state_text
-            q = self.skill_q_values(obs, deterministic=True)
+            q = self.f1_q(self.skill_q_values(obs, deterministic=True), observe=False)
             alpha = self.sampler.schedule.alpha
             log_prior, _ = self._skill_prior(obs, text, q, alpha)
             logits = log_prior + q / alpha

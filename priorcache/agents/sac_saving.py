@@ -16,6 +16,7 @@ and stepping its actions again, and checks that the env reaches the saved observ
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -82,6 +83,7 @@ def save_agent(agent: SACPrior, path: Path) -> None:
         "gaussians": agent.gaussians.to_dict(),
         "counters": asdict(agent.counters),
         "hit_rate": agent.sampler.schedule.hit_rate,
+        "q_spread": {"mean_square": agent.q_spread.mean_square, "count": agent.q_spread.count},
         "rng": agent.rng.bit_generator.state,
         "predict_rng": agent._predict_rng.bit_generator.state,
         "episode_log": agent.episode_log,
@@ -128,6 +130,11 @@ def load_agent(
         if not 0.0 <= hit_rate <= 1.0:
             raise ValueError(f"hit_rate {hit_rate}")
         agent.sampler.schedule.hit_rate = hit_rate
+        spread = saved.get("q_spread", {"mean_square": 0.0, "count": 0})  # absent before skill_q_normalise
+        mean_square, count = float(spread["mean_square"]), int(spread["count"])
+        if not (math.isfinite(mean_square) and mean_square >= 0.0 and count >= 0):
+            raise ValueError(f"q_spread {spread}")
+        agent.q_spread.mean_square, agent.q_spread.count = mean_square, count
         agent.episode_log = list(saved["episode_log"])
         episode = saved.get("episode")  # absent in folders saved before episodes went on across calls
         if episode is not None:

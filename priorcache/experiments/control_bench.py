@@ -66,9 +66,10 @@ def _methods() -> dict[str, ControlMethod]:
         methods[f"sac-prior-{name}-lora"] = ControlMethod("sac-prior", mode, settings, adapt="lora")
     for mode in ("none", "static"):  # the actor started at the skill prior (SPiRL's initialisation)
         name = "uncached" if mode == "none" else mode
-        methods[f"sac-prior-{name}-fit{PRIOR_FIT_STEPS}"] = ControlMethod(
-            "sac-prior", mode, prior_fit_steps=PRIOR_FIT_STEPS
-        )
+        for adapt, suffix in (("none", ""), ("lora", "-lora")):
+            methods[f"sac-prior-{name}{suffix}-fit{PRIOR_FIT_STEPS}"] = ControlMethod(
+                "sac-prior", mode, prior_fit_steps=PRIOR_FIT_STEPS, adapt=adapt
+            )
     return methods
 
 

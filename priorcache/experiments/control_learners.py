@@ -249,6 +249,7 @@ class SACPriorLearner:
         alpha_min: float,
         prior_fit_steps: int = 0,
         target_kl_per_dim: float | None = None,
+        skill_q_normalise: bool = False,
     ) -> None:
         from priorcache.agents.sac_prior import SACPriorConfig
 
@@ -263,6 +264,7 @@ class SACPriorLearner:
             skill_alpha_0=alpha_0,
             skill_alpha_min=alpha_min,
             prior_fit_steps=prior_fit_steps,
+            skill_q_normalise=skill_q_normalise,
             torch_threads=TORCH_THREADS,
             **({} if target_kl_per_dim is None else {"target_kl_per_dim": target_kl_per_dim}),
         )
