@@ -15,7 +15,7 @@ import torch
 from scipy import integrate, stats
 
 from priorcache.agents.sac_networks import squashed_gaussian
-from priorcache.agents.sac_prior import SACPrior, SACPriorConfig, SkillState
+from priorcache.agents.sac_prior import QSpread, SACPrior, SACPriorConfig, SkillState
 from priorcache.cache.config import CacheConfig
 from priorcache.cache.prior_cache import PriorCache
 from priorcache.errors import ConfigError
@@ -258,6 +258,38 @@ def test_a_strong_prior_decides_the_skill_when_q_is_flat(gaussians: SkillGaussia
     _, state = agent.predict(obs, state)
     assert state == SkillState(1, TINY.skill_horizon - 1)  # a new decision, served by the cache (same state)
     assert agent.prior_source.stats()["lookups"] == 2 and backend.n_calls == calls
+
+
+def test_q_spread_is_the_bias_corrected_running_rms_and_never_magnifies() -> None:
+    spread = QSpread(beta=0.9)
+    assert spread.scale == 1.0  # nothing observed: Q as it is
+    spread.observe(np.array([0.0, 0.1, 0.2]))  # spread below 1: Q is not magnified
+    assert spread.scale == 1.0
+    qs = [np.array([0.0, 300.0, 0.0]), np.array([10.0, -50.0, 40.0])]
+    for q in qs:
+        spread.observe(q)
+    squares = [float(np.mean((q - q.mean()) ** 2)) for q in [np.array([0.0, 0.1, 0.2]), *qs]]
+    m = sum(0.1 * 0.9 ** (2 - i) * v for i, v in enumerate(squares)) / (1 - 0.9**3)
+    assert spread.scale == pytest.approx(math.sqrt(m))
+
+
+@pytest.mark.parametrize(("normalise", "chosen"), [(False, 2), (True, 1)])
+def test_on_the_priors_scale_a_large_q_no_longer_drowns_the_prior(
+    gaussians: SkillGaussians, normalise: bool, chosen: int
+) -> None:
+    """Q(s,z) = (0, 0, 300) at α_z = 1: raw, it outweighs any prior; divided by its spread (√20000 ≈ 141)
+    it adds 2.1 nats to skill 2, less than the prior's preference for skill 1 (F3's floor ε = 0.05 caps
+    it at log(0.95·3/0.05 + 1) ≈ 4.1 nats), which then decides F1, in learning's draws and predict's mode."""
+    backend = FakeBackend(lambda prompt, skill: 0.0 if skill == SKILLS[1] else -30.0)
+    settings = {"skill_q_normalise": normalise, "skill_alpha_0": 1.0, "skill_alpha_min": 1.0}
+    config = SACPriorConfig(**{**TINY.__dict__, **settings})
+    agent = config.create(PendulumControl(), prior_source=skill_cache(gaussians, backend=backend), seed=3)
+    agent.skill_q_values = lambda obs, deterministic=False: np.array([0.0, 0.0, 300.0])  # type: ignore[method-assign]
+    obs, info = agent.env.reset(seed=0)
+    draws = [agent._decide_skill(obs, info["state_text"]).skill for _ in range(50)]
+    assert np.mean(np.array(draws) == chosen) > 0.75  # normalised: 0.967 / (0.967 + 0.017 + 0.017·e^2.1) ≈ 0.86
+    assert agent.predict(obs)[1].skill == chosen
+    assert agent.q_spread.count == (50 if normalise else 0)  # predict does not move the running spread
 
 
 # --- episodes across learn calls -----------------------------------------------------------------------
