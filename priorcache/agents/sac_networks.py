@@ -4,6 +4,7 @@ a one-hot input, and the twin critics Q(s,a)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -24,17 +25,48 @@ def squashed_gaussian(mean: torch.Tensor, log_std: torch.Tensor, noise: torch.Te
     return torch.tanh(u), log_n - (2.0 * (math.log(2.0) - u - F.softplus(-2.0 * u))).sum(-1)
 
 
-class Actor(nn.Module):
-    """π(a|s,z): a tanh-Gaussian whose mean and log-std come from an MLP on [s, one-hot(z)]."""
+def squashed_log_prob(mean: torch.Tensor, log_std: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+    """log π(a) of given actions a ∈ (−1, 1)^d under the tanh-Gaussian of ``mean``/``log_std``: u = atanh(a),
+    log N(u) − Σ log(1 − a²) (``squashed_gaussian``'s density, evaluated at a rather than drawn)."""
+    u = torch.atanh(action)
+    noise = (u - mean) / log_std.exp()
+    log_n = (-0.5 * noise**2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+    return log_n - (2.0 * (math.log(2.0) - u - F.softplus(-2.0 * u))).sum(-1)
 
-    def __init__(self, obs_dim: int, n_skills: int, act_dim: int, hidden: int, log_std_range: tuple[float, float]):
+
+#: A residual actor's base is atanh of the prior mean shrunk by this much: μ_z is clipped to ±1, atanh(±1) = ±∞.
+BASE_SHRINK = 0.97
+
+
+class Actor(nn.Module):
+    """π(a|s,z): a tanh-Gaussian whose mean and log-std come from an MLP on [s, one-hot(z)].
+
+    With ``base`` (a function (obs, skills) → prior mean action μ_z(s) in [−1, 1]^d) the actor is a
+    residual on it: the pre-tanh mean is atanh(0.97·μ_z(s)) plus the MLP's output, whose mean half
+    starts at zero, so the untrained actor's mean action is the prior's at every state."""
+
+    def __init__(
+        self,
+        obs_dim: int,
+        n_skills: int,
+        act_dim: int,
+        hidden: int,
+        log_std_range: tuple[float, float],
+        base: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    ):
         super().__init__()
-        self.n_skills, self.log_std_range = n_skills, log_std_range
+        self.n_skills, self.log_std_range, self.base = n_skills, log_std_range, base
         self.net = mlp(obs_dim + n_skills, hidden, 2 * act_dim)
+        if base is not None:
+            with torch.no_grad():
+                self.net[-1].weight[:act_dim].zero_()
+                self.net[-1].bias[:act_dim].zero_()
 
     def forward(self, obs: torch.Tensor, skill: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.net(torch.cat([obs, F.one_hot(skill, self.n_skills).to(obs.dtype)], dim=-1))
         mean, log_std = out.chunk(2, dim=-1)
+        if self.base is not None:
+            mean = mean + torch.atanh(BASE_SHRINK * self.base(obs, skill))
         return mean, torch.clamp(log_std, *self.log_std_range)
 
     def sample(self, obs: torch.Tensor, skill: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, ...]:

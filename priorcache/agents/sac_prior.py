@@ -55,7 +55,7 @@ from torch.nn import functional as F
 
 from priorcache.agents.base import episode_seed
 from priorcache.agents.control_buffer import ControlReplayBuffer
-from priorcache.agents.sac_networks import Actor, TwinQ
+from priorcache.agents.sac_networks import Actor, TwinQ, squashed_log_prob
 from priorcache.agents.saving import read_arrays, write_arrays
 from priorcache.errors import ConfigError
 from priorcache.posterior import PosteriorSampler, TemperatureSchedule
@@ -102,6 +102,9 @@ class SACPriorConfig:
     # the prior's log-ratios; False: F1 on the raw Q, as DQN-Prior's.
     skill_q_normalise: bool = False
     q_spread_ema: float = 0.99  # β of the running mean square of that spread (bias-corrected)
+    # π's pre-tanh mean as atanh(0.97·μ_z(s)) plus the network's output, which starts at zero: a residual
+    # on the skill prior, whose mean action the untrained actor takes everywhere (our design, §4).
+    actor_on_prior: bool = False
     # Gradient steps fitting π(·|s,z) to N_z(·|s) on the warm-up states before the first RL update
     # (SPiRL starts its policy at the prior); 0: the actor starts from its random initialisation.
     prior_fit_steps: int = 0
@@ -263,7 +266,10 @@ class SACPrior:
         n, h = len(self.skills), config.hidden_size
         with torch.random.fork_rng(devices=[]):  # seeded weights without touching torch's global RNG
             torch.manual_seed(seed)
-            self.actor = Actor(self.obs_dim, n, self.act_dim, h, (config.log_std_min, config.log_std_max))
+            base = None
+            if config.actor_on_prior and not self.gaussians.flat:
+                base = lambda obs, z: self.gaussians.mean_std_torch(obs, z)[0]  # noqa: E731
+            self.actor = Actor(self.obs_dim, n, self.act_dim, h, (config.log_std_min, config.log_std_max), base)
             self.critic = TwinQ(self.obs_dim, self.act_dim, h)
         self.critic_target = TwinQ(self.obs_dim, self.act_dim, h)
         self.critic_target.load_state_dict(self.critic.state_dict())
@@ -400,9 +406,25 @@ class SACPrior:
         return (self.log_alpha.exp().detach() * kl - q).mean(), kl
 
     def prior_fit_loss(self, obs: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
-        """E[KL̂(π(·|s,z) ‖ N_z(·|s))] over every state of ``obs`` under every skill: the actor loss
-        without its Q term, least where π is the skill prior (as far as a tanh-Gaussian can be)."""
-        return self._actor_draws(obs, noise)[2].mean()
+        """−E[log π(a|s,z)], a ~ N_z(·|s) clipped into (−1, 1), over every state of ``obs`` under every
+        skill (``noise``: (B·Z, d) standard normal for the draws): behaviour cloning of the skill prior,
+        KL(N_z ‖ π) up to N_z's entropy. The forward KL fits π's mean to μ_z(s); the reverse KL of the
+        RL loss, tried first, left the actor's mean action far from μ_z on MetaWorld push (its mean
+        actions there scored as the untrained actor's), since it only asks π's mass to lie where N_z's
+        does."""
+        n = len(self.skills)
+        s = obs.repeat_interleave(n, dim=0)
+        z = torch.arange(n).repeat(len(obs))
+        if noise is None:
+            noise = torch.randn(len(s), self.act_dim, generator=self.torch_rng)
+        with torch.no_grad():
+            if self.gaussians.flat:  # uniform on the box: draws through the normal CDF
+                a = torch.special.ndtr(noise) * 2.0 - 1.0
+            else:
+                prior_mean, prior_std = self.gaussians.mean_std_torch(s, z)
+                a = prior_mean + prior_std * noise
+            a = torch.clamp(a, -1.0 + 1e-3, 1.0 - 1e-3)
+        return -squashed_log_prob(*self.actor(s, z), a).mean()
 
     def _fit_actor_to_prior(self) -> None:
         """``prior_fit_steps`` steps of :meth:`prior_fit_loss` on replayed (warm-up) states, with an Adam

@@ -250,6 +250,7 @@ class SACPriorLearner:
         prior_fit_steps: int = 0,
         target_kl_per_dim: float | None = None,
         skill_q_normalise: bool = False,
+        actor_on_prior: bool = False,
     ) -> None:
         from priorcache.agents.sac_prior import SACPriorConfig
 
@@ -265,6 +266,7 @@ class SACPriorLearner:
             skill_alpha_min=alpha_min,
             prior_fit_steps=prior_fit_steps,
             skill_q_normalise=skill_q_normalise,
+            actor_on_prior=actor_on_prior,
             torch_threads=TORCH_THREADS,
             **({} if target_kl_per_dim is None else {"target_kl_per_dim": target_kl_per_dim}),
         )

@@ -118,6 +118,7 @@ class ControlRunConfig:
     target_kl_per_dim: float | None = None  # sac-prior: δ_KL / d of α's tuning (None: SACPriorConfig's)
     adapt: str = "none"  # sac-prior: F8 of the skill prior, "none" or "lora" (on the --shots demonstrations)
     skill_q_normalise: bool = False  # sac-prior: F1 over skills on Q in units of its spread (SACPriorConfig)
+    actor_on_prior: bool = False  # sac-prior: the actor a residual on the skill prior's mean (SACPriorConfig)
     max_episode_steps: int | None = None  # None: the task's own (MetaWorld 500, MuJoCo 1000)
     learning_starts: int = 1_000  # warm-up steps before the first gradient step (both methods)
     batch_size: int = 256
@@ -170,8 +171,9 @@ class ControlRunConfig:
             DEFAULT_SKILL_HOLD if self.skill_hold is None else _check_int("skill_hold", self.skill_hold, 1)
         )
         _check_int("prior_fit_steps", self.prior_fit_steps, 0)
-        if not isinstance(self.skill_q_normalise, bool):
-            raise ConfigError(f"skill_q_normalise must be true or false, got {self.skill_q_normalise!r}")
+        for flag in ("skill_q_normalise", "actor_on_prior"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ConfigError(f"{flag} must be true or false, got {getattr(self, flag)!r}")
         if self.adapt not in CONTROL_ADAPT:
             raise ConfigError(f"adapt must be one of {', '.join(CONTROL_ADAPT)} for control, not {self.adapt!r}")
         if self.adapt == "lora" and self.shots < 1:
@@ -196,6 +198,7 @@ class ControlRunConfig:
                 ("target_kl_per_dim", self.target_kl_per_dim, None),
                 ("adapt", self.adapt, "none"),
                 ("skill_q_normalise", self.skill_q_normalise, False),
+                ("actor_on_prior", self.actor_on_prior, False),
                 ("alpha_0", self.alpha_0, None),
                 ("alpha_min", self.alpha_min, None),
                 ("backend", self.backend, "embedded"),
@@ -228,7 +231,8 @@ class ControlRunConfig:
         kl = "" if self.target_kl_per_dim is None else f"-kl{self.target_kl_per_dim:g}"
         lora = "-lora" if self.adapt == "lora" else ""
         qn = "-qnorm" if self.skill_q_normalise else ""
-        return f"sac-prior-{mode}{shots}{lora}{fit}{kl}{qn}"
+        res = "-residual" if self.actor_on_prior else ""
+        return f"sac-prior-{mode}{shots}{lora}{fit}{kl}{qn}{res}"
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -394,6 +398,7 @@ class _Run:
             prior_fit_steps=c.prior_fit_steps,
             target_kl_per_dim=c.target_kl_per_dim,
             skill_q_normalise=c.skill_q_normalise,
+            actor_on_prior=c.actor_on_prior,
             **shared,
         )
 

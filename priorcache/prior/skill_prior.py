@@ -208,12 +208,20 @@ class SkillGaussians:
 
         if self.flat:  # actions of a tanh policy lie inside the box: the constant −d·log 2
             return torch.full(actions.shape[:-1], -self.act_dim * math.log(2.0), dtype=actions.dtype)
+        mean, std = self.mean_std_torch(obs, skill)
+        z = (actions - mean) / std
+        return torch.sum(-0.5 * z * z - torch.log(std) - 0.5 * LOG_2PI, dim=-1)
+
+    def mean_std_torch(self, obs: torch.Tensor, skill: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(μ_z(s), σ_z), each (B, d), for obs (B, obs_dim) and skill indices (B,); not for the flat prior."""
+        import torch
+
+        if self.flat:
+            raise ConfigError("the flat prior is uniform on [-1, 1]^d: it has no Gaussian mean and std")
         t = self._tensors
         x = (obs - t["obs_mean"]) / t["obs_scale"]
         mean = torch.clamp(torch.einsum("bij,bj->bi", t["weights"][skill], x) + t["bias"][skill], -1.0, 1.0)
-        std = t["std"][skill]
-        z = (actions - mean) / std
-        return torch.sum(-0.5 * z * z - torch.log(std) - 0.5 * LOG_2PI, dim=-1)
+        return mean, t["std"][skill]
 
     # --- plain data (an agent's save) ---------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
