@@ -140,11 +140,11 @@ def run(
     skill_hold: int | None = typer.Option(
         None, min=1, help=f"control environments, sac-prior: H, steps a skill is held (default {DEFAULT_SKILL_HOLD})"
     ),
-    prior_fit_steps: int | None = typer.Option(
-        None,
-        min=0,
-        help="control environments, sac-prior: gradient steps fitting the actor to the skill Gaussians before RL "
-        "(SPiRL's start at the prior; default 0)",
+    residual_actor: bool = typer.Option(
+        False, help="control environments, sac-prior: the actor a residual on the skill prior's mean action"
+    ),
+    normalise_skill_q: bool = typer.Option(
+        False, help="control environments, sac-prior: F1 over skills with Q(s,z) shrunk to unit spread"
     ),
     adapt: str = typer.Option(
         "none",

@@ -25,15 +25,6 @@ def squashed_gaussian(mean: torch.Tensor, log_std: torch.Tensor, noise: torch.Te
     return torch.tanh(u), log_n - (2.0 * (math.log(2.0) - u - F.softplus(-2.0 * u))).sum(-1)
 
 
-def squashed_log_prob(mean: torch.Tensor, log_std: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-    """log π(a) of given actions a ∈ (−1, 1)^d under the tanh-Gaussian of ``mean``/``log_std``: u = atanh(a),
-    log N(u) − Σ log(1 − a²) (``squashed_gaussian``'s density, evaluated at a rather than drawn)."""
-    u = torch.atanh(action)
-    noise = (u - mean) / log_std.exp()
-    log_n = (-0.5 * noise**2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
-    return log_n - (2.0 * (math.log(2.0) - u - F.softplus(-2.0 * u))).sum(-1)
-
-
 #: A residual actor's base is atanh of the prior mean shrunk by this much: μ_z is clipped to ±1, atanh(±1) = ±∞.
 BASE_SHRINK = 0.97
 

@@ -28,9 +28,9 @@ default δ_KL = d·(1 + log 2) is SAC's default target entropy −d (KL(π‖U) 
 this agent with ``prior_source=None`` and flat Gaussians is SAC (with skills as an extra input).
 
 Warm-up: for the first ``learning_starts`` steps the action is a draw from the held skill's N_z(·|s)
-(uniform for the flat prior, which is SAC's random warm-up). With ``prior_fit_steps`` > 0 the actor is
-then fitted to the prior (min E[KL̂(π‖N_z)] on the warm-up states) before the first RL update, as
-SPiRL starts its policy at the prior; by default (0) it starts from its random initialisation.
+(uniform for the flat prior, which is SAC's random warm-up). With ``actor_on_prior`` the actor is a
+residual on the skill prior's mean (:class:`~priorcache.agents.sac_networks.Actor`), so it starts
+where the prior is, as SPiRL starts its policy at the prior.
 
 SB3-style API: ``learn(total_timesteps)``
 (the episode in progress goes on across calls, as SB3's ``learn(n, reset_num_timesteps=False)``),
@@ -55,7 +55,7 @@ from torch.nn import functional as F
 
 from priorcache.agents.base import episode_seed
 from priorcache.agents.control_buffer import ControlReplayBuffer
-from priorcache.agents.sac_networks import Actor, TwinQ, squashed_log_prob
+from priorcache.agents.sac_networks import Actor, TwinQ
 from priorcache.agents.saving import read_arrays, write_arrays
 from priorcache.errors import ConfigError
 from priorcache.posterior import PosteriorSampler, TemperatureSchedule
@@ -105,9 +105,6 @@ class SACPriorConfig:
     # π's pre-tanh mean as atanh(0.97·μ_z(s)) plus the network's output, which starts at zero: a residual
     # on the skill prior, whose mean action the untrained actor takes everywhere (our design, §4).
     actor_on_prior: bool = False
-    # Gradient steps fitting π(·|s,z) to N_z(·|s) on the warm-up states before the first RL update
-    # (SPiRL starts its policy at the prior); 0: the actor starts from its random initialisation.
-    prior_fit_steps: int = 0
     hidden_size: int = 256
     q_samples: int = 4  # draws per skill for Q(s,z)
     skill_alpha_0: float = 1.0  # F2 for the high level's α_z
@@ -125,9 +122,8 @@ class SACPriorConfig:
         for name in ("skill_horizon", "batch_size", "buffer_size", "updates_per_step", "hidden_size", "q_samples"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be an integer ≥ 1, got {getattr(self, name)!r}")
-        for name in ("learning_starts", "prior_fit_steps"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be an integer ≥ 0, got {getattr(self, name)!r}")
+        if not isinstance(self.learning_starts, int) or self.learning_starts < 0:
+            raise ConfigError(f"learning_starts must be an integer ≥ 0, got {self.learning_starts!r}")
         if not (0.0 <= self.gamma <= 1.0 and 0.0 < self.tau <= 1.0):
             raise ConfigError(f"need gamma in [0, 1] and tau in (0, 1], got {self.gamma}, {self.tau}")
         positive = ("actor_lr", "critic_lr", "alpha_lr", "init_alpha")
@@ -189,7 +185,6 @@ class SACPriorCounters:
     partial_queries: int = 0
     cache_hits: int = 0
     gradient_steps: int = 0
-    prior_fit_steps: int = 0  # the actor's steps towards N_z before RL (SACPriorConfig.prior_fit_steps)
     llm_time_s: float = 0.0
     decision_time_s: float = 0.0  # skill decisions, LLM included
     train_time_s: float = 0.0  # gradient steps
@@ -387,57 +382,18 @@ class SACPrior:
         self._td = (q1.detach() - target).abs()
         return F.mse_loss(q1, target) + F.mse_loss(q2, target)
 
-    def _actor_draws(self, obs: torch.Tensor, noise: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
-        """Every state of ``obs`` (B, obs_dim) under every skill, state-major (B·Z rows): the states,
-        the actions a ~ π(·|s,z) drawn with ``noise`` (B·Z, d) and their KL̂ = log π(a|s,z) − log N_z(a|s)."""
+    def actor_loss(self, obs: torch.Tensor, noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(E[α·(log π(a|s,z) − log N_z(a|s)) − min_i Q_i(s,a)], KL̂ per sample) over every state of
+        ``obs`` (B, obs_dim) under every skill: B·Z samples, state-major (``noise``: (B·Z, d))."""
         n = len(self.skills)
         s = obs.repeat_interleave(n, dim=0)
         z = torch.arange(n).repeat(len(obs))
         if noise is None:
             noise = torch.randn(len(s), self.act_dim, generator=self.torch_rng)
         a, log_pi = self.actor.sample(s, z, noise)
-        return s, a, log_pi - self.gaussians.log_density_torch(s, a, z)
-
-    def actor_loss(self, obs: torch.Tensor, noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(E[α·(log π(a|s,z) − log N_z(a|s)) − min_i Q_i(s,a)], KL̂ per sample) over every state of
-        ``obs`` (B, obs_dim) under every skill: B·Z samples, state-major (``noise``: (B·Z, d))."""
-        s, a, kl = self._actor_draws(obs, noise)
+        kl = log_pi - self.gaussians.log_density_torch(s, a, z)
         q = torch.min(*self.critic(s, a))
         return (self.log_alpha.exp().detach() * kl - q).mean(), kl
-
-    def prior_fit_loss(self, obs: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
-        """−E[log π(a|s,z)], a ~ N_z(·|s) clipped into (−1, 1), over every state of ``obs`` under every
-        skill (``noise``: (B·Z, d) standard normal for the draws): behaviour cloning of the skill prior,
-        KL(N_z ‖ π) up to N_z's entropy. The forward KL fits π's mean to μ_z(s); the reverse KL of the
-        RL loss, tried first, left the actor's mean action far from μ_z on MetaWorld push (its mean
-        actions there scored as the untrained actor's), since it only asks π's mass to lie where N_z's
-        does."""
-        n = len(self.skills)
-        s = obs.repeat_interleave(n, dim=0)
-        z = torch.arange(n).repeat(len(obs))
-        if noise is None:
-            noise = torch.randn(len(s), self.act_dim, generator=self.torch_rng)
-        with torch.no_grad():
-            if self.gaussians.flat:  # uniform on the box: draws through the normal CDF
-                a = torch.special.ndtr(noise) * 2.0 - 1.0
-            else:
-                prior_mean, prior_std = self.gaussians.mean_std_torch(s, z)
-                a = prior_mean + prior_std * noise
-            a = torch.clamp(a, -1.0 + 1e-3, 1.0 - 1e-3)
-        return -squashed_log_prob(*self.actor(s, z), a).mean()
-
-    def _fit_actor_to_prior(self) -> None:
-        """``prior_fit_steps`` steps of :meth:`prior_fit_loss` on replayed (warm-up) states, with an Adam
-        of their own, so that RL's actor optimiser starts with fresh moments."""
-        start = time.perf_counter()
-        opt = torch.optim.Adam(self.actor.parameters(), lr=self.config.actor_lr)
-        for _ in range(self.config.prior_fit_steps):
-            loss = self.prior_fit_loss(self.buffer.sample(self.config.batch_size, self.rng)["obs"])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        self.counters.prior_fit_steps += self.config.prior_fit_steps
-        self.counters.train_time_s += time.perf_counter() - start
 
     def alpha_loss(self, kl: torch.Tensor) -> torch.Tensor:
         """SPiRL's automatic α: −log α·(mean KL̂ − δ_KL); α rises while the KL is above the target."""
@@ -522,8 +478,6 @@ class SACPrior:
                 ep.decision, ep.steps_left = self._decide_skill(next_obs, info["state_text"]), cfg.skill_horizon
             self.buffer.add(obs, action, float(reward), bool(terminated), z, hit, next_obs, ep.decision.skill)
             if c.env_steps >= cfg.learning_starts and len(self.buffer) >= cfg.batch_size:
-                if cfg.prior_fit_steps and c.gradient_steps == 0 and c.prior_fit_steps == 0:
-                    self._fit_actor_to_prior()
                 for _ in range(cfg.updates_per_step):
                     self._update()
             ep.obs = next_obs

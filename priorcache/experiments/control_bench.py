@@ -40,7 +40,8 @@ class ControlMethod(NamedTuple):
     cache_mode: str | None = None
     cache_settings: dict[str, Any] = {}  # noqa: RUF012 (a NamedTuple default, never mutated)
     shots: int | None = None  # None: the bench's shots
-    prior_fit_steps: int = 0
+    skill_q_normalise: bool = False
+    actor_on_prior: bool = False
     adapt: str = "none"
 
 
@@ -56,25 +57,23 @@ def _methods() -> dict[str, ControlMethod]:
             methods[f"sac-prior-{'uncached' if mode == 'none' else mode}"] = ControlMethod("sac-prior", mode)
     for shots in (0, 10):  # the shot comparison, beside the default (static) cache's 5 shots
         methods[f"sac-prior-static-{shots}shot"] = ControlMethod("sac-prior", "static", shots=shots)
-    for mode in MODES:  # F8 for control: the skill prior LoRA-fine-tuned on the demonstrations
+    # F8 for control, the skill prior LoRA-fine-tuned on the demonstrations: alone ("-lora"), and with
+    # the prior leading (Q on the prior's scale in F1, the actor a residual on the prior's mean)
+    for mode in MODES:
         name = "uncached" if mode == "none" else mode
+        settings: dict[str, Any] = {}
         if mode == "kl-budget":
-            name += f"-{KL_TARGETS[1]:g}"
-            settings = {"kl_budget": {"target_kl": KL_TARGETS[1]}}
-        else:
-            settings = {}
+            name += f"-{DEFAULT_KL_TARGET:g}"
+            settings = {"kl_budget": {"target_kl": DEFAULT_KL_TARGET}}
         methods[f"sac-prior-{name}-lora"] = ControlMethod("sac-prior", mode, settings, adapt="lora")
-    for mode in ("none", "static"):  # the actor started at the skill prior (SPiRL's initialisation)
-        name = "uncached" if mode == "none" else mode
-        for adapt, suffix in (("none", ""), ("lora", "-lora")):
-            methods[f"sac-prior-{name}{suffix}-fit{PRIOR_FIT_STEPS}"] = ControlMethod(
-                "sac-prior", mode, prior_fit_steps=PRIOR_FIT_STEPS, adapt=adapt
-            )
+        methods[f"sac-prior-{name}-lora-qnorm-residual"] = ControlMethod(
+            "sac-prior", mode, settings, adapt="lora", skill_q_normalise=True, actor_on_prior=True
+        )
     return methods
 
 
-#: The ``-fit`` methods' gradient steps fitting the actor to the skill prior before RL.
-PRIOR_FIT_STEPS = 1000
+#: The kl-budget target of the default table's and the LoRA methods' kl-budget rows.
+DEFAULT_KL_TARGET = 0.05
 
 
 #: method name -> how it runs.
@@ -86,7 +85,7 @@ DEFAULT_CONTROL_METHODS = [
     "sac-prior-uncached",
     "sac-prior-static",
     "sac-prior-adaptive",
-    "sac-prior-kl-budget-0.05",
+    f"sac-prior-kl-budget-{DEFAULT_KL_TARGET:g}",
 ]
 
 
@@ -144,7 +143,8 @@ class ControlBenchConfig:
             **common,
             cache=CacheConfig.from_dict({"mode": m.cache_mode, **m.cache_settings}),
             shots=self.shots if m.shots is None else m.shots,
-            prior_fit_steps=m.prior_fit_steps,
+            skill_q_normalise=m.skill_q_normalise,
+            actor_on_prior=m.actor_on_prior,
             adapt=m.adapt,
             skill_hold=self.skill_hold,
             backend=self.backend,

@@ -247,7 +247,6 @@ class SACPriorLearner:
         skill_hold: int,
         alpha_0: float,
         alpha_min: float,
-        prior_fit_steps: int = 0,
         target_kl_per_dim: float | None = None,
         skill_q_normalise: bool = False,
         actor_on_prior: bool = False,
@@ -264,7 +263,6 @@ class SACPriorLearner:
             hidden_size=hidden_size,
             skill_alpha_0=alpha_0,
             skill_alpha_min=alpha_min,
-            prior_fit_steps=prior_fit_steps,
             skill_q_normalise=skill_q_normalise,
             actor_on_prior=actor_on_prior,
             torch_threads=TORCH_THREADS,
@@ -328,7 +326,6 @@ class SACPriorLearner:
         c = self.agent.counters
         return {
             "gradient_steps": int(c.gradient_steps),
-            "prior_fit_steps": int(c.prior_fit_steps),
             "alpha": self.agent.alpha,
             "skill_decisions": int(c.skill_decisions),
             # the whole skill decision (Q(s,z) for every skill, the lookup, F1's draw); the decision

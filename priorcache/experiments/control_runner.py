@@ -114,7 +114,6 @@ class ControlRunConfig:
     train_games: int = 10  # training instances, played in turn
     shots: int | None = None  # sac-prior: demonstrations the skill Gaussians are fitted on (0: flat)
     skill_hold: int | None = None  # sac-prior: H, steps a skill is held
-    prior_fit_steps: int = 0  # sac-prior: actor steps towards the skill prior before RL (SACPriorConfig)
     target_kl_per_dim: float | None = None  # sac-prior: δ_KL / d of α's tuning (None: SACPriorConfig's)
     adapt: str = "none"  # sac-prior: F8 of the skill prior, "none" or "lora" (on the --shots demonstrations)
     skill_q_normalise: bool = False  # sac-prior: F1 over skills on Q in units of its spread (SACPriorConfig)
@@ -170,7 +169,6 @@ class ControlRunConfig:
         self.skill_hold = (
             DEFAULT_SKILL_HOLD if self.skill_hold is None else _check_int("skill_hold", self.skill_hold, 1)
         )
-        _check_int("prior_fit_steps", self.prior_fit_steps, 0)
         for flag in ("skill_q_normalise", "actor_on_prior"):
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigError(f"{flag} must be true or false, got {getattr(self, flag)!r}")
@@ -194,7 +192,6 @@ class ControlRunConfig:
                 ("cache", self.cache, None),
                 ("shots", self.shots, None),
                 ("skill_hold", self.skill_hold, None),
-                ("prior_fit_steps", self.prior_fit_steps, 0),
                 ("target_kl_per_dim", self.target_kl_per_dim, None),
                 ("adapt", self.adapt, "none"),
                 ("skill_q_normalise", self.skill_q_normalise, False),
@@ -227,12 +224,11 @@ class ControlRunConfig:
         if mode == "kl-budget":
             mode += f"-{self.cache.kl_budget.target_kl:g}"
         shots = "" if self.shots == DEFAULT_SHOTS else f"-{self.shots}shot"
-        fit = f"-fit{self.prior_fit_steps}" if self.prior_fit_steps else ""
         kl = "" if self.target_kl_per_dim is None else f"-kl{self.target_kl_per_dim:g}"
         lora = "-lora" if self.adapt == "lora" else ""
         qn = "-qnorm" if self.skill_q_normalise else ""
         res = "-residual" if self.actor_on_prior else ""
-        return f"sac-prior-{mode}{shots}{lora}{fit}{kl}{qn}{res}"
+        return f"sac-prior-{mode}{shots}{lora}{kl}{qn}{res}"
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -395,7 +391,6 @@ class _Run:
             skill_hold=c.skill_hold,
             alpha_0=c.alpha_0,
             alpha_min=c.alpha_min,
-            prior_fit_steps=c.prior_fit_steps,
             target_kl_per_dim=c.target_kl_per_dim,
             skill_q_normalise=c.skill_q_normalise,
             actor_on_prior=c.actor_on_prior,

@@ -147,7 +147,7 @@ def _check_protocol(out: Path, config: ControlRunConfig, watched: dict[str, list
 
 def test_sac_prior_run(tmp_path: Path, watched: dict[str, list]) -> None:
     backend = FakeBackend()
-    config = _config(tmp_path / "run", tensorboard=True, prior_fit_steps=5)
+    config = _config(tmp_path / "run", tensorboard=True, actor_on_prior=True, skill_q_normalise=True)
     summary = run_control(config, backend=backend, encoder=HashEncoder(), progress=False)
     out = config.out
     _check_protocol(out, config, watched)
@@ -163,7 +163,7 @@ def test_sac_prior_run(tmp_path: Path, watched: dict[str, list]) -> None:
         sum(r["llm_calls"] for r in records if r["end_step"] <= s) for s in (0, 40, 80)
     ]
     assert summary["hit_rate"] > 0 and summary["audits"] >= 1 and summary["audit_f5_violations"] == 0
-    assert summary["decision_unit"] == "skill decision" and summary["label"] == "sac-prior-static-2shot-fit5"
+    assert summary["decision_unit"] == "skill decision" and summary["label"] == "sac-prior-static-2shot-qnorm-residual"
     # SAC-Prior runs its episode on across evaluations, as SB3 does: only the budget cuts the last one
     assert [(r["steps"], r["cut"], r["end_step"]) for r in records] == [
         (30, False, 30),
@@ -173,7 +173,6 @@ def test_sac_prior_run(tmp_path: Path, watched: dict[str, list]) -> None:
     seed = summary["per_seed"][0]
     # gradient steps from the step that reaches learning_starts on (SB3: from the one after it)
     assert seed["env_steps"] == 80 and seed["gradient_steps"] == 80 - 30 + 1 and seed["env_steps_per_s"] > 0
-    assert seed["prior_fit_steps"] == 5  # once, before the first gradient step
     assert summary["demonstrations"]["demonstrator"].startswith("MetaWorld scripted expert")
     assert (out / "cache" / "seed0").is_dir() and not (out / "checkpoint").exists()
 
@@ -286,8 +285,9 @@ def test_bad_configurations_are_refused(tmp_path: Path) -> None:
         (dict(steps=0), "steps must be an integer ≥ 1"),
         (dict(eval_every=-1), "eval_every must be an integer ≥ 0"),
         (dict(skill_hold=0), "skill_hold must be an integer ≥ 1"),
-        (dict(prior_fit_steps=-1), "prior_fit_steps must be an integer ≥ 0"),
-        (dict(method="sac", prior_fit_steps=10), "prior_fit_steps apply to sac-prior only"),
+        (dict(actor_on_prior=1), "actor_on_prior must be true or false"),
+        (dict(target_kl_per_dim=0.0), "target_kl_per_dim must be a number > 0"),
+        (dict(method="sac", actor_on_prior=True), "actor_on_prior apply to sac-prior only"),
         (dict(adapt="icl"), "adapt must be one of none, lora for control"),
         (dict(adapt="lora", shots=0), "give shots ≥ 1"),
         (dict(method="sac", adapt="lora"), "adapt apply to sac-prior only"),
@@ -308,9 +308,9 @@ def test_bad_configurations_are_refused(tmp_path: Path) -> None:
         (["run", ENV, "--agent", "dqn", "--eval-games", "2"], "--agent, --eval-games: options of text environments"),
         (["run", ENV, "--method", "sac", "--cache", "none"], "--cache: an option of --method sac-prior"),
         (["run", ENV, "--method", "sac", "--skill-hold", "3"], "--skill-hold: an option of --method sac-prior"),
-        (["run", ENV, "--method", "sac", "--prior-fit-steps", "9"], "--prior-fit-steps: an option of --method sac-"),
+        (["run", ENV, "--method", "sac", "--residual-actor"], "--residual-actor: an option of --method sac-prior"),
         (["run", ENV, "--method", "sac", "--adapt", "lora"], "--adapt: an option of --method sac-prior"),
-        (["run", "babyai", "--prior-fit-steps", "9"], "--prior-fit-steps: an option of continuous-control"),
+        (["run", "babyai", "--normalise-skill-q"], "--normalise-skill-q: an option of continuous-control"),
         (["run", "babyai", "--steps", "100"], "--steps: an option of continuous-control environments"),
         (["run", "babyai", "--method", "sac"], "'babyai' is a text environment"),
     ],
@@ -326,10 +326,10 @@ def test_the_cli_refuses_options_of_the_other_kind(tmp_path: Path, args: list[st
 def test_priorcache_run_on_metaworld_with_the_embedded_llm(tmp_path: Path) -> None:
     out = tmp_path / "run"
     args = ["run", ENV, "--steps", "60", "--eval-every", "30", "--eval-episodes", "2", "--max-steps", "20"]
-    args += ["--train-games", "2", "--shots", "2", "--skill-hold", "5", "--prior-fit-steps", "7", "--adapt", "lora"]
+    args += ["--train-games", "2", "--shots", "2", "--skill-hold", "5", "--adapt", "lora", "--residual-actor"]
     result = CliRunner().invoke(app, [*args, "--out", str(out), "--quiet"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    assert "sac-prior-static-2shot-lora-fit7" in result.output and "held-out return" in result.output
+    assert "sac-prior-static-2shot-lora-residual" in result.output and "held-out return" in result.output
     summary = json.loads((out / "summary.json").read_text())
     assert summary["demonstrations"]["adaptation"]["lora_pairs"] >= 2  # the skill prior was fine-tuned (F8)
     records = _lines(out / "metrics.jsonl")
