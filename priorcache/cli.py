@@ -143,8 +143,10 @@ def run(
     residual_actor: bool = typer.Option(
         False, help="control environments, sac-prior: the actor a residual on the skill prior's mean action"
     ),
-    normalise_skill_q: bool = typer.Option(
-        False, help="control environments, sac-prior: F1 over skills with Q(s,z) shrunk to unit spread"
+    prior_scale_q: bool = typer.Option(
+        False,
+        help="control environments, sac-prior: Q on the prior's scale (F1 over skills: Q shrunk to unit spread; "
+        "actor loss: Q over its mean |Q|)",
     ),
     adapt: str = typer.Option(
         "none",

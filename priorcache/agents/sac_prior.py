@@ -97,10 +97,10 @@ class SACPriorConfig:
     buffer_size: int = 100_000
     learning_starts: int = 1_000
     updates_per_step: int = 1
-    # F1 over skills with Q(s,z) in units of its spread over the skills (our design, docs/design.md §4):
-    # Q / max(1, running RMS of Q(s,z) − mean_z Q(s,z)), so that a large reward scale does not drown
-    # the prior's log-ratios; False: F1 on the raw Q, as DQN-Prior's.
-    skill_q_normalise: bool = False
+    # Q on the prior's scale (our design, docs/design.md §4), so that a large reward scale does not drown
+    # the prior: F1 over skills takes Q / max(1, running RMS of Q(s,z) − mean_z Q(s,z)), and the actor
+    # loss's Q term is divided by the batch's mean |Q| (TD3+BC's normalisation). False: raw Q, as SAC's.
+    prior_scale_q: bool = False
     q_spread_ema: float = 0.99  # β of the running mean square of that spread (bias-corrected)
     # π's pre-tanh mean as atanh(0.97·μ_z(s)) plus the network's output, which starts at zero: a residual
     # on the skill prior, whose mean action the untrained actor takes everywhere (our design, §4).
@@ -324,9 +324,9 @@ class SACPrior:
         return q.numpy().astype(np.float64)
 
     def f1_q(self, q: np.ndarray, observe: bool) -> np.ndarray:
-        """Q(s,z) as F1 over skills takes it: divided by max(1, RMS spread) with ``skill_q_normalise``
+        """Q(s,z) as F1 over skills takes it: divided by max(1, RMS spread) with ``prior_scale_q``
         (``observe``: a training decision, whose spread updates the running mean square first)."""
-        if not self.config.skill_q_normalise:
+        if not self.config.prior_scale_q:
             return q
         if observe:
             self.q_spread.observe(q)
@@ -384,7 +384,8 @@ class SACPrior:
 
     def actor_loss(self, obs: torch.Tensor, noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(E[α·(log π(a|s,z) − log N_z(a|s)) − min_i Q_i(s,a)], KL̂ per sample) over every state of
-        ``obs`` (B, obs_dim) under every skill: B·Z samples, state-major (``noise``: (B·Z, d))."""
+        ``obs`` (B, obs_dim) under every skill: B·Z samples, state-major (``noise``: (B·Z, d)). With
+        ``prior_scale_q`` the Q term is divided by max(1, the batch's mean |Q|)."""
         n = len(self.skills)
         s = obs.repeat_interleave(n, dim=0)
         z = torch.arange(n).repeat(len(obs))
@@ -393,6 +394,8 @@ class SACPrior:
         a, log_pi = self.actor.sample(s, z, noise)
         kl = log_pi - self.gaussians.log_density_torch(s, a, z)
         q = torch.min(*self.critic(s, a))
+        if self.config.prior_scale_q:  # Q in units of its mean magnitude: the KL term keeps its weight
+            q = q / q.abs().mean().detach().clamp_min(1.0)
         return (self.log_alpha.exp().detach() * kl - q).mean(), kl
 
     def alpha_loss(self, kl: torch.Tensor) -> torch.Tensor:

@@ -130,7 +130,7 @@ def load_agent(
         if not 0.0 <= hit_rate <= 1.0:
             raise ValueError(f"hit_rate {hit_rate}")
         agent.sampler.schedule.hit_rate = hit_rate
-        spread = saved.get("q_spread", {"mean_square": 0.0, "count": 0})  # absent before skill_q_normalise
+        spread = saved.get("q_spread", {"mean_square": 0.0, "count": 0})  # absent before prior_scale_q
         mean_square, count = float(spread["mean_square"]), int(spread["count"])
         if not (math.isfinite(mean_square) and mean_square >= 0.0 and count >= 0):
             raise ValueError(f"q_spread {spread}")

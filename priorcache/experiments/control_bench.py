@@ -40,7 +40,7 @@ class ControlMethod(NamedTuple):
     cache_mode: str | None = None
     cache_settings: dict[str, Any] = {}  # noqa: RUF012 (a NamedTuple default, never mutated)
     shots: int | None = None  # None: the bench's shots
-    skill_q_normalise: bool = False
+    prior_scale_q: bool = False
     actor_on_prior: bool = False
     adapt: str = "none"
 
@@ -67,7 +67,7 @@ def _methods() -> dict[str, ControlMethod]:
             settings = {"kl_budget": {"target_kl": DEFAULT_KL_TARGET}}
         methods[f"sac-prior-{name}-lora"] = ControlMethod("sac-prior", mode, settings, adapt="lora")
         methods[f"sac-prior-{name}-lora-qnorm-residual"] = ControlMethod(
-            "sac-prior", mode, settings, adapt="lora", skill_q_normalise=True, actor_on_prior=True
+            "sac-prior", mode, settings, adapt="lora", prior_scale_q=True, actor_on_prior=True
         )
     return methods
 
@@ -143,7 +143,7 @@ class ControlBenchConfig:
             **common,
             cache=CacheConfig.from_dict({"mode": m.cache_mode, **m.cache_settings}),
             shots=self.shots if m.shots is None else m.shots,
-            skill_q_normalise=m.skill_q_normalise,
+            prior_scale_q=m.prior_scale_q,
             actor_on_prior=m.actor_on_prior,
             adapt=m.adapt,
             skill_hold=self.skill_hold,

@@ -248,7 +248,7 @@ class SACPriorLearner:
         alpha_0: float,
         alpha_min: float,
         target_kl_per_dim: float | None = None,
-        skill_q_normalise: bool = False,
+        prior_scale_q: bool = False,
         actor_on_prior: bool = False,
     ) -> None:
         from priorcache.agents.sac_prior import SACPriorConfig
@@ -263,7 +263,7 @@ class SACPriorLearner:
             hidden_size=hidden_size,
             skill_alpha_0=alpha_0,
             skill_alpha_min=alpha_min,
-            skill_q_normalise=skill_q_normalise,
+            prior_scale_q=prior_scale_q,
             actor_on_prior=actor_on_prior,
             torch_threads=TORCH_THREADS,
             **({} if target_kl_per_dim is None else {"target_kl_per_dim": target_kl_per_dim}),

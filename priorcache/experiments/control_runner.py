@@ -116,7 +116,7 @@ class ControlRunConfig:
     skill_hold: int | None = None  # sac-prior: H, steps a skill is held
     target_kl_per_dim: float | None = None  # sac-prior: δ_KL / d of α's tuning (None: SACPriorConfig's)
     adapt: str = "none"  # sac-prior: F8 of the skill prior, "none" or "lora" (on the --shots demonstrations)
-    skill_q_normalise: bool = False  # sac-prior: F1 over skills on Q in units of its spread (SACPriorConfig)
+    prior_scale_q: bool = False  # sac-prior: F1 over skills on Q in units of its spread (SACPriorConfig)
     actor_on_prior: bool = False  # sac-prior: the actor a residual on the skill prior's mean (SACPriorConfig)
     max_episode_steps: int | None = None  # None: the task's own (MetaWorld 500, MuJoCo 1000)
     learning_starts: int = 1_000  # warm-up steps before the first gradient step (both methods)
@@ -169,7 +169,7 @@ class ControlRunConfig:
         self.skill_hold = (
             DEFAULT_SKILL_HOLD if self.skill_hold is None else _check_int("skill_hold", self.skill_hold, 1)
         )
-        for flag in ("skill_q_normalise", "actor_on_prior"):
+        for flag in ("prior_scale_q", "actor_on_prior"):
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigError(f"{flag} must be true or false, got {getattr(self, flag)!r}")
         if self.adapt not in CONTROL_ADAPT:
@@ -194,7 +194,7 @@ class ControlRunConfig:
                 ("skill_hold", self.skill_hold, None),
                 ("target_kl_per_dim", self.target_kl_per_dim, None),
                 ("adapt", self.adapt, "none"),
-                ("skill_q_normalise", self.skill_q_normalise, False),
+                ("prior_scale_q", self.prior_scale_q, False),
                 ("actor_on_prior", self.actor_on_prior, False),
                 ("alpha_0", self.alpha_0, None),
                 ("alpha_min", self.alpha_min, None),
@@ -226,7 +226,7 @@ class ControlRunConfig:
         shots = "" if self.shots == DEFAULT_SHOTS else f"-{self.shots}shot"
         kl = "" if self.target_kl_per_dim is None else f"-kl{self.target_kl_per_dim:g}"
         lora = "-lora" if self.adapt == "lora" else ""
-        qn = "-qnorm" if self.skill_q_normalise else ""
+        qn = "-qnorm" if self.prior_scale_q else ""
         res = "-residual" if self.actor_on_prior else ""
         return f"sac-prior-{mode}{shots}{lora}{kl}{qn}{res}"
 
@@ -392,7 +392,7 @@ class _Run:
             alpha_0=c.alpha_0,
             alpha_min=c.alpha_min,
             target_kl_per_dim=c.target_kl_per_dim,
-            skill_q_normalise=c.skill_q_normalise,
+            prior_scale_q=c.prior_scale_q,
             actor_on_prior=c.actor_on_prior,
             **shared,
         )

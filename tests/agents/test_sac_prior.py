@@ -274,7 +274,7 @@ def test_on_the_priors_scale_a_large_q_no_longer_drowns_the_prior(
     it adds 2.1 nats to skill 2, less than the prior's preference for skill 1 (F3's floor ε = 0.05 caps
     it at log(0.95·3/0.05 + 1) ≈ 4.1 nats), which then decides F1, in learning's draws and predict's mode."""
     backend = FakeBackend(lambda prompt, skill: 0.0 if skill == SKILLS[1] else -30.0)
-    settings = {"skill_q_normalise": normalise, "skill_alpha_0": 1.0, "skill_alpha_min": 1.0}
+    settings = {"prior_scale_q": normalise, "skill_alpha_0": 1.0, "skill_alpha_min": 1.0}
     config = SACPriorConfig(**{**TINY.__dict__, **settings})
     agent = config.create(PendulumControl(), prior_source=skill_cache(gaussians, backend=backend), seed=3)
     agent.skill_q_values = lambda obs, deterministic=False: np.array([0.0, 0.0, 300.0])  # type: ignore[method-assign]

@@ -147,7 +147,7 @@ def _check_protocol(out: Path, config: ControlRunConfig, watched: dict[str, list
 
 def test_sac_prior_run(tmp_path: Path, watched: dict[str, list]) -> None:
     backend = FakeBackend()
-    config = _config(tmp_path / "run", tensorboard=True, actor_on_prior=True, skill_q_normalise=True)
+    config = _config(tmp_path / "run", tensorboard=True, actor_on_prior=True, prior_scale_q=True)
     summary = run_control(config, backend=backend, encoder=HashEncoder(), progress=False)
     out = config.out
     _check_protocol(out, config, watched)
@@ -310,7 +310,7 @@ def test_bad_configurations_are_refused(tmp_path: Path) -> None:
         (["run", ENV, "--method", "sac", "--skill-hold", "3"], "--skill-hold: an option of --method sac-prior"),
         (["run", ENV, "--method", "sac", "--residual-actor"], "--residual-actor: an option of --method sac-prior"),
         (["run", ENV, "--method", "sac", "--adapt", "lora"], "--adapt: an option of --method sac-prior"),
-        (["run", "babyai", "--normalise-skill-q"], "--normalise-skill-q: an option of continuous-control"),
+        (["run", "babyai", "--prior-scale-q"], "--prior-scale-q: an option of continuous-control"),
         (["run", "babyai", "--steps", "100"], "--steps: an option of continuous-control environments"),
         (["run", "babyai", "--method", "sac"], "'babyai' is a text environment"),
     ],
