@@ -137,6 +137,21 @@ def test_the_actor_loss_uses_the_skill_gaussian_at_the_current_state(gaussians: 
     assert loss.item() == pytest.approx(expected, rel=1e-4)
 
 
+def test_on_the_priors_scale_the_actor_loss_divides_q_by_its_mean_magnitude(gaussians: SkillGaussians) -> None:
+    config = SACPriorConfig(**{**TINY.__dict__, "prior_scale_q": True})
+    agent = config.create(PendulumControl(), gaussians=gaussians, seed=5)
+    with torch.no_grad():  # Q ≈ 500 everywhere: the raw Q term would dwarf α·KL
+        agent.critic.q1[-1].bias.fill_(500.0)
+        agent.critic.q2[-1].bias.fill_(500.0)
+    obs = batch_of(agent, n=8)["obs"]
+    noise = torch.randn(24, 1, generator=torch.Generator().manual_seed(3))
+    loss, kl = agent.actor_loss(obs, noise)
+    a, _ = agent.actor.sample(obs.repeat_interleave(3, 0), torch.arange(3).repeat(8), noise)
+    q = torch.min(*agent.critic(obs.repeat_interleave(3, 0), a)).detach()
+    expected = (agent.alpha * kl.detach() - q / q.abs().mean()).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5) and q.abs().mean() > 400
+
+
 @pytest.mark.parametrize(("target_per_dim", "direction"), [(-50.0, 1), (500.0, -1)])
 def test_alpha_moves_towards_the_target_kl(gaussians: SkillGaussians, target_per_dim: float, direction: int) -> None:
     """KL above the target raises α, below it lowers α (the KL of this prior stays within 0…100 nats)."""
