@@ -116,7 +116,7 @@ class ControlRunConfig:
     skill_hold: int | None = None  # sac-prior: H, steps a skill is held
     target_kl_per_dim: float | None = None  # sac-prior: δ_KL / d of α's tuning (None: SACPriorConfig's)
     adapt: str = "none"  # sac-prior: F8 of the skill prior, "none" or "lora" (on the --shots demonstrations)
-    prior_scale_q: bool = False  # sac-prior: F1 over skills on Q in units of its spread (SACPriorConfig)
+    prior_scale_q: bool = False  # sac-prior: Q on the prior's scale in F1 and the actor loss (SACPriorConfig)
     actor_on_prior: bool = False  # sac-prior: the actor a residual on the skill prior's mean (SACPriorConfig)
     max_episode_steps: int | None = None  # None: the task's own (MetaWorld 500, MuJoCo 1000)
     learning_starts: int = 1_000  # warm-up steps before the first gradient step (both methods)
