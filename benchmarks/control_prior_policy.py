@@ -184,20 +184,21 @@ def main() -> None:
     probe = skill_prompt("reach the goal", "the gripper is far from the goal", skills=["move", "stop"])
     if not deterministic(base, probe, ["move", "stop"]):
         sys.exit("the embedded backend gave different scores for one prompt twice: its scores cannot be memoised")
-    tasks = {}
+    tasks: dict[str, Any] = {}
     for task in args.tasks.split(","):
         print(task, flush=True)
         tasks[task] = run_task(task, args, base)
-    atomic_write_json(
-        args.out,
-        {
-            "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-            "backend": str(getattr(base, "name", type(base).__name__)),
-            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load": list(os.getloadavg())},
-            "wall_seconds": time.perf_counter() - start,
-            "tasks": tasks,
-        },
-    )
+        # after every task: a stopped run keeps the tasks it finished
+        atomic_write_json(
+            args.out,
+            {
+                "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+                "backend": str(getattr(base, "name", type(base).__name__)),
+                "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load": list(os.getloadavg())},
+                "wall_seconds": time.perf_counter() - start,
+                "tasks": tasks,
+            },
+        )
     print(f"wrote {args.out} ({time.perf_counter() - start:.0f} s)")
 
 
