@@ -148,6 +148,11 @@ def run(
         help="control environments, sac-prior: Q on the prior's scale (F1 over skills: Q shrunk to unit spread; "
         "actor loss: Q over its mean |Q|)",
     ),
+    actor_target_kl: float | None = typer.Option(
+        None,
+        help="control environments, sac-prior: δ_KL per action dimension that α is tuned to (default 1 + log 2; "
+        "smaller keeps the actor nearer the skill prior)",
+    ),
     adapt: str = typer.Option(
         "none",
         help="F8 adaptation on the --shots games: none, icl (in-context pairs), lora (LoRA fine-tune) or both; "

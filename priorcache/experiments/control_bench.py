@@ -42,6 +42,7 @@ class ControlMethod(NamedTuple):
     shots: int | None = None  # None: the bench's shots
     prior_scale_q: bool = False
     actor_on_prior: bool = False
+    target_kl_per_dim: float | None = None
     adapt: str = "none"
 
 
@@ -58,7 +59,7 @@ def _methods() -> dict[str, ControlMethod]:
     for shots in (0, 10):  # the shot comparison, beside the default (static) cache's 5 shots
         methods[f"sac-prior-static-{shots}shot"] = ControlMethod("sac-prior", "static", shots=shots)
     # F8 for control, the skill prior LoRA-fine-tuned on the demonstrations: alone ("-lora"), and with
-    # the prior leading (Q on the prior's scale in F1, the actor a residual on the prior's mean)
+    # the prior leading (Q on the prior's scale, the actor a residual on the prior's mean, a tight KL)
     for mode in MODES:
         name = "uncached" if mode == "none" else mode
         settings: dict[str, Any] = {}
@@ -66,14 +67,23 @@ def _methods() -> dict[str, ControlMethod]:
             name += f"-{DEFAULT_KL_TARGET:g}"
             settings = {"kl_budget": {"target_kl": DEFAULT_KL_TARGET}}
         methods[f"sac-prior-{name}-lora"] = ControlMethod("sac-prior", mode, settings, adapt="lora")
-        methods[f"sac-prior-{name}-lora-qnorm-residual"] = ControlMethod(
-            "sac-prior", mode, settings, adapt="lora", prior_scale_q=True, actor_on_prior=True
+        methods[f"sac-prior-{name}-lora-kl{PRIOR_LED_TARGET_KL:g}-qnorm-residual"] = ControlMethod(
+            "sac-prior",
+            mode,
+            settings,
+            adapt="lora",
+            prior_scale_q=True,
+            actor_on_prior=True,
+            target_kl_per_dim=PRIOR_LED_TARGET_KL,
         )
     return methods
 
 
 #: The kl-budget target of the default table's and the LoRA methods' kl-budget rows.
 DEFAULT_KL_TARGET = 0.05
+#: δ_KL per action dimension of the prior-led methods: the actor kept near a sharp prior (the default,
+#: 1 + log 2, is SAC's target entropy under the flat prior and let RL undo the prior on push-v3).
+PRIOR_LED_TARGET_KL = 0.25
 
 
 #: method name -> how it runs.
@@ -145,6 +155,7 @@ class ControlBenchConfig:
             shots=self.shots if m.shots is None else m.shots,
             prior_scale_q=m.prior_scale_q,
             actor_on_prior=m.actor_on_prior,
+            target_kl_per_dim=m.target_kl_per_dim,
             adapt=m.adapt,
             skill_hold=self.skill_hold,
             backend=self.backend,

@@ -6,10 +6,10 @@
 ``--shots``, ``--adapt`` (control: none or lora), ``--out`` …), text-only ones (``TEXT_ONLY``: the
 text agents, episodes, held-out games, LoRA epochs, workers …) and control-only ones
 (``CONTROL_ONLY``: ``--method``, ``--steps``, ``--eval-episodes``, ``--skill-hold``,
-``--residual-actor``, ``--prior-scale-q``). An option *given* on the command line for the other
-kind is refused with a one-line error naming it, as are SAC-Prior's options (``SAC_PRIOR_ONLY``: the
-cache, the backend, shots, adaptation, H, the two flags, F2's temperatures) with ``--method sac``,
-which has no prior.
+``--residual-actor``, ``--prior-scale-q``, ``--actor-target-kl``). An option *given* on the command
+line for the other kind is refused with a one-line error naming it, as are SAC-Prior's options
+(``SAC_PRIOR_ONLY``: the cache, the backend, shots, adaptation, H, the prior-led options, F2's
+temperatures) with ``--method sac``, which has no prior.
 """
 
 from __future__ import annotations
@@ -45,7 +45,15 @@ TEXT_ONLY = (
     "unknown_candidates",  # F7: a skill vocabulary is fixed, so there are never unknown candidates
 )
 #: … that only control environments take.
-CONTROL_ONLY = ("method", "steps", "eval_episodes", "skill_hold", "residual_actor", "prior_scale_q")
+CONTROL_ONLY = (
+    "method",
+    "steps",
+    "eval_episodes",
+    "skill_hold",
+    "residual_actor",
+    "prior_scale_q",
+    "actor_target_kl",
+)
 #: … that only the LLM-prior method of control (sac-prior) takes.
 SAC_PRIOR_ONLY = (
     "cache",
@@ -68,6 +76,7 @@ SAC_PRIOR_ONLY = (
     "skill_hold",
     "residual_actor",
     "prior_scale_q",
+    "actor_target_kl",
     "adapt",
 )
 
@@ -99,7 +108,7 @@ def control_config(
         raise ConfigError(
             f"{_named(wrong, flags)} of text environments; {env!r} is a continuous-control environment "
             "(its options: --method sac|sac-prior, --steps, --eval-every (steps), --eval-episodes, --shots, "
-            "--skill-hold, --residual-actor, --prior-scale-q)"
+            "--skill-hold, --residual-actor, --prior-scale-q, --actor-target-kl)"
         )
     method = params.get("method") or "sac-prior"
     if method == "sac":
@@ -122,6 +131,7 @@ def control_config(
             "skill_hold": params.get("skill_hold"),
             "actor_on_prior": bool(params.get("residual_actor")),
             "prior_scale_q": bool(params.get("prior_scale_q")),
+            "target_kl_per_dim": params.get("actor_target_kl"),
             "adapt": params.get("adapt") or "none",
             "alpha_0": params.get("alpha"),
             "alpha_min": params.get("alpha_min"),

@@ -311,6 +311,7 @@ def test_bad_configurations_are_refused(tmp_path: Path) -> None:
         (["run", ENV, "--method", "sac", "--residual-actor"], "--residual-actor: an option of --method sac-prior"),
         (["run", ENV, "--method", "sac", "--adapt", "lora"], "--adapt: an option of --method sac-prior"),
         (["run", "babyai", "--prior-scale-q"], "--prior-scale-q: an option of continuous-control"),
+        (["run", ENV, "--method", "sac", "--actor-target-kl", "0.5"], "--actor-target-kl: an option of --method sac-"),
         (["run", "babyai", "--steps", "100"], "--steps: an option of continuous-control environments"),
         (["run", "babyai", "--method", "sac"], "'babyai' is a text environment"),
     ],
@@ -327,9 +328,10 @@ def test_priorcache_run_on_metaworld_with_the_embedded_llm(tmp_path: Path) -> No
     out = tmp_path / "run"
     args = ["run", ENV, "--steps", "60", "--eval-every", "30", "--eval-episodes", "2", "--max-steps", "20"]
     args += ["--train-games", "2", "--shots", "2", "--skill-hold", "5", "--adapt", "lora", "--residual-actor"]
+    args += ["--prior-scale-q", "--actor-target-kl", "0.25"]
     result = CliRunner().invoke(app, [*args, "--out", str(out), "--quiet"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    assert "sac-prior-static-2shot-lora-residual" in result.output and "held-out return" in result.output
+    assert "sac-prior-static-2shot-lora-kl0.25-qnorm-residual" in result.output and "held-out return" in result.output
     summary = json.loads((out / "summary.json").read_text())
     assert summary["demonstrations"]["adaptation"]["lora_pairs"] >= 2  # the skill prior was fine-tuned (F8)
     records = _lines(out / "metrics.jsonl")
