@@ -43,6 +43,7 @@ class ControlMethod(NamedTuple):
     prior_scale_q: bool = False
     actor_on_prior: bool = False
     target_kl_per_dim: float | None = None
+    skill_alpha: float | None = None  # F2's α_0 = α_min of the skill choice (None: the defaults 1.0 and 0.25)
     adapt: str = "none"
 
 
@@ -59,7 +60,9 @@ def _methods() -> dict[str, ControlMethod]:
     for shots in (0, 10):  # the shot comparison, beside the default (static) cache's 5 shots
         methods[f"sac-prior-static-{shots}shot"] = ControlMethod("sac-prior", "static", shots=shots)
     # F8 for control, the skill prior LoRA-fine-tuned on the demonstrations: alone ("-lora"), and with
-    # the prior leading (Q on the prior's scale, the actor a residual on the prior's mean, a tight KL)
+    # the prior leading (Q on the prior's scale, the actor a residual on the prior's mean, a tight KL, a
+    # fixed skill temperature). The prior-led rows are uncached and kl-budget only: a sharp prior served
+    # by MiniLM similarity at a fixed δ (even 0.98) picked wrong skills on push-v3.
     for mode in MODES:
         name = "uncached" if mode == "none" else mode
         settings: dict[str, Any] = {}
@@ -67,7 +70,10 @@ def _methods() -> dict[str, ControlMethod]:
             name += f"-{DEFAULT_KL_TARGET:g}"
             settings = {"kl_budget": {"target_kl": DEFAULT_KL_TARGET}}
         methods[f"sac-prior-{name}-lora"] = ControlMethod("sac-prior", mode, settings, adapt="lora")
-        methods[f"sac-prior-{name}-lora-kl{PRIOR_LED_TARGET_KL:g}-qnorm-residual"] = ControlMethod(
+        if mode not in ("none", "kl-budget"):
+            continue
+        led = f"sac-prior-{name}-lora-kl{PRIOR_LED_TARGET_KL:g}-qnorm-residual-alpha{PRIOR_LED_SKILL_ALPHA:g}"
+        methods[led] = ControlMethod(
             "sac-prior",
             mode,
             settings,
@@ -75,6 +81,7 @@ def _methods() -> dict[str, ControlMethod]:
             prior_scale_q=True,
             actor_on_prior=True,
             target_kl_per_dim=PRIOR_LED_TARGET_KL,
+            skill_alpha=PRIOR_LED_SKILL_ALPHA,
         )
     return methods
 
@@ -84,6 +91,10 @@ DEFAULT_KL_TARGET = 0.05
 #: δ_KL per action dimension of the prior-led methods: the actor kept near a sharp prior (the default,
 #: 1 + log 2, is SAC's target entropy under the flat prior and let RL undo the prior on push-v3).
 PRIOR_LED_TARGET_KL = 0.25
+#: … and their skill choice's temperature, fixed (F2 off): Q on the prior's scale (unit spread) adds at most
+#: about 1/4 nat per unit of spread to a skill, so the fine-tuned prior picks the skills while the critic is
+#: young (with the defaults, α_z falling to 0.25, Q's noise re-picked them and undid the prior on push-v3).
+PRIOR_LED_SKILL_ALPHA = 4.0
 
 
 #: method name -> how it runs.
@@ -156,6 +167,8 @@ class ControlBenchConfig:
             prior_scale_q=m.prior_scale_q,
             actor_on_prior=m.actor_on_prior,
             target_kl_per_dim=m.target_kl_per_dim,
+            alpha_0=m.skill_alpha,
+            alpha_min=m.skill_alpha,
             adapt=m.adapt,
             skill_hold=self.skill_hold,
             backend=self.backend,

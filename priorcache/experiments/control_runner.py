@@ -228,7 +228,10 @@ class ControlRunConfig:
         lora = "-lora" if self.adapt == "lora" else ""
         qn = "-qnorm" if self.prior_scale_q else ""
         res = "-residual" if self.actor_on_prior else ""
-        return f"sac-prior-{mode}{shots}{lora}{kl}{qn}{res}"
+        temp = ""
+        if (self.alpha_0, self.alpha_min) != (1.0, 0.25):  # F2's temperatures off their defaults
+            temp = f"-alpha{self.alpha_0:g}" + ("" if self.alpha_min == self.alpha_0 else f"-{self.alpha_min:g}")
+        return f"sac-prior-{mode}{shots}{lora}{kl}{qn}{res}{temp}"
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
