@@ -19,6 +19,7 @@ Outputs, atomically: ``control_results.md``, ``control_results.csv``, ``control_
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,23 @@ from priorcache.io import atomic_write_json, atomic_write_text
 CONTROL_REFERENCE = "sac-prior-uncached"
 SAC_BASELINE = "sac"
 _ORDER = ["sac", CONTROL_REFERENCE, "sac-prior-static-0shot", "sac-prior-static", "sac-prior-static-10shot"]
+
+
+#: A SAC-Prior label: the cache mode, then the settings it shares with its uncached reference ("-lora-…",
+#: "-10shot", …) and any cache setting ("-delta<δ>", which the reference has no use for).
+_LABEL = re.compile(r"^sac-prior-(uncached|static|adaptive|kl-budget-[0-9.e-]+?)((?:-.*)?)$")
+_CACHE_SETTING = re.compile(r"-delta[0-9.]+")
+
+
+def reference_of(method: str, methods: set[str]) -> str:
+    """The uncached run a method is compared with: ``sac-prior-uncached`` plus the method's own settings
+    when such runs exist ("sac-prior-static-lora-…" against "sac-prior-uncached-lora-…"), else
+    ``sac-prior-uncached``."""
+    match = _LABEL.match(method)
+    if match is None:
+        return CONTROL_REFERENCE
+    own = f"{CONTROL_REFERENCE}{_CACHE_SETTING.sub('', match.group(2))}"
+    return own if own in methods else CONTROL_REFERENCE
 
 
 def is_control_run(run: RunFolder) -> bool:
@@ -79,8 +97,9 @@ def aggregate_control(runs: list[RunFolder]) -> list[dict[str, Any]]:
             "env_steps_per_s": float(np.mean(rates)) if rates else None,
             "runs": [str(run.path) for run in members],
         }
-    for (env, _method), row in rows.items():
-        ref, sac = rows.get((env, CONTROL_REFERENCE)), rows.get((env, SAC_BASELINE))
+    for (env, method), row in rows.items():
+        row["reference"] = reference_of(method, {m for e, m in rows if e == env})
+        ref, sac = rows.get((env, row["reference"])), rows.get((env, SAC_BASELINE))
         uses_llm = row["method"] != SAC_BASELINE
         row["query_reduction_x"] = (
             _ratio(ref["llm_queries_per_step"], row["llm_queries_per_step"]) if ref and uses_llm else None
@@ -140,7 +159,7 @@ def _fmt(key: str, row: dict[str, Any]) -> str:
         return f"{value:.{digits}f} ± {ci:.{digits}f}" if len(row["seeds"]) > 1 else f"{value:.{digits}f}"
     if key in ("return_vs_sac", "return_retention"):
         ci = row[f"{key}_ci95"]
-        if len(row["seeds"]) < 2 or (key == "return_retention" and row["method"] == CONTROL_REFERENCE):
+        if len(row["seeds"]) < 2 or (key == "return_retention" and row["method"] == row["reference"]):
             return f"{100 * value:.0f} %"  # no spread, or the reference against itself (100 % by definition)
         shown = "unbounded" if ci is None else f"{100 * ci[0]:.0f}–{100 * ci[1]:.0f} %"
         return f"{100 * value:.0f} % [{shown}]"
@@ -168,7 +187,8 @@ def render_control_markdown(rows: list[dict[str, Any]], incomplete: list[str]) -
         "Held-out return (and MetaWorld success): the deterministic policy after training, one episode on "
         "each held-out instance (other object and goal positions on MetaWorld, other start states on MuJoCo), "
         "mean over seeds ± 95 % CI (Student's t). Query reduction (training LLM queries per environment "
-        f"step) and retention are against `{CONTROL_REFERENCE}` of the same task; return vs SAC against "
+        f"step) and retention are against `{CONTROL_REFERENCE}` of the same task (with the method's own "
+        "settings when such runs exist: `…-static-lora-…` against `…-uncached-lora-…`); return vs SAC against "
         "Stable-Baselines3 SAC at the same environment steps. Ratios of returns are shown only over a "
         "positive denominator, with their 95 % interval in brackets (Fieller's, over the seeds' held-out "
         "returns; unbounded when the denominator's own interval reaches 0). env steps/s: each seed's "

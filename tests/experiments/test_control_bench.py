@@ -182,3 +182,14 @@ def test_priorcache_bench_control_with_the_embedded_llm(tmp_path: Path) -> None:
     static = rows[1]
     assert static["llm_queries_per_seed"] > 0 and static["audits"] >= 0 and static["hit_rate"] is not None
     assert "sac-prior-static" in result.output
+
+
+def test_a_method_is_compared_with_the_uncached_run_of_its_own_settings() -> None:
+    from priorcache.experiments.control_report import reference_of
+
+    led = "-lora-kl0.25-qnorm-residual-alpha4"
+    methods = {"sac-prior-uncached", f"sac-prior-uncached{led}"}
+    assert reference_of(f"sac-prior-kl-budget-0.05{led}", methods) == f"sac-prior-uncached{led}"
+    assert reference_of(f"sac-prior-static{led}-delta1.0", methods) == f"sac-prior-uncached{led}"
+    assert reference_of("sac-prior-static", methods) == "sac-prior-uncached"
+    assert reference_of("sac-prior-static-10shot", methods) == "sac-prior-uncached"  # no uncached 10-shot run
