@@ -7,8 +7,10 @@ Each policy then plays one episode on each of the ``--episodes`` first held-out 
 registry's ``eval`` split, reset seed 0: the instances ``bench control`` evaluates on), choosing a skill
 every ``--horizon`` steps (H) and acting with that skill's mean action μ_z(s):
 
-- ``llm-mode``: z = argmax p_LLM(z|s), the F3 prior over the skill names (SAC-Prior's prompt, the
-  embedded LLM, uncached): the control analogue of the text table's direct LLM; deterministic.
+- ``llm-mode``: z = argmax p_LLM(z|s) over the skill names (SAC-Prior's prompt, the embedded LLM,
+  uncached): the control analogue of the text table's direct LLM; deterministic. p_LLM here is the
+  softmax of the LLM's scores, F3 without its floor ε: the mode is F3's, while the draws and the
+  entropy below are of the slightly sharper unfloored softmax.
 - ``llm-sample``: z ~ p_LLM(z|s), one run per ``--seeds`` seed.
 - ``uniform-skill``: z ~ uniform, one run per seed: what the Gaussians give with no skill knowledge.
 - ``fixed:<skill>``: one skill held all episode, for every skill of the vocabulary (deterministic).
@@ -99,7 +101,7 @@ def run_task(task: str, args: argparse.Namespace, base: Any) -> dict[str, Any]:
 
     def log_prior(text: str, env: Any) -> np.ndarray:
         scores = np.asarray(backend.score([skill_prompt(env.objective, text, skills=skills)], [skills]).scores[0])
-        return scores - np.logaddexp.reduce(scores)  # F3: p(z|s) ∝ exp(score)
+        return scores - np.logaddexp.reduce(scores)  # softmax of the scores (F3 without its floor)
 
     def chooser(name: str, env: Any) -> Chooser:
         def choose(obs: np.ndarray, text: str, rng: np.random.Generator) -> int:

@@ -21,7 +21,7 @@ from typing import Any
 
 from priorcache.errors import ConfigError
 from priorcache.experiments.prior_quality import OracleStep, few_shot_examples, off_path_steps, oracle_steps
-from priorcache.prior.adaptation import DEFAULT_EPOCHS
+from priorcache.prior.adaptation import DEFAULT_EPOCHS, DEFAULT_LOSS
 from priorcache.prior.base import LLMBackend
 from priorcache.prior.prompts import prompt_builder
 
@@ -99,7 +99,7 @@ def adapt_prior(
     instead of building ``backend`` (not with a fine-tune, which needs its own model). ``info`` records
     what was done and its wall time (demonstrations, LoRA training or reuse of a saved adapter,
     loading the backend)."""
-    from priorcache.prior.registry import backend_model_path, make_backend
+    from priorcache.prior.registry import make_backend
 
     check_adaptation(shots, adapt)
     if base is not None and adapt in ("lora", "both"):
@@ -113,20 +113,9 @@ def adapt_prior(
     info["in_context_pairs"] = len(examples)
     adapter = None
     if adapt in ("lora", "both"):
-        from priorcache.prior.adaptation import lora_finetune
-
         pairs = lora_pairs(env, demos or [], shots)
-        lora = lora_finetune(backend_model_path(backend, model_path), pairs, env=env, device=device, epochs=lora_epochs)
-        adapter = lora.folder
-        info.update(
-            lora_pairs=len(pairs),
-            lora_epochs=lora_epochs,
-            lora_key=lora.key,
-            lora_folder=str(lora.folder),
-            lora_trained_now=lora.trained,
-            lora_train_wall_time_s=lora.train_wall_time_s,
-            lora_wall_time_s=lora.wall_time_s,
-        )
+        adapter, lora_info = _fine_tune(backend, model_path, pairs, env, device, lora_epochs, DEFAULT_LOSS)
+        info.update(lora_info)
     load_start = time.perf_counter()
     scorer = base or make_backend(
         backend, model_path=model_path, device=device, adapter=adapter, base_url=base_url, model=model
@@ -163,27 +152,36 @@ def adapt_skill_prior(
     """The backend LoRA-fine-tuned on :func:`skill_pairs` of ``demos`` (trained once and cached by key,
     ``priorcache.prior.adaptation``). The loss is F3's own cross-entropy over the skill names by
     default: a skill prior is a classifier over a small fixed vocabulary."""
-    from priorcache.prior.adaptation import lora_finetune
-    from priorcache.prior.registry import backend_model_path, make_backend
+    from priorcache.prior.registry import make_backend
 
     start = time.perf_counter()
     pairs = skill_pairs(env, demos)
     if not pairs:
         raise ConfigError(f"no demonstration steps of {env_name} to fine-tune the skill prior on")
-    lora = lora_finetune(
-        backend_model_path(backend, model_path), pairs, env=env_name, device=device, epochs=epochs, loss=loss
-    )
+    adapter, info = _fine_tune(backend, model_path, pairs, env_name, device, epochs, loss)
     load_start = time.perf_counter()
-    scorer = make_backend(backend, model_path=model_path, device=device, adapter=lora.folder)
-    info = {
-        "adapt": "lora",
+    scorer = make_backend(backend, model_path=model_path, device=device, adapter=adapter)
+    info = {"adapt": "lora", **info, "backend_load_wall_time_s": time.perf_counter() - load_start}
+    info["wall_time_s"] = time.perf_counter() - start
+    return Adaptation(scorer, [], info)
+
+
+def _fine_tune(
+    backend: str, model_path: str | None, pairs: list[Any], env: str, device: str, epochs: int, loss: str
+) -> tuple[Any, dict[str, Any]]:
+    """The LoRA adapter's folder for ``pairs`` (trained now or reused by key) and what it cost."""
+    from priorcache.prior.adaptation import lora_finetune
+    from priorcache.prior.registry import backend_model_path
+
+    path = backend_model_path(backend, model_path)
+    lora = lora_finetune(path, pairs, env=env, device=device, epochs=epochs, loss=loss)
+    return lora.folder, {
         "lora_pairs": len(pairs),
         "lora_epochs": epochs,
         "lora_loss": loss,
         "lora_key": lora.key,
+        "lora_folder": str(lora.folder),
         "lora_trained_now": lora.trained,
         "lora_train_wall_time_s": lora.train_wall_time_s,
-        "backend_load_wall_time_s": time.perf_counter() - load_start,
-        "wall_time_s": time.perf_counter() - start,
+        "lora_wall_time_s": lora.wall_time_s,
     }
-    return Adaptation(scorer, [], info)

@@ -61,8 +61,9 @@ def _methods() -> dict[str, ControlMethod]:
         methods[f"sac-prior-static-{shots}shot"] = ControlMethod("sac-prior", "static", shots=shots)
     # F8 for control, the skill prior LoRA-fine-tuned on the demonstrations: alone ("-lora"), and with
     # the prior leading (Q on the prior's scale, the actor a residual on the prior's mean, a tight KL, a
-    # fixed skill temperature). The prior-led rows are uncached and kl-budget only: a sharp prior served
-    # by MiniLM similarity at a fixed δ (even 0.98) picked wrong skills on push-v3.
+    # fixed skill temperature). The prior-led rows are uncached, static with exact-text hits only (δ 1)
+    # and kl-budget: a sharp prior served by MiniLM similarity at δ 0.92 or 0.98 picked wrong skills on
+    # push-v3, and kl-budget's similar hits lost it too (measured).
     for mode in MODES:
         name = "uncached" if mode == "none" else mode
         settings: dict[str, Any] = {}
@@ -70,9 +71,12 @@ def _methods() -> dict[str, ControlMethod]:
             name += f"-{DEFAULT_KL_TARGET:g}"
             settings = {"kl_budget": {"target_kl": DEFAULT_KL_TARGET}}
         methods[f"sac-prior-{name}-lora"] = ControlMethod("sac-prior", mode, settings, adapt="lora")
-        if mode not in ("none", "kl-budget"):
+        if mode == "adaptive":
             continue
-        led = f"sac-prior-{name}-lora-kl{PRIOR_LED_TARGET_KL:g}-qnorm-residual-alpha{PRIOR_LED_SKILL_ALPHA:g}"
+        delta = ""
+        if mode == "static":
+            settings, delta = {"similarity_threshold": 1.0}, "-delta1.0"
+        led = f"sac-prior-{name}-lora-kl{PRIOR_LED_TARGET_KL:g}-qnorm-residual{delta}-alpha{PRIOR_LED_SKILL_ALPHA:g}"
         methods[led] = ControlMethod(
             "sac-prior",
             mode,
@@ -191,12 +195,9 @@ def run_control_bench(
     models = SharedModels(config, backend, encoder)
 
     def run_cell(cell: ControlRunConfig) -> None:
-        # a LoRA-adapted prior loads its own fine-tuned model (one per task)
-        llm = (
-            (None if cell.adapt == "lora" else models.backend(), models.encoder())
-            if cell.method == "sac-prior"
-            else (None, None)
-        )
+        llm: tuple[Any, Any] = (None, None)
+        if cell.method == "sac-prior":  # a LoRA-adapted prior loads its own fine-tuned model (one per task)
+            llm = (None if cell.adapt == "lora" else models.backend(), models.encoder())
         resume = can_resume(cell)
         summary = run_control(cell, *llm, progress=False, resume=resume, overwrite=not resume)
         if on_run is not None:

@@ -228,10 +228,13 @@ class ControlRunConfig:
         lora = "-lora" if self.adapt == "lora" else ""
         qn = "-qnorm" if self.prior_scale_q else ""
         res = "-residual" if self.actor_on_prior else ""
+        # the cache's δ off its default: runs at other δ are other methods, never pooled under one label
+        delta = self.cache.similarity_threshold
+        delta_label = "" if delta == CacheConfig().similarity_threshold else f"-delta{float(delta)}"
         temp = ""
         if (self.alpha_0, self.alpha_min) != (1.0, 0.25):  # F2's temperatures off their defaults
             temp = f"-alpha{self.alpha_0:g}" + ("" if self.alpha_min == self.alpha_0 else f"-{self.alpha_min:g}")
-        return f"sac-prior-{mode}{shots}{lora}{kl}{qn}{res}{temp}"
+        return f"sac-prior-{mode}{shots}{lora}{kl}{qn}{res}{delta_label}{temp}"
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
