@@ -263,7 +263,7 @@ class SACPrior:
             torch.manual_seed(seed)
             base = None
             if config.actor_on_prior and not self.gaussians.flat:
-                base = lambda obs, z: self.gaussians.mean_std_torch(obs, z)[0]  # noqa: E731
+                base = self.gaussians.mean_std_torch
             self.actor = Actor(self.obs_dim, n, self.act_dim, h, (config.log_std_min, config.log_std_max), base)
             self.critic = TwinQ(self.obs_dim, self.act_dim, h)
         self.critic_target = TwinQ(self.obs_dim, self.act_dim, h)

@@ -166,10 +166,10 @@ def test_alpha_moves_towards_the_target_kl(gaussians: SkillGaussians, target_per
     assert (agent.alpha - before) * direction > 0
 
 
-def test_a_residual_actor_starts_at_the_prior_mean_everywhere(gaussians: SkillGaussians) -> None:
-    """With ``actor_on_prior`` the untrained actor's mean action is 0.97·μ_z(s) at any state (the residual
-    starts at zero), learning moves it off, and it saves and loads; under the flat prior it is the
-    plain actor, so the SAC equivalence holds."""
+def test_a_residual_actor_starts_at_the_prior_everywhere(gaussians: SkillGaussians) -> None:
+    """With ``actor_on_prior`` the untrained actor's mean action is 0.97·μ_z(s) at any state and its
+    pre-tanh std σ_z (the residual starts at zero), so its KL to N_z is far below a plain actor's;
+    learning moves it off; under the flat prior it is the plain actor, so the SAC equivalence holds."""
     config = SACPriorConfig(**{**TINY.__dict__, "actor_on_prior": True})
     agent = config.create(PendulumControl(), gaussians=gaussians, seed=7)
     obs = batch_of(agent, n=32)["obs"]
@@ -177,9 +177,15 @@ def test_a_residual_actor_starts_at_the_prior_mean_everywhere(gaussians: SkillGa
     with torch.no_grad():
         mean = torch.tanh(agent.actor(s, z)[0]).numpy()
     np.testing.assert_allclose(mean, 0.97 * gaussians.mean(s.numpy(), z.numpy()), atol=1e-5)
+    with torch.no_grad():
+        log_std = agent.actor(s, z)[1].numpy()
+    np.testing.assert_allclose(log_std, np.log(gaussians.std[z.numpy()]), atol=1e-5)
     plain = TINY.create(PendulumControl(), gaussians=gaussians, seed=7)
     with torch.no_grad():
         assert not np.allclose(torch.tanh(plain.actor(s, z)[0]).numpy(), mean, atol=1e-2)
+        kl_residual = agent.actor_loss(obs)[1].mean().item()
+        kl_plain = plain.actor_loss(obs)[1].mean().item()
+    assert 10 * kl_residual < kl_plain
     flat = config.create(PendulumControl(), gaussians=SkillGaussians.uniform(SKILLS, 3, 1), seed=7)
     assert flat.actor.base is None
     for p, q in zip(flat.actor.parameters(), TINY.create(PendulumControl(), seed=7).actor.parameters()):

@@ -187,7 +187,7 @@ def test_priorcache_bench_control_with_the_embedded_llm(tmp_path: Path) -> None:
 def test_a_method_is_compared_with_the_uncached_run_of_its_own_settings() -> None:
     from priorcache.experiments.control_report import reference_of
 
-    led = "-lora-kl0.25-qnorm-residual-alpha4"
+    led = "-lora-kl0.25-qnorm-residual-alpha16"
     methods = {"sac-prior-uncached", f"sac-prior-uncached{led}"}
     assert reference_of(f"sac-prior-kl-budget-0.05{led}", methods) == f"sac-prior-uncached{led}"
     assert reference_of(f"sac-prior-static{led}-delta1.0", methods) == f"sac-prior-uncached{led}"

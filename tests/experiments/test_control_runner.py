@@ -328,10 +328,10 @@ def test_priorcache_run_on_metaworld_with_the_embedded_llm(tmp_path: Path) -> No
     out = tmp_path / "run"
     args = ["run", ENV, "--steps", "60", "--eval-every", "30", "--eval-episodes", "2", "--max-steps", "20"]
     args += ["--train-games", "2", "--shots", "2", "--skill-hold", "5", "--adapt", "lora", "--residual-actor"]
-    args += ["--prior-scale-q", "--actor-target-kl", "0.25", "--alpha", "4", "--alpha-min", "4"]
+    args += ["--prior-scale-q", "--actor-target-kl", "0.25", "--alpha", "16", "--alpha-min", "16"]
     result = CliRunner().invoke(app, [*args, "--out", str(out), "--quiet"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    assert "sac-prior-static-2shot-lora-kl0.25-qnorm-residual-alpha4" in result.output
+    assert "sac-prior-static-2shot-lora-kl0.25-qnorm-residual-alpha16" in result.output
     assert "held-out return" in result.output
     summary = json.loads((out / "summary.json").read_text())
     assert summary["demonstrations"]["adaptation"]["lora_pairs"] >= 2  # the skill prior was fine-tuned (F8)
