@@ -41,10 +41,13 @@ sys.path.insert(0, str(ROOT))
 from priorcache.cache.config import CacheConfig  # noqa: E402
 from priorcache.cache.encoder import MiniLMEncoder  # noqa: E402
 from priorcache.envs.registry import game_seeds, make_split_env  # noqa: E402
-from priorcache.experiments.control_bench import PRIOR_LED_SKILL_ALPHA, PRIOR_LED_TARGET_KL  # noqa: E402
 from priorcache.experiments.control_episodes import TrainingInstances  # noqa: E402
 from priorcache.experiments.control_learners import EVAL_RESET_SEED, SACPriorLearner, SkillPriorParts  # noqa: E402
-from priorcache.experiments.control_runner import ControlRunConfig  # noqa: E402
+from priorcache.experiments.control_runner import (  # noqa: E402
+    PRIOR_LED_SKILL_ALPHA,
+    PRIOR_LED_TARGET_KL,
+    ControlRunConfig,
+)
 from priorcache.io import atomic_write_json  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "control_levels"

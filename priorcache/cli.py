@@ -153,6 +153,11 @@ def run(
         help="control environments, sac-prior: δ_KL per action dimension that α is tuned to (default 1 + log 2; "
         "smaller keeps the actor nearer the skill prior)",
     ),
+    prior_led: bool = typer.Option(
+        False,
+        help="control environments, sac-prior: the prior-led settings, --adapt lora --residual-actor --prior-scale-q "
+        "--actor-target-kl 0.25 --alpha 16 --alpha-min 16 (an option given beside it wins)",
+    ),
     adapt: str = typer.Option(
         "none",
         help="F8 adaptation on the --shots games: none, icl (in-context pairs), lora (LoRA fine-tune) or both; "

@@ -25,6 +25,8 @@ from priorcache.experiments.control_runner import (
     DEFAULT_SHOTS,
     DEFAULT_SKILL_HOLD,
     DEFAULT_STEPS,
+    PRIOR_LED_SKILL_ALPHA,
+    PRIOR_LED_TARGET_KL,
     ControlRunConfig,
     control_envs,
     is_control_env,
@@ -92,15 +94,6 @@ def _methods() -> dict[str, ControlMethod]:
 
 #: The kl-budget target of the default table's and the LoRA methods' kl-budget rows.
 DEFAULT_KL_TARGET = 0.05
-#: δ_KL per action dimension of the prior-led methods: the actor kept near a sharp prior (the default,
-#: 1 + log 2, is SAC's target entropy under the flat prior and let RL undo the prior on push-v3).
-PRIOR_LED_TARGET_KL = 0.25
-#: … and their skill choice's temperature, fixed (F2 off). Q on the prior's scale has unit spread, so Q adds at
-#: most about 1/16 nat per unit of spread to a skill and the fine-tuned prior picks the skills while the critic
-#: is young. On push-v3 the prior's mode beats its runner-up by only 0.10–0.15 nats at the decisive states
-#: while a 1,500-step critic's Q/α_z gaps there reached 1.1 at α_z = 4: those few re-picked skills (4–6 % of
-#: the decisions) failed every held-out episode; at 16 the prior's level held to 5,000 steps (measured).
-PRIOR_LED_SKILL_ALPHA = 16.0
 
 
 #: method name -> how it runs.

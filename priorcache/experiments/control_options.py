@@ -6,7 +6,8 @@
 ``--shots``, ``--adapt`` (control: none or lora), ``--out`` …), text-only ones (``TEXT_ONLY``: the
 text agents, episodes, held-out games, LoRA epochs, workers …) and control-only ones
 (``CONTROL_ONLY``: ``--method``, ``--steps``, ``--eval-episodes``, ``--skill-hold``,
-``--residual-actor``, ``--prior-scale-q``, ``--actor-target-kl``). An option *given* on the command
+``--residual-actor``, ``--prior-scale-q``, ``--actor-target-kl``, ``--prior-led``). ``--prior-led``
+stands for the prior-led settings (``PRIOR_LED``); an option given beside it wins. An option *given* on the command
 line for the other kind is refused with a one-line error naming it, as are SAC-Prior's options
 (``SAC_PRIOR_ONLY``: the cache, the backend, shots, adaptation, H, the prior-led options, F2's
 temperatures) with ``--method sac``, which has no prior.
@@ -24,7 +25,13 @@ from rich.text import Text
 
 from priorcache.cache.config import CacheConfig
 from priorcache.errors import ConfigError
-from priorcache.experiments.control_runner import DEFAULT_EVAL_EVERY, DEFAULT_STEPS, ControlRunConfig
+from priorcache.experiments.control_runner import (
+    DEFAULT_EVAL_EVERY,
+    DEFAULT_STEPS,
+    PRIOR_LED_SKILL_ALPHA,
+    PRIOR_LED_TARGET_KL,
+    ControlRunConfig,
+)
 from priorcache.summary_table import fmt_ci
 
 #: ``priorcache run`` options (parameter names) that only text environments take.
@@ -53,6 +60,7 @@ CONTROL_ONLY = (
     "residual_actor",
     "prior_scale_q",
     "actor_target_kl",
+    "prior_led",
 )
 #: … that only the LLM-prior method of control (sac-prior) takes.
 SAC_PRIOR_ONLY = (
@@ -78,7 +86,19 @@ SAC_PRIOR_ONLY = (
     "prior_scale_q",
     "actor_target_kl",
     "adapt",
+    "prior_led",
 )
+#: What ``--prior-led`` sets (parameter → value) unless that option is given too: the 5-shot LoRA skill prior,
+#: the residual actor, Q on the prior's scale, a tight δ_KL and a fixed skill temperature (docs/design.md §4;
+#: a given ``--alpha`` alone fixes it there).
+PRIOR_LED = {
+    "adapt": "lora",
+    "residual_actor": True,
+    "prior_scale_q": True,
+    "actor_target_kl": PRIOR_LED_TARGET_KL,
+    "alpha": PRIOR_LED_SKILL_ALPHA,
+    "alpha_min": PRIOR_LED_SKILL_ALPHA,
+}
 
 
 def _named(names: Collection[str], flags: Mapping[str, str]) -> str:
@@ -108,7 +128,7 @@ def control_config(
         raise ConfigError(
             f"{_named(wrong, flags)} of text environments; {env!r} is a continuous-control environment "
             "(its options: --method sac|sac-prior, --steps, --eval-every (steps), --eval-episodes, --shots, "
-            "--skill-hold, --residual-actor, --prior-scale-q, --actor-target-kl)"
+            "--skill-hold, --residual-actor, --prior-scale-q, --actor-target-kl, --prior-led)"
         )
     method = params.get("method") or "sac-prior"
     if method == "sac":
@@ -118,6 +138,10 @@ def control_config(
                 f"{_named(wrong, flags)} of --method sac-prior; --method sac is Stable-Baselines3 SAC, "
                 "without an LLM prior or a cache"
             )
+    if params.get("prior_led"):
+        params = {**params, **{name: value for name, value in PRIOR_LED.items() if name not in given}}
+        if "alpha_min" not in given:  # the skill temperature stays fixed at a given --alpha
+            params["alpha_min"] = params["alpha"]
     prior: dict[str, Any] = {}
     if method != "sac":
         prior = {

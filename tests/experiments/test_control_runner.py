@@ -312,6 +312,8 @@ def test_bad_configurations_are_refused(tmp_path: Path) -> None:
         (["run", ENV, "--method", "sac", "--adapt", "lora"], "--adapt: an option of --method sac-prior"),
         (["run", "babyai", "--prior-scale-q"], "--prior-scale-q: an option of continuous-control"),
         (["run", ENV, "--method", "sac", "--actor-target-kl", "0.5"], "--actor-target-kl: an option of --method sac-"),
+        (["run", ENV, "--method", "sac", "--prior-led"], "--prior-led: an option of --method sac-prior"),
+        (["run", "babyai", "--prior-led"], "--prior-led: an option of continuous-control"),
         (["run", "babyai", "--steps", "100"], "--steps: an option of continuous-control environments"),
         (["run", "babyai", "--method", "sac"], "'babyai' is a text environment"),
     ],
@@ -323,15 +325,31 @@ def test_the_cli_refuses_options_of_the_other_kind(tmp_path: Path, args: list[st
     assert not (tmp_path / "out").exists()
 
 
+def test_prior_led_stands_for_its_settings_and_a_given_option_wins(tmp_path: Path) -> None:
+    from priorcache.experiments.control_options import PRIOR_LED, control_config
+
+    params: dict[str, Any] = {"backend": "embedded", "device": "cpu", "seeds": [0], "train_games": 10}
+    params |= {"alpha": 1.0, "alpha_min": 0.25, "adapt": "none", "out": tmp_path / "out"}
+    cache = CacheConfig(mode="static")
+    plain = control_config(ENV, params, set(), {}, cache)
+    led = control_config(ENV, {**params, "prior_led": True}, {"prior_led"}, {}, cache)
+    assert (plain.adapt, plain.actor_on_prior, plain.prior_scale_q, plain.alpha_0) == ("none", False, False, 1.0)
+    assert (led.adapt, led.actor_on_prior, led.prior_scale_q) == ("lora", True, True)
+    assert (led.target_kl_per_dim, led.alpha_0, led.alpha_min) == (PRIOR_LED["actor_target_kl"], 16.0, 16.0)
+    given = {**params, "prior_led": True, "alpha": 4.0}
+    config = control_config(ENV, given, {"prior_led", "alpha"}, {}, cache)  # given beside it: wins
+    assert (config.alpha_0, config.alpha_min, config.adapt) == (4.0, 4.0, "lora")
+
+
 @pytest.mark.slow
 def test_priorcache_run_on_metaworld_with_the_embedded_llm(tmp_path: Path) -> None:
     out = tmp_path / "run"
     args = ["run", ENV, "--steps", "60", "--eval-every", "30", "--eval-episodes", "2", "--max-steps", "20"]
-    args += ["--train-games", "2", "--shots", "2", "--skill-hold", "5", "--adapt", "lora", "--residual-actor"]
-    args += ["--prior-scale-q", "--actor-target-kl", "0.25", "--alpha", "16", "--alpha-min", "16"]
+    args += ["--train-games", "2", "--shots", "2", "--skill-hold", "5", "--prior-led", "--actor-target-kl", "0.5"]
     result = CliRunner().invoke(app, [*args, "--out", str(out), "--quiet"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    assert "sac-prior-static-2shot-lora-kl0.25-qnorm-residual-alpha16" in result.output
+    # --prior-led's settings, but the δ_KL given beside it
+    assert "sac-prior-static-2shot-lora-kl0.5-qnorm-residual-alpha16" in result.output
     assert "held-out return" in result.output
     summary = json.loads((out / "summary.json").read_text())
     assert summary["demonstrations"]["adaptation"]["lora_pairs"] >= 2  # the skill prior was fine-tuned (F8)
