@@ -82,9 +82,8 @@ DEFAULT_SKILL_HOLD = 10
 PRIOR_LED_TARGET_KL = 0.25
 #: … and their skill choice's temperature, fixed (F2 off). Q on the prior's scale has unit spread, so Q adds at
 #: most about 1/16 nat per unit of spread to a skill and the fine-tuned prior picks the skills while the critic
-#: is young. On push-v3 the prior's mode beats its runner-up by only 0.10–0.15 nats at the decisive states
-#: while a 1,500-step critic's Q/α_z gaps there reached 1.1 at α_z = 4: those few re-picked skills (4–6 % of
-#: the decisions) failed every held-out episode; at 16 the prior's level held to 5,000 steps (measured).
+#: is young. On push-v3 the prior's mode beats its runner-up by only 0.15–0.32 nats at some decisive states,
+#: where a young critic's Q/α_z gaps reached 1.4 at α_z = 4 (docs/design.md §4, "Skill temperature").
 PRIOR_LED_SKILL_ALPHA = 16.0
 #: F8 for the skill prior: the base LLM, or a LoRA fine-tune on the demonstrations' (φ(s), skill) pairs.
 CONTROL_ADAPT = ("none", "lora")
