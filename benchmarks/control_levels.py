@@ -92,13 +92,17 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=3, help="held-out instances")
     parser.add_argument("--skill-alpha", type=float, default=PRIOR_LED_SKILL_ALPHA, help="α_z, fixed (F2 off)")
     parser.add_argument("--actor-target-kl", type=float, default=PRIOR_LED_TARGET_KL, help="δ_KL per dimension")
+    parser.add_argument(
+        "--skill-q-warmup", type=int, default=0, help="gradient steps over which Q's weight in F1 rises to 1"
+    )
     parser.add_argument("--train-games", type=int, default=10)
     parser.add_argument("--max-steps", type=int, help="episode step limit (default: the task's own)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     if args.steps < 1 or args.every < 1 or args.episodes < 1:
         parser.error("--steps, --every and --episodes must be ≥ 1")
-    out = args.out or RESULTS / f"{args.task.replace(':', '-')}-seed{args.seed}-alpha{args.skill_alpha:g}.json"
+    warmup = f"-qwarmup{args.skill_q_warmup}" if args.skill_q_warmup else ""
+    out = args.out or RESULTS / f"{args.task.replace(':', '-')}-seed{args.seed}-alpha{args.skill_alpha:g}{warmup}.json"
     env_kwargs = {} if args.max_steps is None else {"max_episode_steps": args.max_steps}
 
     config = ControlRunConfig(
@@ -141,6 +145,7 @@ def main() -> None:
         target_kl_per_dim=args.actor_target_kl,
         prior_scale_q=True,
         actor_on_prior=True,
+        skill_q_warmup=args.skill_q_warmup,
     )
     agent, rows, start, done = learner.agent, [], time.perf_counter(), 0
     while True:

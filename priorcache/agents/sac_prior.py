@@ -102,6 +102,9 @@ class SACPriorConfig:
     # loss's Q term is divided by the batch's mean |Q| (TD3+BC's normalisation). False: raw Q, as SAC's.
     prior_scale_q: bool = False
     q_spread_ema: float = 0.99  # β of the running mean square of that spread (bias-corrected)
+    # Gradient steps over which Q's weight in F1 over skills rises linearly from 0 to 1 (0: full weight at
+    # once): a young critic's Q then cannot re-pick the skills of a prior that is only just decided (§4).
+    skill_q_warmup: int = 0
     # π's pre-tanh mean as atanh(0.97·μ_z(s)) plus the network's output, which starts at zero: a residual
     # on the skill prior, whose mean action the untrained actor takes everywhere (our design, §4).
     actor_on_prior: bool = False
@@ -122,6 +125,8 @@ class SACPriorConfig:
         for name in ("skill_horizon", "batch_size", "buffer_size", "updates_per_step", "hidden_size", "q_samples"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be an integer ≥ 1, got {getattr(self, name)!r}")
+        if not isinstance(self.skill_q_warmup, int) or self.skill_q_warmup < 0:
+            raise ConfigError(f"skill_q_warmup must be an integer ≥ 0, got {self.skill_q_warmup!r}")
         if not isinstance(self.learning_starts, int) or self.learning_starts < 0:
             raise ConfigError(f"learning_starts must be an integer ≥ 0, got {self.learning_starts!r}")
         if not (0.0 <= self.gamma <= 1.0 and 0.0 < self.tau <= 1.0):
@@ -325,12 +330,15 @@ class SACPrior:
 
     def f1_q(self, q: np.ndarray, observe: bool) -> np.ndarray:
         """Q(s,z) as F1 over skills takes it: divided by max(1, RMS spread) with ``prior_scale_q``
-        (``observe``: a training decision, whose spread updates the running mean square first)."""
-        if not self.config.prior_scale_q:
-            return q
-        if observe:
-            self.q_spread.observe(q)
-        return q / self.q_spread.scale
+        (``observe``: a training decision, whose spread updates the running mean square first), and
+        weighted by min(1, gradient steps / ``skill_q_warmup``) when that is set."""
+        if self.config.prior_scale_q:
+            if observe:
+                self.q_spread.observe(q)
+            q = q / self.q_spread.scale
+        if self.config.skill_q_warmup:
+            q = q * min(1.0, self.counters.gradient_steps / self.config.skill_q_warmup)
+        return q
 
     def _skill_prior(self, obs: np.ndarray, state_text: str, q: np.ndarray, alpha: float) -> tuple[np.ndarray, Any]:
         """log p(z|s) over the vocabulary and the lookup behind it (uniform and None without a source)."""

@@ -306,6 +306,23 @@ def test_on_the_priors_scale_a_large_q_no_longer_drowns_the_prior(
     assert agent.q_spread.count == (50 if normalise else 0)  # predict does not move the running spread
 
 
+def test_skill_q_warmup_weighs_q_in_f1_by_the_critics_age(gaussians: SkillGaussians) -> None:
+    """With ``skill_q_warmup`` N, F1 takes Q·min(1, gradient steps / N): no say before learning, full say
+    after N steps; the same Q in F1's mode then moves from the prior's skill to Q's."""
+    backend = FakeBackend(lambda prompt, skill: 0.0 if skill == SKILLS[1] else -1.0)
+    config = SACPriorConfig(**{**TINY.__dict__, "skill_q_warmup": 100, "skill_alpha_0": 1.0, "skill_alpha_min": 1.0})
+    agent = config.create(PendulumControl(), prior_source=skill_cache(gaussians, backend=backend), seed=3)
+    q = np.array([0.0, 0.0, 3.0])
+    agent.skill_q_values = lambda obs, deterministic=False: q  # type: ignore[method-assign]
+    obs, _ = agent.env.reset(seed=0)
+    for steps, weight, mode in [(0, 0.0, 1), (25, 0.25, 1), (100, 1.0, 2), (400, 1.0, 2)]:
+        agent.counters.gradient_steps = steps
+        np.testing.assert_allclose(agent.f1_q(q, observe=False), weight * q)
+        assert agent.predict(obs)[1].skill == mode
+    with pytest.raises(ConfigError, match="skill_q_warmup"):
+        SACPriorConfig(skill_q_warmup=-1)
+
+
 # --- episodes across learn calls -----------------------------------------------------------------------
 def _facts(agent: SACPrior) -> dict:
     """What learning did, less its timings."""
