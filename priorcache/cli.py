@@ -153,6 +153,12 @@ def run(
         help="control environments, sac-prior: δ_KL per action dimension that α is tuned to (default 1 + log 2; "
         "smaller keeps the actor nearer the skill prior)",
     ),
+    skill_q_warmup: int | None = typer.Option(
+        None,
+        min=0,
+        help="control environments, sac-prior: gradient steps over which Q's say in the skill choice (F1) grows "
+        "from 0 to full (default 0: full at once)",
+    ),
     prior_led: bool = typer.Option(
         False,
         help="control environments, sac-prior: the prior-led settings, --adapt lora --residual-actor --prior-scale-q "

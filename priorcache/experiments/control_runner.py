@@ -126,7 +126,8 @@ class ControlRunConfig:
     target_kl_per_dim: float | None = None  # sac-prior: δ_KL / d of α's tuning (None: SACPriorConfig's)
     adapt: str = "none"  # sac-prior: F8 of the skill prior, "none" or "lora" (on the --shots demonstrations)
     prior_scale_q: bool = False  # sac-prior: Q on the prior's scale in F1 and the actor loss (SACPriorConfig)
-    actor_on_prior: bool = False  # sac-prior: the actor a residual on the skill prior's mean (SACPriorConfig)
+    actor_on_prior: bool = False  # sac-prior: the actor a residual on the skill prior's mean and std
+    skill_q_warmup: int = 0  # sac-prior: gradient steps until Q has its full say in F1 over skills (0: at once)
     max_episode_steps: int | None = None  # None: the task's own (MetaWorld 500, MuJoCo 1000)
     learning_starts: int = 1_000  # warm-up steps before the first gradient step (both methods)
     batch_size: int = 256
@@ -181,6 +182,7 @@ class ControlRunConfig:
         for flag in ("prior_scale_q", "actor_on_prior"):
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigError(f"{flag} must be true or false, got {getattr(self, flag)!r}")
+        _check_int("skill_q_warmup", self.skill_q_warmup, 0)
         if self.adapt not in CONTROL_ADAPT:
             raise ConfigError(f"adapt must be one of {', '.join(CONTROL_ADAPT)} for control, not {self.adapt!r}")
         if self.adapt == "lora" and self.shots < 1:
@@ -205,6 +207,7 @@ class ControlRunConfig:
                 ("adapt", self.adapt, "none"),
                 ("prior_scale_q", self.prior_scale_q, False),
                 ("actor_on_prior", self.actor_on_prior, False),
+                ("skill_q_warmup", self.skill_q_warmup, 0),
                 ("alpha_0", self.alpha_0, None),
                 ("alpha_min", self.alpha_min, None),
                 ("backend", self.backend, "embedded"),
@@ -237,13 +240,14 @@ class ControlRunConfig:
         lora = "-lora" if self.adapt == "lora" else ""
         qn = "-qnorm" if self.prior_scale_q else ""
         res = "-residual" if self.actor_on_prior else ""
+        warmup = f"-qwarmup{self.skill_q_warmup}" if self.skill_q_warmup else ""
         # the cache's δ off its default: runs at other δ are other methods, never pooled under one label
         delta = self.cache.similarity_threshold
         delta_label = "" if delta == CacheConfig().similarity_threshold else f"-delta{float(delta)}"
         temp = ""
         if (self.alpha_0, self.alpha_min) != (1.0, 0.25):  # F2's temperatures off their defaults
             temp = f"-alpha{self.alpha_0:g}" + ("" if self.alpha_min == self.alpha_0 else f"-{self.alpha_min:g}")
-        return f"sac-prior-{mode}{shots}{lora}{kl}{qn}{res}{delta_label}{temp}"
+        return f"sac-prior-{mode}{shots}{lora}{kl}{qn}{res}{delta_label}{temp}{warmup}"
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -409,6 +413,7 @@ class _Run:
             target_kl_per_dim=c.target_kl_per_dim,
             prior_scale_q=c.prior_scale_q,
             actor_on_prior=c.actor_on_prior,
+            skill_q_warmup=c.skill_q_warmup,
             **shared,
         )
 

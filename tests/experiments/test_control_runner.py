@@ -286,6 +286,7 @@ def test_bad_configurations_are_refused(tmp_path: Path) -> None:
         (dict(eval_every=-1), "eval_every must be an integer ≥ 0"),
         (dict(skill_hold=0), "skill_hold must be an integer ≥ 1"),
         (dict(actor_on_prior=1), "actor_on_prior must be true or false"),
+        (dict(skill_q_warmup=-1), "skill_q_warmup must be an integer ≥ 0"),
         (dict(target_kl_per_dim=0.0), "target_kl_per_dim must be a number > 0"),
         (dict(method="sac", actor_on_prior=True), "actor_on_prior apply to sac-prior only"),
         (dict(adapt="icl"), "adapt must be one of none, lora for control"),
@@ -313,6 +314,7 @@ def test_bad_configurations_are_refused(tmp_path: Path) -> None:
         (["run", "babyai", "--prior-scale-q"], "--prior-scale-q: an option of continuous-control"),
         (["run", ENV, "--method", "sac", "--actor-target-kl", "0.5"], "--actor-target-kl: an option of --method sac-"),
         (["run", ENV, "--method", "sac", "--prior-led"], "--prior-led: an option of --method sac-prior"),
+        (["run", ENV, "--method", "sac", "--skill-q-warmup", "9"], "--skill-q-warmup: an option of --method sac-"),
         (["run", "babyai", "--prior-led"], "--prior-led: an option of continuous-control"),
         (["run", "babyai", "--steps", "100"], "--steps: an option of continuous-control environments"),
         (["run", "babyai", "--method", "sac"], "'babyai' is a text environment"),
@@ -339,6 +341,8 @@ def test_prior_led_stands_for_its_settings_and_a_given_option_wins(tmp_path: Pat
     given = {**params, "prior_led": True, "alpha": 4.0}
     config = control_config(ENV, given, {"prior_led", "alpha"}, {}, cache)  # given beside it: wins
     assert (config.alpha_0, config.alpha_min, config.adapt) == (4.0, 4.0, "lora")
+    warm = control_config(ENV, {**params, "prior_led": True, "skill_q_warmup": 900}, {"prior_led"}, {}, cache)
+    assert warm.skill_q_warmup == 900 and warm.label == "sac-prior-static-lora-kl0.25-qnorm-residual-alpha16-qwarmup900"
 
 
 @pytest.mark.slow
