@@ -47,6 +47,7 @@ class ControlMethod(NamedTuple):
     target_kl_per_dim: float | None = None
     skill_alpha: float | None = None  # F2's α_0 = α_min of the skill choice (None: the defaults 1.0 and 0.25)
     adapt: str = "none"
+    skill_q_warmup: int = 0
 
 
 def _methods() -> dict[str, ControlMethod]:
@@ -89,7 +90,13 @@ def _methods() -> dict[str, ControlMethod]:
             target_kl_per_dim=PRIOR_LED_TARGET_KL,
             skill_alpha=PRIOR_LED_SKILL_ALPHA,
         )
+        if mode != "kl-budget":  # … and with Q let into the skill choice over SKILL_Q_WARMUP gradient steps
+            methods[f"{led}-qwarmup{SKILL_Q_WARMUP}"] = methods[led]._replace(skill_q_warmup=SKILL_Q_WARMUP)
     return methods
+
+
+#: The skill-level warm-up of the prior-led "-qwarmup" methods: Q has a quarter of its say at 5,000 steps.
+SKILL_Q_WARMUP = 20_000
 
 
 #: The kl-budget target of the default table's and the LoRA methods' kl-budget rows.
@@ -169,6 +176,7 @@ class ControlBenchConfig:
             alpha_0=m.skill_alpha,
             alpha_min=m.skill_alpha,
             adapt=m.adapt,
+            skill_q_warmup=m.skill_q_warmup,
             skill_hold=self.skill_hold,
             backend=self.backend,
             model_path=self.model_path,
