@@ -26,6 +26,7 @@ from priorcache.experiments.control_runner import (
     DEFAULT_SKILL_HOLD,
     DEFAULT_STEPS,
     PRIOR_LED_SKILL_ALPHA,
+    PRIOR_LED_SKILL_Q_WARMUP,
     PRIOR_LED_TARGET_KL,
     ControlRunConfig,
     control_envs,
@@ -90,13 +91,10 @@ def _methods() -> dict[str, ControlMethod]:
             target_kl_per_dim=PRIOR_LED_TARGET_KL,
             skill_alpha=PRIOR_LED_SKILL_ALPHA,
         )
-        if mode != "kl-budget":  # … and with Q let into the skill choice over SKILL_Q_WARMUP gradient steps
-            methods[f"{led}-qwarmup{SKILL_Q_WARMUP}"] = methods[led]._replace(skill_q_warmup=SKILL_Q_WARMUP)
+        if mode != "kl-budget":  # … and with Q let into the skill choice gradually (--prior-led's settings)
+            warmup = PRIOR_LED_SKILL_Q_WARMUP
+            methods[f"{led}-qwarmup{warmup}"] = methods[led]._replace(skill_q_warmup=warmup)
     return methods
-
-
-#: The skill-level warm-up of the prior-led "-qwarmup" methods: Q has a quarter of its say at 5,000 steps.
-SKILL_Q_WARMUP = 20_000
 
 
 #: The kl-budget target of the default table's and the LoRA methods' kl-budget rows.

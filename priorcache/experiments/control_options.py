@@ -29,6 +29,7 @@ from priorcache.experiments.control_runner import (
     DEFAULT_EVAL_EVERY,
     DEFAULT_STEPS,
     PRIOR_LED_SKILL_ALPHA,
+    PRIOR_LED_SKILL_Q_WARMUP,
     PRIOR_LED_TARGET_KL,
     ControlRunConfig,
 )
@@ -91,8 +92,8 @@ SAC_PRIOR_ONLY = (
     "prior_led",
 )
 #: What ``--prior-led`` sets (parameter → value) unless that option is given too: the 5-shot LoRA skill prior,
-#: the residual actor, Q on the prior's scale, a tight δ_KL and a fixed skill temperature (docs/design.md §4;
-#: a given ``--alpha`` alone fixes it there).
+#: the residual actor, Q on the prior's scale, a tight δ_KL, a fixed skill temperature (a given ``--alpha``
+#: alone fixes it there) and the skill-level warm-up (docs/design.md §4).
 PRIOR_LED = {
     "adapt": "lora",
     "residual_actor": True,
@@ -100,6 +101,7 @@ PRIOR_LED = {
     "actor_target_kl": PRIOR_LED_TARGET_KL,
     "alpha": PRIOR_LED_SKILL_ALPHA,
     "alpha_min": PRIOR_LED_SKILL_ALPHA,
+    "skill_q_warmup": PRIOR_LED_SKILL_Q_WARMUP,
 }
 
 

@@ -85,6 +85,10 @@ PRIOR_LED_TARGET_KL = 0.25
 #: is young. On push-v3 the prior's mode beats its runner-up by only 0.15–0.32 nats at some decisive states,
 #: where a young critic's Q/α_z gaps reached 1.4 at α_z = 4 (docs/design.md §4, "Skill temperature").
 PRIOR_LED_SKILL_ALPHA = 16.0
+#: … and the gradient steps over which Q's say in that choice grows to full (``skill_q_warmup``): at 16 a young
+#: critic still re-picked near-tied skills on one push-v3 seed of three; with 20,000 none did (a quarter of
+#: Q's say at 5,000 steps).
+PRIOR_LED_SKILL_Q_WARMUP = 20_000
 #: F8 for the skill prior: the base LLM, or a LoRA fine-tune on the demonstrations' (φ(s), skill) pairs.
 CONTROL_ADAPT = ("none", "lora")
 

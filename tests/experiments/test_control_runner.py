@@ -341,7 +341,10 @@ def test_prior_led_stands_for_its_settings_and_a_given_option_wins(tmp_path: Pat
     given = {**params, "prior_led": True, "alpha": 4.0}
     config = control_config(ENV, given, {"prior_led", "alpha"}, {}, cache)  # given beside it: wins
     assert (config.alpha_0, config.alpha_min, config.adapt) == (4.0, 4.0, "lora")
-    warm = control_config(ENV, {**params, "prior_led": True, "skill_q_warmup": 900}, {"prior_led"}, {}, cache)
+    assert led.skill_q_warmup == PRIOR_LED["skill_q_warmup"] > 0
+    warm = control_config(
+        ENV, {**params, "prior_led": True, "skill_q_warmup": 900}, {"prior_led", "skill_q_warmup"}, {}, cache
+    )
     assert warm.skill_q_warmup == 900 and warm.label == "sac-prior-static-lora-kl0.25-qnorm-residual-alpha16-qwarmup900"
 
 
@@ -353,7 +356,7 @@ def test_priorcache_run_on_metaworld_with_the_embedded_llm(tmp_path: Path) -> No
     result = CliRunner().invoke(app, [*args, "--out", str(out), "--quiet"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     # --prior-led's settings, but the δ_KL given beside it
-    assert "sac-prior-static-2shot-lora-kl0.5-qnorm-residual-alpha16" in result.output
+    assert "sac-prior-static-2shot-lora-kl0.5-qnorm-residual-alpha16-qwarmup20000" in result.output
     assert "held-out return" in result.output
     summary = json.loads((out / "summary.json").read_text())
     assert summary["demonstrations"]["adaptation"]["lora_pairs"] >= 2  # the skill prior was fine-tuned (F8)
