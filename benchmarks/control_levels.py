@@ -42,11 +42,12 @@ from priorcache.cache.config import CacheConfig  # noqa: E402
 from priorcache.cache.encoder import MiniLMEncoder  # noqa: E402
 from priorcache.envs.registry import game_seeds, make_split_env  # noqa: E402
 from priorcache.experiments.control_episodes import TrainingInstances  # noqa: E402
-from priorcache.experiments.control_learners import EVAL_RESET_SEED, SACPriorLearner, SkillPriorParts  # noqa: E402
+from priorcache.experiments.control_learners import EVAL_RESET_SEED, SkillPriorParts  # noqa: E402
 from priorcache.experiments.control_runner import (  # noqa: E402
     PRIOR_LED_SKILL_ALPHA,
     PRIOR_LED_TARGET_KL,
     ControlRunConfig,
+    make_learner,
 )
 from priorcache.io import atomic_write_json  # noqa: E402
 
@@ -119,6 +120,7 @@ def main() -> None:
         target_kl_per_dim=args.actor_target_kl,
         alpha_0=args.skill_alpha,
         alpha_min=args.skill_alpha,
+        skill_q_warmup=args.skill_q_warmup,
         out=out.with_suffix(""),
     )
     train_seeds = game_seeds(args.task, "train", args.train_games)
@@ -130,23 +132,7 @@ def main() -> None:
     eval_seeds = game_seeds(args.task, "eval", args.episodes)
     held_out = [make_split_env(args.task, "eval", g, **env_kwargs) for g in eval_seeds]
     env = TrainingInstances(args.task, train_seeds, args.seed, env_kwargs)
-    assert config.skill_hold is not None
-    learner = SACPriorLearner(
-        env,
-        parts.cache(config),
-        seed=args.seed,
-        hidden_size=config.hidden_size,
-        batch_size=config.batch_size,
-        learning_starts=config.learning_starts,
-        buffer_size=max(args.steps, config.batch_size),
-        skill_hold=config.skill_hold,
-        alpha_0=args.skill_alpha,
-        alpha_min=args.skill_alpha,
-        target_kl_per_dim=args.actor_target_kl,
-        prior_scale_q=True,
-        actor_on_prior=True,
-        skill_q_warmup=args.skill_q_warmup,
-    )
+    learner = make_learner(config, env, args.seed, parts)
     agent, rows, start, done = learner.agent, [], time.perf_counter(), 0
     while True:
         margins: list[list[float]] = []

@@ -64,10 +64,11 @@ def _methods() -> dict[str, ControlMethod]:
     for shots in (0, 10):  # the shot comparison, beside the default (static) cache's 5 shots
         methods[f"sac-prior-static-{shots}shot"] = ControlMethod("sac-prior", "static", shots=shots)
     # F8 for control, the skill prior LoRA-fine-tuned on the demonstrations: alone ("-lora"), and with
-    # the prior leading (Q on the prior's scale, the actor a residual on the prior's mean, a tight KL, a
-    # fixed skill temperature). The prior-led rows are uncached, static with exact-text hits only (δ 1)
-    # and kl-budget: a sharp prior served by MiniLM similarity at δ 0.92 or 0.98 picked wrong skills on
-    # push-v3, and kl-budget's similar hits lost it too (measured).
+    # the prior leading (Q on the prior's scale, the actor a residual on the prior's mean and std, a tight
+    # KL, a fixed skill temperature; with or without the skill-level warm-up). The prior-led rows are
+    # uncached, static with exact-text hits only (δ 1) and kl-budget: a sharp prior served by MiniLM
+    # similarity at δ 0.92 or 0.98 picked wrong skills on push-v3, and kl-budget's similar hits lost it too
+    # (measured).
     for mode in MODES:
         name = "uncached" if mode == "none" else mode
         settings: dict[str, Any] = {}

@@ -271,6 +271,34 @@ def _check_int(name: str, value: Any, low: int) -> int:
     return int(value)
 
 
+def make_learner(config: ControlRunConfig, env: TrainingInstances, seed: int, prior: SkillPriorParts | None) -> Any:
+    """The learner of one seed of ``config`` on ``env``: SB3 SAC without a skill prior, else SAC-Prior
+    with a new cache of ``config``'s settings serving ``prior``."""
+    c = config
+    shared = {
+        "seed": seed,
+        "hidden_size": c.hidden_size,
+        "batch_size": c.batch_size,
+        "learning_starts": c.learning_starts,
+        "buffer_size": max(c.steps, c.batch_size),  # the whole budget
+    }
+    if prior is None:
+        return SB3SAC(env, **shared)
+    assert c.skill_hold is not None and c.alpha_0 is not None and c.alpha_min is not None
+    return SACPriorLearner(
+        env,
+        prior.cache(c),
+        skill_hold=c.skill_hold,
+        alpha_0=c.alpha_0,
+        alpha_min=c.alpha_min,
+        target_kl_per_dim=c.target_kl_per_dim,
+        prior_scale_q=c.prior_scale_q,
+        actor_on_prior=c.actor_on_prior,
+        skill_q_warmup=c.skill_q_warmup,
+        **shared,
+    )
+
+
 def run_control(
     config: ControlRunConfig,
     backend: Any = None,
@@ -396,31 +424,6 @@ class _Run:
             bar.close()
             self.log.close()
 
-    def _learner(self, env: TrainingInstances, seed: int) -> Any:
-        c = self.config
-        shared = {
-            "seed": seed,
-            "hidden_size": c.hidden_size,
-            "batch_size": c.batch_size,
-            "learning_starts": c.learning_starts,
-            "buffer_size": max(c.steps, c.batch_size),  # the whole budget
-        }
-        if self.prior is None:
-            return SB3SAC(env, **shared)
-        assert c.skill_hold is not None and c.alpha_0 is not None and c.alpha_min is not None
-        return SACPriorLearner(
-            env,
-            self.prior.cache(c),
-            skill_hold=c.skill_hold,
-            alpha_0=c.alpha_0,
-            alpha_min=c.alpha_min,
-            target_kl_per_dim=c.target_kl_per_dim,
-            prior_scale_q=c.prior_scale_q,
-            actor_on_prior=c.actor_on_prior,
-            skill_q_warmup=c.skill_q_warmup,
-            **shared,
-        )
-
     def _checkpoint(self, progress: Progress, learner: Any, clock: dict[str, float]) -> None:
         """``progress`` (with the line counts filled in), and ``learner`` and the seed's ``clock`` when
         given, as the run's checkpoint (:mod:`priorcache.experiments.run_folder`'s folder and swap)."""
@@ -455,7 +458,7 @@ class _Run:
         clock = {"train": 0.0, "eval": 0.0, "before": 0.0}  # seconds; "before": of the run before a resume
         started = time.perf_counter()
         try:
-            learner = self._learner(env, seed)
+            learner = make_learner(self.config, env, seed, self.prior)
             done = 0
             # the seed's training LLM queries, summed over its episodes for the TensorBoard curves
             queries = [sum(r["llm_calls"] + r["partial_calls"] for r in self.records if r["seed"] == seed)]
