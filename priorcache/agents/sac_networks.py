@@ -27,6 +27,9 @@ def squashed_gaussian(mean: torch.Tensor, log_std: torch.Tensor, noise: torch.Te
 
 #: A residual actor's base is atanh of the prior mean shrunk by this much: μ_z is clipped to ±1, atanh(±1) = ±∞.
 BASE_SHRINK = 0.97
+#: What a residual actor adds its MLP to, saved with its weights: a save whose residual was another (the
+#: mean alone, before the std joined) would load into the wrong function without a word.
+RESIDUAL_KIND = "mean-and-log-std"
 
 
 class Actor(nn.Module):

@@ -4,7 +4,8 @@ The folder is the one every agent uses (:mod:`priorcache.agents.saving`): ``weig
 the actor, both critics and their targets, Adam's moments for actor, critics and α, log α and the
 torch generator's state; ``agent.json`` the config, the seed, the environment's identity
 (observation and action dimensions, skills, objective), the skill Gaussians (exactly, as JSON
-floats), the counters, F2's hit rate, the NumPy generators' states and the episode log. A load onto
+floats), the counters, F2's hit rate, the NumPy generators' states, the episode log and, for a residual
+actor, what its MLP is a residual on (a save under another residual is refused). A load onto
 an environment with another identity is refused: the networks would read other inputs.
 
 The training episode in progress (``SACPrior.episode_in_progress``) is saved too: its reset seed,
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from priorcache.agents.sac_networks import RESIDUAL_KIND
 from priorcache.agents.saving import read_agent, write_agent
 from priorcache.agents.torch_state import load_state_tensors, state_tensors
 from priorcache.errors import ConfigError
@@ -88,6 +90,7 @@ def save_agent(agent: SACPrior, path: Path) -> None:
         "predict_rng": agent._predict_rng.bit_generator.state,
         "episode_log": agent.episode_log,
         "episode": episode,
+        "actor_residual": RESIDUAL_KIND if agent.config.actor_on_prior else None,
     }
     write_agent(path, {"agent": NAME, "config": asdict(agent.config), "seed": agent.seed, "state": state}, tensors)
 
@@ -115,6 +118,13 @@ def load_agent(
         gaussians = SkillGaussians.from_dict(saved.get("gaussians"))
     except (ConfigError, TypeError) as e:
         raise ConfigError(f"{path}: damaged SAC-Prior config or skill Gaussians: {e}") from None
+    residual = saved.get("actor_residual")  # absent in folders saved before the residual on σ_z
+    if config.actor_on_prior and residual != RESIDUAL_KIND:
+        saved_as = f"as {residual!r}" if residual else "before its std joined the residual"
+        raise ConfigError(
+            f"{path} holds a residual actor saved {saved_as}, not a {RESIDUAL_KIND!r} residual: its weights "
+            "would load into another function; train it again"
+        )
     agent = cls(config, env, prior_source, gaussians, prompt_builder, embedder, doc["seed"])
     if saved.get("env") != env_identity(agent):
         raise ConfigError(f"{path} was saved for the env {saved.get('env')}, not this one {env_identity(agent)}")

@@ -84,7 +84,8 @@ def _methods() -> dict[str, ControlMethod]:
         # The same settings over the 0-shot prior (no "-lora"): on MuJoCo the LoRA prior learns the
         # demonstrator's segmentation, which the 0-shot prior's one walking skill beats (measured).
         for adapt, adapted in (("lora", "-lora"), ("none", "")):
-            led = f"sac-prior-{name}{adapted}-kl{PRIOR_LED_TARGET_KL:g}-qnorm-residual{delta}-alpha{PRIOR_LED_SKILL_ALPHA:g}"
+            led = f"sac-prior-{name}{adapted}-kl{PRIOR_LED_TARGET_KL:g}-qnorm-residual{delta}"
+            led += f"-alpha{PRIOR_LED_SKILL_ALPHA:g}"
             methods[led] = ControlMethod(
                 "sac-prior",
                 mode,

@@ -5,6 +5,7 @@ learns Pendulum with the real embedded LLM and MiniLM behind a static cache."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -428,6 +429,23 @@ def test_load_refuses_another_environment_and_damaged_files(tmp_path: Path) -> N
         SACPrior.load(tmp_path / "agent", PendulumControl())
     with pytest.raises(ConfigError, match="no saved agent"):
         SACPrior.load(tmp_path / "nowhere", PendulumControl())
+
+
+def test_a_residual_actor_saved_under_another_residual_is_refused(tmp_path: Path, gaussians: SkillGaussians) -> None:
+    """A residual actor's save says which residual its weights were trained under; one without that word
+    (saved before the std joined the residual) or with another is refused, a plain actor's never asked."""
+    config = SACPriorConfig(**{**TINY.__dict__, "actor_on_prior": True})
+    config.create(PendulumControl(), gaussians=gaussians).save(tmp_path / "agent")
+    SACPrior.load(tmp_path / "agent", PendulumControl())  # its own kind loads
+    doc_path = tmp_path / "agent" / "agent.json"
+    doc = json.loads(doc_path.read_text())
+    for saved, words in ((None, "before its std joined the residual"), ("mean", "saved as 'mean'")):
+        doc["state"]["actor_residual"] = saved
+        doc_path.write_text(json.dumps(doc))
+        with pytest.raises(ConfigError, match=f"{words}.*train it again"):
+            SACPrior.load(tmp_path / "agent", PendulumControl())
+    TINY.create(PendulumControl(), gaussians=gaussians).save(tmp_path / "plain")
+    assert not SACPrior.load(tmp_path / "plain", PendulumControl()).config.actor_on_prior
 
 
 # --- bad input -------------------------------------------------------------------------------------------
