@@ -274,11 +274,17 @@ def _choice_scores(backend: Any, context: list[int], action_ids: list[list[int]]
 
 
 def _train(
-    backend: Any, pairs: list[tuple[Prompt, str, tuple[str, ...] | None]], hyper: dict[str, Any], out: Path
+    backend: Any,
+    pairs: list[tuple[Prompt, str, tuple[str, ...] | None]],
+    hyper: dict[str, Any],
+    out: Path,
+    progress: bool,
 ) -> None:
-    """Fit LoRA weights on ``backend``'s model (in place: the backend is spent afterwards) and save them in ``out``."""
+    """Fit LoRA weights on ``backend``'s model (in place: the backend is spent afterwards) and save them in
+    ``out``; ``progress``: a bar over the optimiser steps with the last batch's loss."""
     import torch
     from peft import LoraConfig, get_peft_model
+    from tqdm.auto import tqdm
 
     torch.manual_seed(hyper["seed"])
     config = LoraConfig(
@@ -317,11 +323,14 @@ def _train(
     optimiser = torch.optim.AdamW(params, lr=hyper["learning_rate"], weight_decay=0.0)
     rng = np.random.default_rng(hyper["seed"])
     size = hyper["batch_size"]
-    for _ in range(hyper["epochs"]):
+    steps = hyper["epochs"] * -(-len(rows) // size)
+    bar = tqdm(total=steps, desc="LoRA fine-tune", unit="step", disable=not progress, file=sys.stderr)
+    for epoch in range(hyper["epochs"]):
         order = rng.permutation(len(rows))
         for start in range(0, len(order), size):
             batch = [rows[i] for i in order[start : start + size]]
             optimiser.zero_grad(set_to_none=True)
+            batch_loss = 0.0
             for row in batch:  # one state per forward: no padding, exactly the scored token ids
                 if loss_kind == "token":
                     inputs, targets = row
@@ -338,7 +347,11 @@ def _train(
                     loss = -scores[target] if loss_kind == "both" else scores.new_zeros(())
                     loss = loss + torch.logsumexp(scores, 0) - scores[target]
                 (loss / len(batch)).backward()
+                batch_loss += loss.item() / len(batch)
             optimiser.step()
+            bar.set_postfix(epoch=epoch + 1, loss=f"{batch_loss:.3f}", refresh=False)
+            bar.update()
+    bar.close()
     model.eval()
     model.save_pretrained(str(out), safe_serialization=True)
 
@@ -357,12 +370,14 @@ def lora_finetune(
     loss: str = DEFAULT_LOSS,
     device: str = "cpu",
     cache_dir: str | os.PathLike[str] | None = None,
+    progress: bool = True,
 ) -> LoraAdapter:
     """Fine-tune LoRA weights (all linear layers but the LM head) of the causal LM in ``model_path``
     on ``pairs`` of (Prompt, action) or (Prompt, action, candidates) with the ``loss`` named in
     ``LOSSES``, or reuse the adapter saved for the same key; see the module doc.
 
-    ``cache_dir`` overrides ``cache_root() / "adapters"``. A damaged folder under the key, or one
+    ``cache_dir`` overrides ``cache_root() / "adapters"``; ``progress`` shows a bar over the optimiser
+    steps (stderr). A damaged folder under the key, or one
     made for another base model, is refused with ConfigError (delete it to train again)."""
     from priorcache.prior.transformers_backend import TransformersBackend
 
@@ -390,7 +405,7 @@ def lora_finetune(
             flush=True,
         )
         backend = TransformersBackend(model_path, device=device, prefix_cache_size=0)
-        _train(backend, pairs, hyper, tmp)
+        _train(backend, pairs, hyper, tmp, progress)
         del backend
         trained["s"] = time.perf_counter() - start
         meta = {

@@ -184,7 +184,9 @@ def test_choice_scores_are_the_backends_f3_scores_with_gradients(tiny_model_dir,
 
 
 @pytest.mark.parametrize("loss", ["choice", "both"])
-def test_choice_loss_trains_the_prior_as_a_classifier_over_the_candidates(tiny_model_dir, tmp_path, loss) -> None:
+def test_choice_loss_trains_the_prior_as_a_classifier_over_the_candidates(
+    tiny_model_dir, tmp_path, loss, capsys
+) -> None:
     from priorcache.prior.transformers_backend import TransformersBackend
 
     build = prompt_builder("babyai")
@@ -196,6 +198,8 @@ def test_choice_loss_trains_the_prior_as_a_classifier_over_the_candidates(tiny_m
         adapter.trained
         and json.loads((adapter.folder / ADAPTER_META).read_text())["hyper_parameters"]["loss"] == (LOSSES[loss])
     )
+    bar = capsys.readouterr().err  # 8 epochs of one batch each, with the last batch's loss
+    assert "LoRA fine-tune: 100%" in bar and "8/8" in bar and "epoch=8" in bar and "loss=" in bar
     prompts = [p for p, _, _ in pairs]
     before = TransformersBackend(tiny_model_dir).score(prompts, [CANDIDATES] * len(prompts)).scores
     after = TransformersBackend(tiny_model_dir, adapter=adapter.folder).score(prompts, [CANDIDATES] * len(prompts))
