@@ -1,6 +1,6 @@
 """SAC-Prior (docs/design.md §4; anchor: SPiRL's KL-regularised SAC, Pertsch et al. 2020): continuous control
 with LLM-chosen skills. The algorithm in one file, to be read top to bottom (networks: ``sac_networks``,
-saving: ``sac_saving``).
+bookkeeping: ``sac_state``, saving: ``sac_saving``).
 
 Hybrid action space. A task has a small vocabulary of skills z (``env.skills``); a skill, once chosen,
 is held for H steps, so the LLM is asked at skill decisions only.
@@ -29,7 +29,7 @@ this agent with ``prior_source=None`` and flat Gaussians is SAC (with skills as 
 
 Warm-up: for the first ``learning_starts`` steps the action is a draw from the held skill's N_z(·|s)
 (uniform for the flat prior, which is SAC's random warm-up). With ``actor_on_prior`` the actor is a
-residual on the skill prior's mean (:class:`~priorcache.agents.sac_networks.Actor`), so it starts
+residual on the skill prior's mean and std (:class:`~priorcache.agents.sac_networks.Actor`), so it starts
 where the prior is, as SPiRL starts its policy at the prior.
 
 SB3-style API: ``learn(total_timesteps)``
@@ -45,7 +45,7 @@ import functools
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -56,6 +56,7 @@ from torch.nn import functional as F
 from priorcache.agents.base import episode_seed
 from priorcache.agents.control_buffer import ControlReplayBuffer
 from priorcache.agents.sac_networks import Actor, TwinQ
+from priorcache.agents.sac_state import EpisodeInProgress, QSpread, SACPriorCounters, SkillDecision, SkillState
 from priorcache.agents.saving import read_arrays, write_arrays
 from priorcache.errors import ConfigError
 from priorcache.posterior import PosteriorSampler, TemperatureSchedule
@@ -105,8 +106,8 @@ class SACPriorConfig:
     # Gradient steps over which Q's weight in F1 over skills rises linearly from 0 to 1 (0: full weight at
     # once): a young critic's Q then cannot re-pick the skills of a prior that is only just decided (§4).
     skill_q_warmup: int = 0
-    # π's pre-tanh mean as atanh(0.97·μ_z(s)) plus the network's output, which starts at zero: a residual
-    # on the skill prior, whose mean action the untrained actor takes everywhere (our design, §4).
+    # π's pre-tanh mean atanh(0.97·μ_z(s)) and log-std log σ_z, each plus the network's output, which starts
+    # at zero: a residual on the skill prior, whose Gaussian the untrained actor follows (our design, §4).
     actor_on_prior: bool = False
     hidden_size: int = 256
     q_samples: int = 4  # draws per skill for Q(s,z)
@@ -156,76 +157,7 @@ class SACPriorConfig:
         return SACPrior(self, env, prior_source, gaussians, prompt_builder, embedder, seed)
 
 
-@dataclass
-class QSpread:
-    """The bias-corrected running mean square of Q(s,z) − mean_z Q(s,z) over skill decisions, and the
-    scale F1 divides Q by: max(1, its root), so Q is shrunk to unit spread, never magnified."""
-
-    beta: float
-    mean_square: float = 0.0
-    count: int = 0
-
-    def observe(self, q: np.ndarray) -> None:
-        spread = float(np.mean((q - q.mean()) ** 2))
-        self.mean_square = self.beta * self.mean_square + (1.0 - self.beta) * spread
-        self.count += 1
-
-    @property
-    def scale(self) -> float:
-        if self.count == 0:
-            return 1.0
-        return max(1.0, math.sqrt(self.mean_square / (1.0 - self.beta**self.count)))
-
-
 # --- the agent -----------------------------------------------------------------------------------------
-@dataclass
-class SACPriorCounters:
-    """What learning cost: environment steps, skill decisions, and the LLM queries the prior source
-    reports (full and F7 partial apart), cache hits, gradient steps, and their times."""
-
-    env_steps: int = 0
-    episodes: int = 0
-    skill_decisions: int = 0
-    llm_queries: int = 0
-    partial_queries: int = 0
-    cache_hits: int = 0
-    gradient_steps: int = 0
-    llm_time_s: float = 0.0
-    decision_time_s: float = 0.0  # skill decisions, LLM included
-    train_time_s: float = 0.0  # gradient steps
-
-
-@dataclass(frozen=True)
-class SkillState:
-    """``predict``'s recurrent state: the skill in force and how many steps it is still held."""
-
-    skill: int
-    steps_left: int
-
-
-@dataclass
-class SkillDecision:
-    skill: int
-    hit: bool
-    lookup: Any = None  # what the prior source served (None without one)
-
-
-@dataclass
-class EpisodeInProgress:
-    """The training episode ``learn`` is in the middle of: it goes on at the next call. ``actions``
-    are the episode's so far: a save keeps them, and a load replays them from the reset with
-    ``reset_seed`` to bring a fresh env to ``obs`` (MuJoCo's state cannot be saved simply)."""
-
-    reset_seed: int
-    obs: np.ndarray  # the observation the next step acts on
-    decision: SkillDecision  # the skill in force
-    steps_left: int  # steps it is still held (≥ 1)
-    episode_return: float = 0.0
-    length: int = 0
-    success: bool = False
-    actions: list[np.ndarray] = field(default_factory=list)
-
-
 class SACPrior:
     """SAC-Prior on a ControlEnv-shaped ``env`` (observation/action Box spaces, actions in [−1, 1]^d,
     ``objective``, ``skills``, ``describe(obs)``, ``info["state_text"]``)."""

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from priorcache.agents.sac_networks import RESIDUAL_KIND
+from priorcache.agents.sac_state import EpisodeInProgress, SACPriorCounters, SkillDecision
 from priorcache.agents.saving import read_agent, write_agent
 from priorcache.agents.torch_state import load_state_tensors, state_tensors
 from priorcache.errors import ConfigError
@@ -104,7 +105,7 @@ def load_agent(
     embedder: Callable[[np.ndarray, str], np.ndarray] | None,
     replay_episode: bool = True,
 ) -> SACPrior:
-    from priorcache.agents.sac_prior import NAME, SACPriorConfig, SACPriorCounters
+    from priorcache.agents.sac_prior import NAME, SACPriorConfig
 
     doc, tensors = read_agent(path)
     if doc["agent"] != NAME:
@@ -159,8 +160,6 @@ def load_agent(
 
 def _episode_in_progress(agent: SACPrior, saved: dict[str, Any], obs: torch.Tensor, actions: torch.Tensor) -> Any:
     """The saved episode in progress, checked (ValueError naming what does not fit)."""
-    from priorcache.agents.sac_prior import EpisodeInProgress, SkillDecision
-
     length, skill, left = saved["length"], saved["skill"], saved["steps_left"]
     if not all(isinstance(v, int) and not isinstance(v, bool) for v in (length, skill, left, saved["reset_seed"])):
         raise ValueError("the episode in progress has a non-integer length, skill, steps left or seed")

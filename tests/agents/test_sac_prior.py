@@ -16,7 +16,8 @@ import torch
 from scipy import integrate, stats
 
 from priorcache.agents.sac_networks import squashed_gaussian
-from priorcache.agents.sac_prior import QSpread, SACPrior, SACPriorConfig, SkillState
+from priorcache.agents.sac_prior import SACPrior, SACPriorConfig
+from priorcache.agents.sac_state import QSpread, SkillState
 from priorcache.cache.config import CacheConfig
 from priorcache.cache.prior_cache import PriorCache
 from priorcache.errors import ConfigError
