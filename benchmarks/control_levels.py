@@ -2,7 +2,8 @@
 the actor π(a|s,z). A diagnostic of the prior-led settings (docs/design.md §4, "Skill temperature").
 
 One task and seed train as a ``bench control`` run does (the same training instances, budget-sized
-buffer, ``learning_starts`` 1,000). The skill prior is the 5-shot LoRA one. Its cache is the static
+buffer, ``learning_starts`` 1,000). The skill prior is the 5-shot LoRA one (``--adapt none``: the
+0-shot one, file name ending ``-0shot``). Its cache is the static
 exact-text one (δ 1.0), which serves the LLM's own prior, so training matches the uncached run. Every
 ``--every`` steps, each of the ``--episodes`` first held-out instances (reset seed 0, as the
 evaluations) is played deterministically four ways, a skill chosen every H steps:
@@ -50,6 +51,7 @@ from priorcache.experiments.control_runner import (  # noqa: E402
     make_learner,
 )
 from priorcache.io import atomic_write_json  # noqa: E402
+from priorcache.prior.registry import make_backend  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "control_levels"
 WAYS = ("agent", "prior_skills", "agent_skills_prior_actions", "prior")
@@ -96,6 +98,10 @@ def main() -> None:
     parser.add_argument(
         "--skill-q-warmup", type=int, default=0, help="gradient steps over which Q's weight in F1 rises to 1"
     )
+    parser.add_argument("--actor-warmup", type=int, default=0, help="gradient steps before the actor's first")
+    parser.add_argument(
+        "--adapt", choices=("lora", "none"), default="lora", help="the 5-shot LoRA skill prior, or the 0-shot one"
+    )
     parser.add_argument("--train-games", type=int, default=10)
     parser.add_argument("--max-steps", type=int, help="episode step limit (default: the task's own)")
     parser.add_argument("--out", type=Path)
@@ -103,7 +109,10 @@ def main() -> None:
     if args.steps < 1 or args.every < 1 or args.episodes < 1:
         parser.error("--steps, --every and --episodes must be ≥ 1")
     warmup = f"-qwarmup{args.skill_q_warmup}" if args.skill_q_warmup else ""
-    out = args.out or RESULTS / f"{args.task.replace(':', '-')}-seed{args.seed}-alpha{args.skill_alpha:g}{warmup}.json"
+    warmup += f"-awarmup{args.actor_warmup}" if args.actor_warmup else ""
+    zero_shot = "-0shot" if args.adapt == "none" else ""
+    name = f"{args.task.replace(':', '-')}-seed{args.seed}-alpha{args.skill_alpha:g}{warmup}{zero_shot}.json"
+    out = args.out or RESULTS / name
     env_kwargs = {} if args.max_steps is None else {"max_episode_steps": args.max_steps}
 
     config = ControlRunConfig(
@@ -114,19 +123,21 @@ def main() -> None:
         steps=args.steps,
         train_games=args.train_games,
         max_episode_steps=args.max_steps,
-        adapt="lora",
+        adapt=args.adapt,
         prior_scale_q=True,
         actor_on_prior=True,
         target_kl_per_dim=args.actor_target_kl,
         alpha_0=args.skill_alpha,
         alpha_min=args.skill_alpha,
         skill_q_warmup=args.skill_q_warmup,
+        actor_warmup=args.actor_warmup,
         out=out.with_suffix(""),
     )
     train_seeds = game_seeds(args.task, "train", args.train_games)
     probe = make_split_env(args.task, "train", train_seeds[0], **env_kwargs)
     try:
-        parts = SkillPriorParts.build(config, probe, None, MiniLMEncoder(), progress=True)
+        backend = None if args.adapt == "lora" else make_backend("embedded")
+        parts = SkillPriorParts.build(config, probe, backend, MiniLMEncoder(), progress=True)
     finally:
         probe.close()
     eval_seeds = game_seeds(args.task, "eval", args.episodes)

@@ -141,7 +141,7 @@ def run(
         None, min=1, help=f"control environments, sac-prior: H, steps a skill is held (default {DEFAULT_SKILL_HOLD})"
     ),
     residual_actor: bool = typer.Option(
-        False, help="control environments, sac-prior: the actor a residual on the skill prior's mean action"
+        False, help="control environments, sac-prior: the actor a residual on the skill prior's mean and std"
     ),
     prior_scale_q: bool = typer.Option(
         False,
@@ -158,6 +158,12 @@ def run(
         min=0,
         help="control environments, sac-prior: gradient steps over which Q's say in the skill choice (F1) grows "
         "from 0 to full (default 0: full at once)",
+    ),
+    actor_warmup: int | None = typer.Option(
+        None,
+        min=0,
+        help="control environments, sac-prior: gradient steps of the critics alone before the actor's first "
+        "(default 0)",
     ),
     prior_led: bool = typer.Option(
         False,

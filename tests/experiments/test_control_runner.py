@@ -287,6 +287,8 @@ def test_bad_configurations_are_refused(tmp_path: Path) -> None:
         (dict(skill_hold=0), "skill_hold must be an integer ≥ 1"),
         (dict(actor_on_prior=1), "actor_on_prior must be true or false"),
         (dict(skill_q_warmup=-1), "skill_q_warmup must be an integer ≥ 0"),
+        (dict(actor_warmup=-1), "actor_warmup must be an integer ≥ 0"),
+        (dict(method="sac", actor_warmup=5), "actor_warmup apply to sac-prior only"),
         (dict(target_kl_per_dim=0.0), "target_kl_per_dim must be a number > 0"),
         (dict(method="sac", actor_on_prior=True), "actor_on_prior apply to sac-prior only"),
         (dict(adapt="icl"), "adapt must be one of none, lora for control"),
@@ -346,6 +348,10 @@ def test_prior_led_stands_for_its_settings_and_a_given_option_wins(tmp_path: Pat
         ENV, {**params, "prior_led": True, "skill_q_warmup": 900}, {"prior_led", "skill_q_warmup"}, {}, cache
     )
     assert warm.skill_q_warmup == 900 and warm.label == "sac-prior-static-lora-kl0.25-qnorm-residual-alpha16-qwarmup900"
+    critics_first = control_config(
+        ENV, {**params, "prior_led": True, "actor_warmup": 3000}, {"prior_led", "actor_warmup"}, {}, cache
+    )
+    assert critics_first.actor_warmup == 3000 and critics_first.label.endswith("-qwarmup20000-awarmup3000")
 
 
 @pytest.mark.slow
