@@ -98,7 +98,7 @@ def main() -> None:
     parser.add_argument(
         "--skill-q-warmup", type=int, default=0, help="gradient steps over which Q's weight in F1 rises to 1"
     )
-    parser.add_argument("--actor-warmup", type=int, default=0, help="gradient steps before the actor's first")
+    parser.add_argument("--actor-init-alpha", type=float, help="the actor's α at the start (default 1.0)")
     parser.add_argument(
         "--adapt", choices=("lora", "none"), default="lora", help="the 5-shot LoRA skill prior, or the 0-shot one"
     )
@@ -109,7 +109,7 @@ def main() -> None:
     if args.steps < 1 or args.every < 1 or args.episodes < 1:
         parser.error("--steps, --every and --episodes must be ≥ 1")
     warmup = f"-qwarmup{args.skill_q_warmup}" if args.skill_q_warmup else ""
-    warmup += f"-awarmup{args.actor_warmup}" if args.actor_warmup else ""
+    warmup += "" if args.actor_init_alpha is None else f"-ainit{args.actor_init_alpha:g}"
     zero_shot = "-0shot" if args.adapt == "none" else ""
     name = f"{args.task.replace(':', '-')}-seed{args.seed}-alpha{args.skill_alpha:g}{warmup}{zero_shot}.json"
     out = args.out or RESULTS / name
@@ -130,7 +130,7 @@ def main() -> None:
         alpha_0=args.skill_alpha,
         alpha_min=args.skill_alpha,
         skill_q_warmup=args.skill_q_warmup,
-        actor_warmup=args.actor_warmup,
+        actor_init_alpha=args.actor_init_alpha,
         out=out.with_suffix(""),
     )
     train_seeds = game_seeds(args.task, "train", args.train_games)

@@ -159,11 +159,10 @@ def run(
         help="control environments, sac-prior: gradient steps over which Q's say in the skill choice (F1) grows "
         "from 0 to full (default 0: full at once)",
     ),
-    actor_warmup: int | None = typer.Option(
+    actor_init_alpha: float | None = typer.Option(
         None,
-        min=0,
-        help="control environments, sac-prior: gradient steps of the critics alone before the actor's first "
-        "(default 0)",
+        help="control environments, sac-prior: the actor's α (its KL weight) at the start, tuned from there towards "
+        "--actor-target-kl (default 1.0; slowly: at 3e-4 a step it barely moves in 5,000 steps)",
     ),
     prior_led: bool = typer.Option(
         False,

@@ -106,10 +106,6 @@ class SACPriorConfig:
     # Gradient steps over which Q's weight in F1 over skills rises linearly from 0 to 1 (0: full weight at
     # once): a young critic's Q then cannot re-pick the skills of a prior that is only just decided (§4).
     skill_q_warmup: int = 0
-    # Gradient steps during which only the critics learn (0: the actor from the first): the actor and α stay
-    # as they are, so a residual actor plays the prior while the critics evaluate it, and its first steps
-    # follow a critic that knows the prior's returns, not a young one's noise (§4).
-    actor_warmup: int = 0
     # π's pre-tanh mean atanh(0.97·μ_z(s)) and log-std log σ_z, each plus the network's output, which starts
     # at zero: a residual on the skill prior, whose Gaussian the untrained actor follows (our design, §4).
     actor_on_prior: bool = False
@@ -130,9 +126,8 @@ class SACPriorConfig:
         for name in ("skill_horizon", "batch_size", "buffer_size", "updates_per_step", "hidden_size", "q_samples"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be an integer ≥ 1, got {getattr(self, name)!r}")
-        for name in ("skill_q_warmup", "actor_warmup"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be an integer ≥ 0, got {getattr(self, name)!r}")
+        if not isinstance(self.skill_q_warmup, int) or self.skill_q_warmup < 0:
+            raise ConfigError(f"skill_q_warmup must be an integer ≥ 0, got {self.skill_q_warmup!r}")
         if not isinstance(self.learning_starts, int) or self.learning_starts < 0:
             raise ConfigError(f"learning_starts must be an integer ≥ 0, got {self.learning_starts!r}")
         if not (0.0 <= self.gamma <= 1.0 and 0.0 < self.tau <= 1.0):
@@ -354,20 +349,16 @@ class SACPrior:
         self.critic_opt.zero_grad()
         critic_loss.backward()
         self.critic_opt.step()
-        if self.counters.gradient_steps < self.config.actor_warmup:
-            with torch.no_grad():  # the critics alone learn; the actor's loss is still logged
-                actor_loss, kl = self.actor_loss(batch["obs"])
-        else:
-            self.critic.requires_grad_(False)  # the actor's gradient must not reach the critics
-            actor_loss, kl = self.actor_loss(batch["obs"])
-            self.actor_opt.zero_grad()
-            actor_loss.backward()
-            self.actor_opt.step()
-            self.critic.requires_grad_(True)
-            alpha_loss = self.alpha_loss(kl)
-            self.alpha_opt.zero_grad()
-            alpha_loss.backward()
-            self.alpha_opt.step()
+        self.critic.requires_grad_(False)  # the actor's gradient must not reach the critics
+        actor_loss, kl = self.actor_loss(batch["obs"])
+        self.actor_opt.zero_grad()
+        actor_loss.backward()
+        self.actor_opt.step()
+        self.critic.requires_grad_(True)
+        alpha_loss = self.alpha_loss(kl)
+        self.alpha_opt.zero_grad()
+        alpha_loss.backward()
+        self.alpha_opt.step()
         with torch.no_grad():
             for p, tp in zip(self.critic.parameters(), self.critic_target.parameters()):
                 tp.lerp_(p, self.config.tau)

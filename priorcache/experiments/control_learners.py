@@ -251,7 +251,7 @@ class SACPriorLearner:
         prior_scale_q: bool = False,
         actor_on_prior: bool = False,
         skill_q_warmup: int = 0,
-        actor_warmup: int = 0,
+        actor_init_alpha: float | None = None,
     ) -> None:
         from priorcache.agents.sac_prior import SACPriorConfig
 
@@ -268,9 +268,9 @@ class SACPriorLearner:
             prior_scale_q=prior_scale_q,
             actor_on_prior=actor_on_prior,
             skill_q_warmup=skill_q_warmup,
-            actor_warmup=actor_warmup,
             torch_threads=TORCH_THREADS,
             **({} if target_kl_per_dim is None else {"target_kl_per_dim": target_kl_per_dim}),
+            **({} if actor_init_alpha is None else {"init_alpha": actor_init_alpha}),
         )
         self.agent = config.create(env, prior_source=self.source, gaussians=cache.prior_config.gaussians, seed=seed)
 

@@ -6,7 +6,7 @@
 ``--shots``, ``--adapt`` (control: none or lora), ``--out`` …), text-only ones (``TEXT_ONLY``: the
 text agents, episodes, held-out games, LoRA epochs, workers …) and control-only ones
 (``CONTROL_ONLY``: ``--method``, ``--steps``, ``--eval-episodes``, ``--skill-hold``,
-``--residual-actor``, ``--prior-scale-q``, ``--actor-target-kl``, ``--skill-q-warmup``, ``--actor-warmup``,
+``--residual-actor``, ``--prior-scale-q``, ``--actor-target-kl``, ``--skill-q-warmup``, ``--actor-init-alpha``,
 ``--prior-led``).
 ``--prior-led`` stands for the prior-led settings (``PRIOR_LED``); an option given beside it wins. An
 option *given* on the command line for the other kind is refused with a one-line error naming it, as
@@ -63,7 +63,7 @@ CONTROL_ONLY = (
     "prior_scale_q",
     "actor_target_kl",
     "skill_q_warmup",
-    "actor_warmup",
+    "actor_init_alpha",
     "prior_led",
 )
 #: … that only the LLM-prior method of control (sac-prior) takes.
@@ -91,7 +91,7 @@ SAC_PRIOR_ONLY = (
     "actor_target_kl",
     "adapt",
     "skill_q_warmup",
-    "actor_warmup",
+    "actor_init_alpha",
     "prior_led",
 )
 #: What ``--prior-led`` sets (parameter → value) unless that option is given too: the 5-shot LoRA skill prior,
@@ -135,7 +135,7 @@ def control_config(
         raise ConfigError(
             f"{_named(wrong, flags)} of text environments; {env!r} is a continuous-control environment "
             "(its options: --method sac|sac-prior, --steps, --eval-every (steps), --eval-episodes, --shots, "
-            "--skill-hold, --residual-actor, --prior-scale-q, --actor-target-kl, --skill-q-warmup, --actor-warmup, "
+            "--skill-hold, --residual-actor, --prior-scale-q, --actor-target-kl, --skill-q-warmup, --actor-init-alpha, "
             "--prior-led)"
         )
     method = params.get("method") or "sac-prior"
@@ -165,7 +165,7 @@ def control_config(
             "prior_scale_q": bool(params.get("prior_scale_q")),
             "target_kl_per_dim": params.get("actor_target_kl"),
             "skill_q_warmup": params.get("skill_q_warmup") or 0,
-            "actor_warmup": params.get("actor_warmup") or 0,
+            "actor_init_alpha": params.get("actor_init_alpha"),
             "adapt": params.get("adapt") or "none",
             "alpha_0": params.get("alpha"),
             "alpha_min": params.get("alpha_min"),

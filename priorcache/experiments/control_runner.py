@@ -132,7 +132,7 @@ class ControlRunConfig:
     prior_scale_q: bool = False  # sac-prior: Q on the prior's scale in F1 and the actor loss (SACPriorConfig)
     actor_on_prior: bool = False  # sac-prior: the actor a residual on the skill prior's mean and std
     skill_q_warmup: int = 0  # sac-prior: gradient steps until Q has its full say in F1 over skills (0: at once)
-    actor_warmup: int = 0  # sac-prior: gradient steps of the critics alone before the actor's first
+    actor_init_alpha: float | None = None  # sac-prior: the actor's α at the start (None: SACPriorConfig's 1.0)
     max_episode_steps: int | None = None  # None: the task's own (MetaWorld 500, MuJoCo 1000)
     learning_starts: int = 1_000  # warm-up steps before the first gradient step (both methods)
     batch_size: int = 256
@@ -188,7 +188,8 @@ class ControlRunConfig:
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigError(f"{flag} must be true or false, got {getattr(self, flag)!r}")
         _check_int("skill_q_warmup", self.skill_q_warmup, 0)
-        _check_int("actor_warmup", self.actor_warmup, 0)
+        if self.actor_init_alpha is not None and not (is_number(self.actor_init_alpha) and self.actor_init_alpha > 0):
+            raise ConfigError(f"actor_init_alpha must be a number > 0, got {self.actor_init_alpha!r}")
         if self.adapt not in CONTROL_ADAPT:
             raise ConfigError(f"adapt must be one of {', '.join(CONTROL_ADAPT)} for control, not {self.adapt!r}")
         if self.adapt == "lora" and self.shots < 1:
@@ -214,7 +215,7 @@ class ControlRunConfig:
                 ("prior_scale_q", self.prior_scale_q, False),
                 ("actor_on_prior", self.actor_on_prior, False),
                 ("skill_q_warmup", self.skill_q_warmup, 0),
-                ("actor_warmup", self.actor_warmup, 0),
+                ("actor_init_alpha", self.actor_init_alpha, None),
                 ("alpha_0", self.alpha_0, None),
                 ("alpha_min", self.alpha_min, None),
                 ("backend", self.backend, "embedded"),
@@ -248,7 +249,7 @@ class ControlRunConfig:
         qn = "-qnorm" if self.prior_scale_q else ""
         res = "-residual" if self.actor_on_prior else ""
         warmup = f"-qwarmup{self.skill_q_warmup}" if self.skill_q_warmup else ""
-        warmup += f"-awarmup{self.actor_warmup}" if self.actor_warmup else ""
+        warmup += "" if self.actor_init_alpha is None else f"-ainit{self.actor_init_alpha:g}"
         # the cache's δ off its default: runs at other δ are other methods, never pooled under one label
         delta = self.cache.similarity_threshold
         delta_label = "" if delta == CacheConfig().similarity_threshold else f"-delta{float(delta)}"
@@ -299,7 +300,7 @@ def make_learner(config: ControlRunConfig, env: TrainingInstances, seed: int, pr
         prior_scale_q=c.prior_scale_q,
         actor_on_prior=c.actor_on_prior,
         skill_q_warmup=c.skill_q_warmup,
-        actor_warmup=c.actor_warmup,
+        actor_init_alpha=c.actor_init_alpha,
         **shared,
     )
 

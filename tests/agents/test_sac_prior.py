@@ -325,25 +325,6 @@ def test_skill_q_warmup_weighs_q_in_f1_by_the_critics_age(gaussians: SkillGaussi
         SACPriorConfig(skill_q_warmup=-1)
 
 
-def test_actor_warmup_trains_the_critics_alone_first(gaussians: SkillGaussians) -> None:
-    """With ``actor_warmup`` N the first N gradient steps move the critics only: the actor and α are
-    the untrained ones (a residual actor still plays the prior), and the actor learns from step N on."""
-    config = SACPriorConfig(**{**TINY.__dict__, "actor_on_prior": True, "actor_warmup": 40})
-    agent = config.create(PendulumControl(), gaussians=gaussians, seed=5)
-    actor = [p.detach().clone() for p in agent.actor.parameters()]
-    critic = [p.detach().clone() for p in agent.critic.parameters()]
-    alpha = agent.alpha
-    agent.learn(TINY.learning_starts + 39)  # one gradient step per env step from learning_starts on
-    assert agent.counters.gradient_steps == 40 and agent.alpha == alpha
-    assert all(torch.equal(p, q) for p, q in zip(agent.actor.parameters(), actor))
-    assert not all(torch.equal(p, q) for p, q in zip(agent.critic.parameters(), critic))
-    assert math.isfinite(agent.last_losses["actor"]) and agent.last_losses["kl"] < 2.5  # logged, not learned
-    agent.learn(1)
-    assert not all(torch.equal(p, q) for p, q in zip(agent.actor.parameters(), actor)) and agent.alpha != alpha
-    with pytest.raises(ConfigError, match="actor_warmup"):
-        SACPriorConfig(actor_warmup=-1)
-
-
 # --- episodes across learn calls -----------------------------------------------------------------------
 def _facts(agent: SACPrior) -> dict:
     """What learning did, less its timings."""

@@ -287,8 +287,8 @@ def test_bad_configurations_are_refused(tmp_path: Path) -> None:
         (dict(skill_hold=0), "skill_hold must be an integer ≥ 1"),
         (dict(actor_on_prior=1), "actor_on_prior must be true or false"),
         (dict(skill_q_warmup=-1), "skill_q_warmup must be an integer ≥ 0"),
-        (dict(actor_warmup=-1), "actor_warmup must be an integer ≥ 0"),
-        (dict(method="sac", actor_warmup=5), "actor_warmup apply to sac-prior only"),
+        (dict(actor_init_alpha=0.0), "actor_init_alpha must be a number > 0"),
+        (dict(method="sac", actor_init_alpha=5.0), "actor_init_alpha apply to sac-prior only"),
         (dict(target_kl_per_dim=0.0), "target_kl_per_dim must be a number > 0"),
         (dict(method="sac", actor_on_prior=True), "actor_on_prior apply to sac-prior only"),
         (dict(adapt="icl"), "adapt must be one of none, lora for control"),
@@ -348,10 +348,28 @@ def test_prior_led_stands_for_its_settings_and_a_given_option_wins(tmp_path: Pat
         ENV, {**params, "prior_led": True, "skill_q_warmup": 900}, {"prior_led", "skill_q_warmup"}, {}, cache
     )
     assert warm.skill_q_warmup == 900 and warm.label == "sac-prior-static-lora-kl0.25-qnorm-residual-alpha16-qwarmup900"
-    critics_first = control_config(
-        ENV, {**params, "prior_led": True, "actor_warmup": 3000}, {"prior_led", "actor_warmup"}, {}, cache
+    held = control_config(
+        ENV, {**params, "prior_led": True, "actor_init_alpha": 10.0}, {"prior_led", "actor_init_alpha"}, {}, cache
     )
-    assert critics_first.actor_warmup == 3000 and critics_first.label.endswith("-qwarmup20000-awarmup3000")
+    assert held.actor_init_alpha == 10.0 and held.label.endswith("-qwarmup20000-ainit10")
+
+
+def test_the_learner_gets_the_runs_actor_settings(tmp_path: Path) -> None:
+    from priorcache.experiments.control_learners import SkillPriorParts
+    from priorcache.prior.skill_prior import SkillGaussians
+
+    config = _config(tmp_path / "run", target_kl_per_dim=0.05, actor_init_alpha=8.0, skill_q_warmup=300)
+    env = control_episodes.TrainingInstances(ENV, [0], 0, {"max_episode_steps": 30})
+    try:
+        flat = SkillGaussians.uniform(env.skills, env.observation_space.shape[0], env.action_space.shape[0])
+        parts = SkillPriorParts(FakeBackend(), HashEncoder(), flat, {})
+        agent = control_runner.make_learner(config, env, 0, parts).agent
+        assert agent.alpha == pytest.approx(8.0) and agent.target_kl == pytest.approx(0.05 * env.action_space.shape[0])
+        assert agent.config.skill_q_warmup == 300
+        plain = control_runner.make_learner(_config(tmp_path / "plain"), env, 0, parts).agent
+        assert plain.alpha == pytest.approx(1.0)  # SACPriorConfig's
+    finally:
+        env.close()
 
 
 @pytest.mark.slow
