@@ -166,8 +166,9 @@ def run(
     ),
     prior_led: bool = typer.Option(
         False,
-        help="control environments, sac-prior: the prior-led settings, --adapt lora --residual-actor --prior-scale-q "
-        "--actor-target-kl 0.25 --alpha 16 --alpha-min 16 --skill-q-warmup 20000 (an option given beside it wins)",
+        help="control environments, sac-prior: the prior-led settings, --adapt lora (MetaWorld; MuJoCo: none) "
+        "--residual-actor --prior-scale-q --actor-target-kl 0.25 --alpha 16 --alpha-min 16 --skill-q-warmup 20000 "
+        "(an option given beside it wins)",
     ),
     adapt: str = typer.Option(
         "none",

@@ -94,9 +94,9 @@ SAC_PRIOR_ONLY = (
     "actor_init_alpha",
     "prior_led",
 )
-#: What ``--prior-led`` sets (parameter → value) unless that option is given too: the 5-shot LoRA skill prior,
-#: the residual actor, Q on the prior's scale, a tight δ_KL, a fixed skill temperature (a given ``--alpha``
-#: alone fixes it there) and the skill-level warm-up (docs/design.md §4).
+#: What ``--prior-led`` sets (parameter → value) unless that option is given too: the 5-shot LoRA skill prior
+#: (MetaWorld; see ``PRIOR_LED_ADAPT``), the residual actor, Q on the prior's scale, a tight δ_KL, a fixed skill
+#: temperature (a given ``--alpha`` alone fixes it there) and the skill-level warm-up (docs/design.md §4).
 PRIOR_LED = {
     "adapt": "lora",
     "residual_actor": True,
@@ -106,6 +106,10 @@ PRIOR_LED = {
     "alpha_min": PRIOR_LED_SKILL_ALPHA,
     "skill_q_warmup": PRIOR_LED_SKILL_Q_WARMUP,
 }
+#: ``--prior-led``'s skill prior per family. MuJoCo's demonstrations are segmented by a rule that reads the
+#: action as well as the state, which an LLM cannot learn from φ(s): on Walker2d the LoRA prior led to 288,
+#: the 0-shot one to 555 (SB3 SAC 457; docs/design.md §4, "Locomotion and the 0-shot prior").
+PRIOR_LED_ADAPT = {"metaworld": "lora", "mujoco": "none"}
 
 
 def _named(names: Collection[str], flags: Mapping[str, str]) -> str:
@@ -147,7 +151,9 @@ def control_config(
                 "without an LLM prior or a cache"
             )
     if params.get("prior_led"):
-        params = {**params, **{name: value for name, value in PRIOR_LED.items() if name not in given}}
+        family = env.partition(":")[0].strip()
+        led = {**PRIOR_LED, "adapt": PRIOR_LED_ADAPT.get(family, PRIOR_LED["adapt"])}
+        params = {**params, **{name: value for name, value in led.items() if name not in given}}
         if "alpha_min" not in given:  # the skill temperature stays fixed at a given --alpha
             params["alpha_min"] = params["alpha"]
     prior: dict[str, Any] = {}

@@ -352,6 +352,15 @@ def test_prior_led_stands_for_its_settings_and_a_given_option_wins(tmp_path: Pat
         ENV, {**params, "prior_led": True, "actor_init_alpha": 10.0}, {"prior_led", "actor_init_alpha"}, {}, cache
     )
     assert held.actor_init_alpha == 10.0 and held.label.endswith("-qwarmup20000-ainit10")
+    # MuJoCo: the 0-shot skill prior (its demonstrations' segmentation reads the action), unless --adapt is given
+    walker = control_config("mujoco:walker2d", {**params, "prior_led": True}, {"prior_led"}, {}, cache)
+    assert (walker.adapt, walker.actor_on_prior, walker.label) == (
+        "none",
+        True,
+        "sac-prior-static-kl0.25-qnorm-residual-alpha16-qwarmup20000",
+    )
+    given = {**params, "prior_led": True, "adapt": "lora"}
+    assert control_config("mujoco:walker2d", given, {"prior_led", "adapt"}, {}, cache).adapt == "lora"
 
 
 def test_the_learner_gets_the_runs_actor_settings(tmp_path: Path) -> None:
