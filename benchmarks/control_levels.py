@@ -109,9 +109,9 @@ def main() -> None:
     if args.steps < 1 or args.every < 1 or args.episodes < 1:
         parser.error("--steps, --every and --episodes must be ≥ 1")
     warmup = f"-qwarmup{args.skill_q_warmup}" if args.skill_q_warmup else ""
-    warmup += "" if args.actor_init_alpha is None else f"-ainit{args.actor_init_alpha:g}"
+    init = "" if args.actor_init_alpha is None else f"-ainit{args.actor_init_alpha:g}"
     zero_shot = "-0shot" if args.adapt == "none" else ""
-    name = f"{args.task.replace(':', '-')}-seed{args.seed}-alpha{args.skill_alpha:g}{warmup}{zero_shot}.json"
+    name = f"{args.task.replace(':', '-')}-seed{args.seed}-alpha{args.skill_alpha:g}{warmup}{init}{zero_shot}.json"
     out = args.out or RESULTS / name
     env_kwargs = {} if args.max_steps is None else {"max_episode_steps": args.max_steps}
 

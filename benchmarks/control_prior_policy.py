@@ -59,6 +59,15 @@ from priorcache.prior.registry import make_backend  # noqa: E402
 from priorcache.prior.skill_prior import SkillGaussians, fit_skill_gaussians, skill_prompt  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "control_prior_policy.json"
+
+
+def _shown(path: Path) -> str:
+    """``path`` as the results record it: relative to the repository when inside it, so a committed result
+    names no folder of the machine that made it."""
+    resolved = path.resolve()
+    return str(resolved.relative_to(ROOT)) if resolved.is_relative_to(ROOT) else str(path)
+
+
 #: choose(obs, state_text, rng) -> skill index
 Chooser = Callable[[np.ndarray, str, np.random.Generator], int]
 
@@ -194,7 +203,7 @@ def main() -> None:
         atomic_write_json(
             args.out,
             {
-                "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+                "settings": {k: (_shown(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                 "backend": str(getattr(base, "name", type(base).__name__)),
                 "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load": list(os.getloadavg())},
                 "wall_seconds": time.perf_counter() - start,

@@ -249,14 +249,14 @@ class ControlRunConfig:
         qn = "-qnorm" if self.prior_scale_q else ""
         res = "-residual" if self.actor_on_prior else ""
         warmup = f"-qwarmup{self.skill_q_warmup}" if self.skill_q_warmup else ""
-        warmup += "" if self.actor_init_alpha is None else f"-ainit{self.actor_init_alpha:g}"
+        init = "" if self.actor_init_alpha is None else f"-ainit{self.actor_init_alpha:g}"
         # the cache's δ off its default: runs at other δ are other methods, never pooled under one label
         delta = self.cache.similarity_threshold
         delta_label = "" if delta == CacheConfig().similarity_threshold else f"-delta{float(delta)}"
         temp = ""
         if (self.alpha_0, self.alpha_min) != (1.0, 0.25):  # F2's temperatures off their defaults
             temp = f"-alpha{self.alpha_0:g}" + ("" if self.alpha_min == self.alpha_0 else f"-{self.alpha_min:g}")
-        return f"sac-prior-{mode}{shots}{lora}{kl}{qn}{res}{delta_label}{temp}{warmup}"
+        return f"sac-prior-{mode}{shots}{lora}{kl}{qn}{res}{delta_label}{temp}{warmup}{init}"
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
